@@ -1,0 +1,220 @@
+"""Frozen configuration dataclasses, loadable from JSON/YAML and overridable by dotted keys.
+
+Every section is one frozen dataclass. ``RunConfig`` nests them. Unknown keys are errors everywhere:
+in files, in ``--set section.key=value`` overrides and in ``from_dict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "cranfield"
+    """A BEIR folder path, a folder name under ``$SMA_DATA_DIR``, or a BEIR name on the HF hub."""
+    max_samples: int | None = None
+    """Seeded subset: at most this many queries per split, all their judged docs plus sampled others."""
+    distractor_ratio: float = 4.0
+    """With ``max_samples``: unjudged documents kept per judged document (seeded sample)."""
+    train_split: str = "train"
+    dev_split: str = "dev"
+    test_split: str = "test"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "sentence-transformers/all-MiniLM-L6-v2"
+    """HF hub name or local directory of a BERT-family encoder."""
+    pooling: str = "mean"
+    """``mean`` (masked mean over tokens) or ``cls``."""
+    query_max_length: int = 64
+    doc_max_length: int = 256
+    normalize: bool = True
+    """Cosine similarity (L2-normalised embeddings) when true, dot product otherwise."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Baseline contrastive fine-tuning (the seed's ``baseline_*`` knobs)."""
+
+    baseline_epochs: int = 0
+    """0 keeps the pretrained encoder as it is."""
+    baseline_batches_per_epoch: int | None = None
+    """Cap on optimizer batches per epoch; ``None`` uses every training pair once."""
+    batch_size: int = 32
+    gradient_accumulation: int = 1
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    temperature: float = 0.05
+    hard_negatives: str = "none"
+    """``none`` (in-batch negatives only), ``bm25`` or ``dense``: one mined negative per pair."""
+    max_grad_norm: float = 1.0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 64
+    metrics: tuple[str, ...] = ("nDCG@10", "RR@10", "R@100", "AP")
+    """ir-measures names; ``RR@10`` is MRR@10 and ``AP`` is MAP."""
+    show_progress: bool = True
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    experiment: str = "default"
+    output_dir: str = "results"
+    seed: int = 42
+    deterministic: bool = False
+    quick_test: bool = False
+    sparsity: tuple[float, ...] = (0.3, 0.5, 0.7)
+    device: str = "auto"
+    threads: int | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.experiment
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` (from JSON, YAML or a CLI string) to the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: cannot read {value!r} as {tp}: {'; '.join(errors)}")
+    if _is_dataclass_type(tp):
+        if isinstance(tp, type) and isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        inner = args[0] if args else str
+        return tuple(_coerce(v, inner, key) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected a boolean, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+        if as_float != int(as_float):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(as_float)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, prefix: str = "") -> T:
+    """Build ``cls`` from a (nested) mapping; unknown keys raise :class:`ConfigError`."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + u for u in unknown)}; "
+            f"valid keys in {prefix or 'the top level'}: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready nested dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def override(cfg: T, key: str, value: Any) -> T:
+    """Return ``cfg`` with the dotted ``key`` set to ``value`` (coerced to the field's type)."""
+    head, _, rest = key.partition(".")
+    hints = typing.get_type_hints(type(cfg))
+    if head not in hints:
+        names = ", ".join(sorted(f.name for f in dataclasses.fields(cfg)))
+        raise ConfigError(f"unknown config key {key!r}; valid keys here: {names}")
+    if rest:
+        child = getattr(cfg, head)
+        if not dataclasses.is_dataclass(child):
+            raise ConfigError(f"{head} is not a section; cannot set {key!r}")
+        return dataclasses.replace(cfg, **{head: override(child, rest, value)})
+    return dataclasses.replace(cfg, **{head: _coerce(value, hints[head], key)})
+
+
+def apply_overrides(cfg: T, overrides: dict[str, Any]) -> T:
+    for key, value in overrides.items():
+        cfg = override(cfg, key, value)
+    return cfg
+
+
+def load_config(path: str | Path, cls: type[T] = RunConfig) -> T:  # type: ignore[assignment]
+    """Load a JSON or YAML config file; missing keys keep their defaults."""
+    path = Path(path)
+    text = path.read_text()
+    data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")

@@ -1,0 +1,222 @@
+"""BEIR-layout retrieval data: ``(corpus, queries, qrels)`` dicts, from a folder or the HF hub.
+
+Shapes follow BEIR: ``corpus[doc_id] = {"title": str, "text": str}``, ``queries[qid] = str``,
+``qrels[qid][doc_id] = int``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+Corpus = dict[str, dict[str, str]]
+Queries = dict[str, str]
+Qrels = dict[str, dict[str, int]]
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "dev", "test")
+
+
+class DataError(ValueError):
+    """A data file is missing, malformed or empty."""
+
+
+@dataclass(frozen=True)
+class RetrievalData:
+    """A whole BEIR collection: one corpus, all queries, qrels per split."""
+
+    name: str
+    corpus: Corpus
+    queries: Queries
+    qrels: dict[str, Qrels]
+
+    def split(self, name: str) -> tuple[Corpus, Queries, Qrels]:
+        """``(corpus, queries, qrels)`` for one split; queries restricted to the judged ones."""
+        if name not in self.qrels:
+            raise DataError(f"{self.name}: no qrels for split {name!r} (have: {', '.join(self.qrels)})")
+        qrels = self.qrels[name]
+        if not qrels:
+            raise DataError(f"{self.name}: split {name!r} is empty")
+        return self.corpus, {q: self.queries[q] for q in qrels}, qrels
+
+
+def doc_text(doc: dict[str, str]) -> str:
+    """Document text as BEIR encodes it: title + " " + text (title omitted when empty)."""
+    title = (doc.get("title") or "").strip()
+    text = doc.get("text") or ""
+    return f"{title} {text}".strip() if title else text
+
+
+def _read_jsonl(path: Path, kind: str) -> dict[str, dict]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    records: dict[str, dict] = {}
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: malformed {kind} record: {exc.msg}") from None
+            if not isinstance(rec, dict) or "_id" not in rec:
+                raise DataError(f"{path}:{lineno}: {kind} record has no '_id' field")
+            if "text" not in rec or not isinstance(rec["text"], str):
+                raise DataError(f"{path}:{lineno}: {kind} record {rec['_id']!r} has no string 'text' field")
+            records[str(rec["_id"])] = rec
+    if not records:
+        raise DataError(f"{path}: no {kind} records")
+    return records
+
+
+def _read_qrels(path: Path) -> Qrels:
+    qrels: Qrels = {}
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh, delimiter="\t")
+        for lineno, row in enumerate(reader, start=1):
+            if not row or not "".join(row).strip():
+                continue
+            if lineno == 1 and row[0] == "query-id":
+                continue
+            if len(row) != 3:
+                raise DataError(f"{path}:{lineno}: expected 3 tab-separated fields, got {len(row)}")
+            qid, did, score = row
+            try:
+                rel = int(float(score))
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: relevance {score!r} is not a number") from None
+            qrels.setdefault(qid, {})[did] = rel
+    return qrels
+
+
+def _drop_unknown(name: str, split: str, qrels: Qrels, corpus: Corpus, queries: Queries) -> Qrels:
+    """Remove judgements that point at unknown ids, counting and reporting them."""
+    unknown_q = [q for q in qrels if q not in queries]
+    unknown_d = sum(1 for q, docs in qrels.items() for d in docs if d not in corpus)
+    if unknown_q or unknown_d:
+        log.warning(
+            "%s/%s: dropped qrels with %d unknown query ids and %d judgements of unknown documents",
+            name, split, len(unknown_q), unknown_d,
+        )
+    clean = {
+        q: {d: r for d, r in docs.items() if d in corpus}
+        for q, docs in qrels.items()
+        if q in queries
+    }
+    return {q: docs for q, docs in clean.items() if docs}
+
+
+def load_beir_folder(folder: str | Path, *, splits: tuple[str, ...] = SPLITS) -> RetrievalData:
+    """Load a BEIR folder; splits whose qrels file is absent are skipped, an empty one is an error."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a directory")
+    corpus_raw = _read_jsonl(folder / "corpus.jsonl", "corpus")
+    queries_raw = _read_jsonl(folder / "queries.jsonl", "query")
+    corpus = {k: {"title": str(v.get("title") or ""), "text": v["text"]} for k, v in corpus_raw.items()}
+    queries = {k: v["text"] for k, v in queries_raw.items()}
+    qrels: dict[str, Qrels] = {}
+    for split in splits:
+        path = folder / "qrels" / f"{split}.tsv"
+        if not path.is_file():
+            continue
+        raw = _read_qrels(path)
+        if not raw:
+            raise DataError(f"{path}: split {split!r} is empty")
+        clean = _drop_unknown(folder.name, split, raw, corpus, queries)
+        if not clean:
+            raise DataError(f"{path}: split {split!r} has no judgements of known queries and documents")
+        qrels[split] = clean
+    if not qrels:
+        raise DataError(f"{folder}/qrels: no qrels file for any of {', '.join(splits)}")
+    return RetrievalData(name=folder.name, corpus=corpus, queries=queries, qrels=qrels)
+
+
+def data_dir() -> Path | None:
+    """``$SMA_DATA_DIR`` if set, else ``../shared/data`` relative to the working directory if present."""
+    env = os.environ.get("SMA_DATA_DIR")
+    if env:
+        return Path(env)
+    default = Path("..") / "shared" / "data"
+    return default if default.is_dir() else None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SMA_CACHE_DIR", Path.home() / ".cache" / "sma"))
+
+
+def load_beir_hub(name: str, *, cache: Path | None = None) -> RetrievalData:
+    """Download ``BeIR/<name>`` and ``BeIR/<name>-qrels`` through ``datasets``; cache as a BEIR folder."""
+    target = (cache or cache_dir() / "beir") / name
+    if (target / "corpus.jsonl").is_file():
+        return load_beir_folder(target)
+    import datasets  # heavy import; only on this path
+
+    try:
+        corpus = datasets.load_dataset(f"BeIR/{name}", "corpus", split="corpus")
+        queries = datasets.load_dataset(f"BeIR/{name}", "queries", split="queries")
+        qrels = datasets.load_dataset(f"BeIR/{name}-qrels")
+    except Exception as exc:  # noqa: BLE001 - the hub raises many types; all mean "not reachable"
+        raise DataError(
+            f"cannot load BEIR dataset {name!r} from the HF hub ({type(exc).__name__}: {exc}). "
+            f"Offline, give a BEIR folder path or put one named {name!r} under $SMA_DATA_DIR."
+        ) from None
+    tmp = target.with_name(target.name + ".partial")
+    (tmp / "qrels").mkdir(parents=True, exist_ok=True)
+    with (tmp / "corpus.jsonl").open("w") as fh:
+        for rec in corpus:
+            fh.write(json.dumps({"_id": str(rec["_id"]), "title": rec.get("title", ""), "text": rec["text"]}) + "\n")
+    with (tmp / "queries.jsonl").open("w") as fh:
+        for rec in queries:
+            fh.write(json.dumps({"_id": str(rec["_id"]), "text": rec["text"]}) + "\n")
+    for split_name, rows in qrels.items():
+        split = "dev" if split_name == "validation" else split_name
+        with (tmp / "qrels" / f"{split}.tsv").open("w") as fh:
+            fh.write("query-id\tcorpus-id\tscore\n")
+            for r in rows:
+                fh.write(f"{r['query-id']}\t{r['corpus-id']}\t{int(r['score'])}\n")
+    tmp.rename(target)
+    return load_beir_folder(target)
+
+
+def resolve_dataset(dataset: str) -> RetrievalData:
+    """A path, else a folder named so under ``$SMA_DATA_DIR``, else ``BeIR/<name>`` on the hub."""
+    path = Path(dataset).expanduser()
+    if path.is_dir():
+        return load_beir_folder(path)
+    root = data_dir()
+    if root is not None and (root / dataset).is_dir():
+        return load_beir_folder(root / dataset)
+    return load_beir_hub(dataset)
+
+
+def subsample(data: RetrievalData, *, max_queries: int, seed: int, distractor_ratio: float = 4.0) -> RetrievalData:
+    """Seeded subset: at most ``max_queries`` judged queries per split, every document they judge,
+    and ``distractor_ratio`` times as many other documents sampled from the rest of the corpus."""
+    rng = random.Random(seed)
+    qrels: dict[str, Qrels] = {}
+    for split, sq in data.qrels.items():
+        qids = sorted(sq)
+        keep = sorted(rng.sample(qids, min(max_queries, len(qids))))
+        qrels[split] = {q: sq[q] for q in keep}
+    judged = sorted({d for sq in qrels.values() for docs in sq.values() for d in docs})
+    rest = sorted(set(data.corpus) - set(judged))
+    n_extra = min(len(rest), int(round(distractor_ratio * len(judged))))
+    kept = set(judged) | set(rng.sample(rest, n_extra))
+    corpus = {d: data.corpus[d] for d in data.corpus if d in kept}
+    queries = {q: data.queries[q] for sq in qrels.values() for q in sq}
+    return RetrievalData(name=data.name, corpus=corpus, queries=queries, qrels=qrels)
+
+
+def load_data(dataset: str, *, max_samples: int | None = None, seed: int = 42,
+              distractor_ratio: float = 4.0) -> RetrievalData:
+    data = resolve_dataset(dataset)
+    if max_samples is not None:
+        data = subsample(data, max_queries=max_samples, seed=seed, distractor_ratio=distractor_ratio)
+    return data
