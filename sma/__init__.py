@@ -13,7 +13,15 @@ from sma.config import (
     save_config,
     to_dict,
 )
-from sma.data import DataError, RetrievalData, doc_text, load_beir_folder, load_data, resolve_dataset, subsample
+from sma.data import (
+    DataError,
+    RetrievalData,
+    doc_text,
+    load_beir_folder,
+    load_data,
+    resolve_dataset,
+    subsample,
+)
 from sma.evaluate import EvalResult, evaluate, metric_key, retrieve, score_run
 from sma.model import BiEncoder, ModelNotFoundError, resolve_model_path
 

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from sma.circuits.config import AnalysisConfig
+
 T = TypeVar("T")
 
 
@@ -76,6 +78,54 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class PruneConfig:
+    """Which units go (criterion, circuits) and how gradually (gentleness -> schedule)."""
+
+    criterion: str = "mechanistic"
+    """``mechanistic`` (causal ablation + attribution, circuits protected), ``attribution``, ``ablation``,
+    ``magnitude`` (non-mechanistic baseline) or ``random`` (control)."""
+    gentleness: float = 0.5
+    """0 = one shot; 1 = ``max_steps`` steps on a cubic schedule (see :mod:`sma.schedule`)."""
+    max_steps: int = 4
+    step_epochs: float = 1.0
+    """Distillation epochs between two pruning steps."""
+    protect_circuits: bool = True
+    allocation: str = "per_layer"
+    """``per_layer`` (every layer loses the target share; uniform shapes) or ``global``."""
+    split: str = "joint"
+    """``joint`` (heads and neurons compete by score per parameter) or ``proportional``."""
+    min_heads_per_layer: int = 0
+    reestimate: bool = False
+    """Re-score importance (attribution) on the pruned student before each later step."""
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Recovery after pruning: loss = alpha * KD(teacher) + (1 - alpha) * contrastive task loss."""
+
+    alpha: float = 1.0
+    """1 = pure label-free distillation; 0 = task loss only (``--no-distill``)."""
+    post_prune_epochs: int = 3
+    temperature: float = 0.05
+    learning_rate: float = 1e-4
+    batch_size: int = 32
+    max_length: int = 128
+    train_queries: bool = True
+    """Add the training queries to the unlabeled distillation texts (documents are always used)."""
+    eval_every_epoch: bool = False
+    """Evaluate dev retention after every post-prune epoch (for schedulers); costs a corpus encoding each."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    enabled: bool = True
+    seq_len: int = 256
+    batch_size: int = 32
+    repeats: int = 5
+    threads: int = 2
+
+
+@dataclass(frozen=True)
 class RunConfig:
     experiment: str = "default"
     output_dir: str = "results"
@@ -85,10 +135,16 @@ class RunConfig:
     sparsity: tuple[float, ...] = (0.3, 0.5, 0.7)
     device: str = "auto"
     threads: int | None = None
+    cache_dir: str | None = None
+    """Where baselines and analyses are cached by content hash; default ``$SMA_CACHE_DIR`` or ~/.cache/sma."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -36,7 +36,8 @@ def _head_hook(gate: torch.Tensor, head_size: int):
     def hook(module: nn.Module, args: tuple) -> tuple:
         x = args[0]
         shape = x.shape
-        x = (x.view(*shape[:-1], -1, head_size) * gate.to(x.dtype).unsqueeze(-1)).view(shape)
+        # explicit head count: ``-1`` cannot be inferred for a layer whose heads were all removed
+        x = (x.view(*shape[:-1], gate.numel(), head_size) * gate.to(x.dtype).unsqueeze(-1)).view(shape)
         return (x, *args[1:])
 
     return hook

@@ -1,0 +1,34 @@
+# Two commands: `make demo` (set up + run the quick job on offline defaults), `make test` (set up + tests).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED_DATA := $(wildcard ../shared/data)
+ifneq ($(SHARED_DATA),)
+export SMA_DATA_DIR ?= $(abspath $(SHARED_DATA))
+endif
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test lint clean
+
+install: $(VENV)/.installed
+
+# torch==2.13.0 first: it is the CPU build on this machine's disk; anything else pulls a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev,offline]"
+	touch $@
+
+demo: install
+	$(BIN)/sma run --quick-test --max-samples 100 --experiment demo
+
+test: install
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check sma tune analysis tests
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

@@ -1,0 +1,301 @@
+"""Dense vs pruned speed and memory, measured in one process (``sma bench`` and :func:`benchmark`).
+
+Both models see the same random token batch (fixed ``seq_len`` and ``batch_size``, no padding). Timed
+forwards alternate dense/pruned (the order flips every repeat) after warm-up; medians are reported.
+Peak memory is measured apart from timing, per model:
+
+- CPU: the increase of the process RSS over its value just before one forward pass, sampled every
+  0.25 ms by a background thread, after ``gc.collect()`` and glibc ``malloc_trim(0)`` so freed heap pages
+  do not hide the new peak. It covers activations and allocator overhead, not the (already resident)
+  weights; ``tracemalloc`` would miss torch's allocations entirely.
+- CUDA: ``torch.cuda.max_memory_allocated()`` during the forward minus the allocation before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import gc
+import json
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from torch import nn
+
+from sma.prune import (
+    apply_plan,
+    encoder_sparsity,
+    first_n_scores,
+    magnitude_scores,
+    plan_for_sparsity,
+    unwrap,
+)
+from sma.prune.units import encoder_stack
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """One model's measurements in one benchmark."""
+
+    params: int
+    encoder_params: int
+    weight_bytes: int
+    encoder_weight_bytes: int
+    encoder_sparsity: float
+    latencies_s: tuple[float, ...]
+    peak_memory_bytes: int
+    batch_size: int
+
+    @property
+    def latency_s(self) -> float:
+        return statistics.median(self.latencies_s)
+
+    @property
+    def docs_per_s(self) -> float:
+        return self.batch_size / self.latency_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "latency_s": self.latency_s, "docs_per_s": self.docs_per_s}
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    device: str
+    dtype: str
+    seq_len: int
+    batch_size: int
+    threads: int
+    repeats: int
+    warmup: int
+    peak_memory_kind: str
+    dense: ModelRun
+    pruned: ModelRun
+
+    @property
+    def speedup(self) -> float:
+        return self.dense.latency_s / self.pruned.latency_s
+
+    @property
+    def encoder_weight_ratio(self) -> float:
+        return self.pruned.encoder_weight_bytes / self.dense.encoder_weight_bytes
+
+    @property
+    def weight_ratio(self) -> float:
+        return self.pruned.weight_bytes / self.dense.weight_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k not in ("dense", "pruned")}
+        return {**out, "dense": self.dense.to_dict(), "pruned": self.pruned.to_dict(), "speedup": self.speedup,
+                "encoder_weight_ratio": self.encoder_weight_ratio, "weight_ratio": self.weight_ratio}
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _peak_rss_delta(fn: Callable[[], object], interval_s: float = 0.00025) -> int:
+    proc = psutil.Process()
+    gc.collect()
+    _malloc_trim()
+    base = peak = proc.memory_info().rss
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, proc.memory_info().rss)
+            time.sleep(interval_s)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        thread.join()
+    return max(peak, proc.memory_info().rss) - base
+
+
+def _peak_cuda(fn: Callable[[], object], device: torch.device) -> int:
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def _bytes(params: Sequence[torch.Tensor]) -> int:
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+def benchmark(dense: nn.Module, pruned: nn.Module, *, seq_len: int = 256, batch_size: int = 32, repeats: int = 10,
+              warmup: int = 2, threads: int = 2, dtype: torch.dtype = torch.float32,
+              device: str | torch.device = "cpu", memory_repeats: int = 3, seed: int = 0) -> BenchResult:
+    """Time ``dense`` and ``pruned`` (HF encoders, BiEncoders or DDP) on one batch, interleaved; medians.
+
+    Models already on ``device`` in ``dtype`` are used as they are; otherwise a converted copy is made
+    (the caller's models are never changed). ``threads`` sets torch's intra-op threads for the run.
+    """
+    device = torch.device(device)
+    models, was_training = [], []
+    for m in (dense, pruned):
+        enc = unwrap(m)
+        ref = next(enc.parameters())
+        if ref.device != device or ref.dtype != dtype:
+            enc = copy.deepcopy(enc).to(device=device, dtype=dtype)
+        was_training.append(enc.training)
+        models.append(enc.eval())
+    vocab = min(int(getattr(models[0].config, "vocab_size", 1000)), 30000)
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000 if vocab > 2000 else 1, vocab, (batch_size, seq_len), generator=gen).to(device)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    cuda = device.type == "cuda"
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            def forward(model: nn.Module) -> Callable[[], object]:
+                return lambda: model(**batch).last_hidden_state
+
+            for _ in range(warmup):
+                for m in models:
+                    forward(m)()
+            peaks: list[list[int]] = [[], []]
+            for _ in range(memory_repeats):
+                for i, m in enumerate(models):
+                    peaks[i].append(_peak_cuda(forward(m), device) if cuda else _peak_rss_delta(forward(m)))
+            times: list[list[float]] = [[], []]
+            for r in range(repeats):
+                for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+                    if cuda:
+                        torch.cuda.synchronize(device)
+                    start = time.perf_counter()
+                    forward(models[i])()
+                    if cuda:
+                        torch.cuda.synchronize(device)
+                    times[i].append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(old_threads)
+        for m, training in zip(models, was_training, strict=True):
+            m.train(training)
+    runs = []
+    for i, m in enumerate(models):
+        runs.append(ModelRun(
+            params=sum(p.numel() for p in m.parameters()),
+            encoder_params=sum(p.numel() for p in encoder_stack(m).parameters()),
+            weight_bytes=_bytes(list(m.parameters())), encoder_weight_bytes=_bytes(list(encoder_stack(m).parameters())),
+            encoder_sparsity=encoder_sparsity(m).sparsity, latencies_s=tuple(times[i]),
+            peak_memory_bytes=int(statistics.median(peaks[i])), batch_size=batch_size))
+    return BenchResult(
+        device=torch.cuda.get_device_name(device) if cuda else f"cpu ({threads} threads)",
+        dtype=str(dtype).removeprefix("torch."), seq_len=seq_len, batch_size=batch_size, threads=threads,
+        repeats=repeats, warmup=warmup, peak_memory_kind="cuda_max_allocated_delta" if cuda else "rss_delta",
+        dense=runs[0], pruned=runs[1])
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+BUILTIN_CONFIGS = {
+    "tiny": {"vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "intermediate_size": 128},
+    "bert-base": {},
+}
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``sma bench``; the handler is ``run_cli`` (also set as ``func`` default)."""
+    p = subparsers.add_parser("bench", help="dense vs pruned latency, throughput and memory",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2",
+                   help="HF name or directory; 'tiny' and 'bert-base' are built-in random-weight configs")
+    p.add_argument("--sparsity", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--scores", choices=("magnitude", "first_n"), default="magnitude")
+    p.add_argument("--allocation", choices=("per_layer", "global"), default="per_layer")
+    p.add_argument("--split", choices=("proportional", "joint"), default="proportional")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    p.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="default: float32 on CPU; float32 bfloat16 float16 on CUDA")
+    p.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--random-weights", action="store_true", help="the model's config with random weights")
+    p.add_argument("--smoke-test", action="store_true",
+                   help="tiny random model, short sequences, few repeats, one thread")
+    p.set_defaults(func=run_cli)
+    return p
+
+
+def _dense_model(name: str, *, random_weights: bool) -> nn.Module:
+    from transformers import AutoConfig, AutoModel, BertConfig
+
+    from sma.model import resolve_model_path
+
+    if name in BUILTIN_CONFIGS:
+        return AutoModel.from_config(BertConfig(**BUILTIN_CONFIGS[name])).eval()
+    path = resolve_model_path(name)
+    if random_weights:
+        return AutoModel.from_config(AutoConfig.from_pretrained(path)).eval()
+    return AutoModel.from_pretrained(path).eval()
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    head = (f"{'target':>6} {'actual':>7} {'dtype':>8} {'dense ms':>9} {'pruned ms':>9} {'speedup':>7} "
+            f"{'docs/s d':>9} {'docs/s p':>9} {'enc MB d':>8} {'enc MB p':>8} {'ratio':>6} {'peak MB d':>9} "
+            f"{'peak MB p':>9}")
+    lines = [head]
+    for r in rows:
+        d, p = r["dense"], r["pruned"]
+        lines.append(
+            f"{r['target']:>6.2f} {p['encoder_sparsity']:>7.4f} {r['dtype']:>8} {1e3 * d['latency_s']:>9.1f} "
+            f"{1e3 * p['latency_s']:>9.1f} {r['speedup']:>6.2f}x {d['docs_per_s']:>9.1f} {p['docs_per_s']:>9.1f} "
+            f"{d['encoder_weight_bytes'] / 2**20:>8.2f} {p['encoder_weight_bytes'] / 2**20:>8.2f} "
+            f"{r['encoder_weight_ratio']:>6.3f} {d['peak_memory_bytes'] / 2**20:>9.1f} "
+            f"{p['peak_memory_bytes'] / 2**20:>9.1f}")
+    return "\n".join(lines)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    if args.smoke_test:
+        args.model, args.random_weights = "tiny", True
+        args.seq_len, args.batch_size = min(args.seq_len, 32), min(args.batch_size, 4)
+        args.repeats, args.warmup, args.threads = min(args.repeats, 3), min(args.warmup, 1), 1
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtypes = args.dtypes or (["float32", "bfloat16", "float16"] if device == "cuda" else ["float32"])
+    dense = _dense_model(args.model, random_weights=args.random_weights)
+    scorer = magnitude_scores if args.scores == "magnitude" else first_n_scores
+    rows = []
+    for target in args.sparsity:
+        pruned = copy.deepcopy(dense)
+        plan = plan_for_sparsity(pruned, scorer(pruned), target, allocation=args.allocation, split=args.split)
+        apply_plan(pruned, plan)
+        for dt in dtypes:
+            res = benchmark(dense, pruned, seq_len=args.seq_len, batch_size=args.batch_size, repeats=args.repeats,
+                            warmup=args.warmup, threads=args.threads, dtype=getattr(torch, dt), device=device)
+            rows.append({"target": target, "sparsity_report": encoder_sparsity(pruned).to_dict(),
+                         "plan": {"heads": plan.num_heads, "neurons": plan.num_neurons,
+                                  "allocation": plan.allocation, "method": plan.method},
+                         **res.to_dict()})
+            print(f"sparsity {target:.2f} {dt}: speedup {res.speedup:.2f}x", flush=True)
+    print(_table(rows))
+    if args.output is not None:
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+        payload = {"settings": settings, "torch": torch.__version__, "results": rows}
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(payload, indent=2))
+        print(f"wrote {args.output}")
+    return 0

@@ -1,0 +1,139 @@
+"""The probe set: queries from train/dev with their relevant documents and hard negatives (seeded)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+
+import torch
+
+from sma.circuits.config import AnalysisConfig
+from sma.data import Corpus, Qrels, Queries, RetrievalData, doc_text
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """Probe queries and a candidate pool of documents; indices point into ``doc_ids``.
+
+    ``relevant[q]`` holds every pool document judged relevant to query ``q`` (these are never treated
+    as negatives), ``positives[q]`` the sampled ones the contrastive objective pulls towards the query.
+    """
+
+    dataset: str
+    query_ids: tuple[str, ...]
+    query_texts: tuple[str, ...]
+    doc_ids: tuple[str, ...]
+    doc_texts: tuple[str, ...]
+    positives: tuple[tuple[int, ...], ...]
+    negatives: tuple[tuple[int, ...], ...]
+    relevant: tuple[tuple[tuple[int, int], ...], ...]
+    """Per query: ``(pool index, relevance grade)`` of every judged-relevant pool document."""
+
+    @property
+    def num_pairs(self) -> int:
+        return sum(len(p) for p in self.positives)
+
+    def qrels(self) -> Qrels:
+        """The probe's judgements (pool documents only), for ranking the pool with ir-measures."""
+        return {q: {self.doc_ids[i]: g for i, g in rel} for q, rel in zip(self.query_ids, self.relevant, strict=True)}
+
+    def subset(self, num_queries: int) -> ProbeSet:
+        """The first ``num_queries`` queries, with the pool cut down to their own documents."""
+        n = min(num_queries, len(self.query_ids))
+        keep = sorted({i for q in range(n) for i in (*self.positives[q], *self.negatives[q])})
+        remap = {old: new for new, old in enumerate(keep)}
+        return ProbeSet(
+            dataset=self.dataset, query_ids=self.query_ids[:n], query_texts=self.query_texts[:n],
+            doc_ids=tuple(self.doc_ids[i] for i in keep), doc_texts=tuple(self.doc_texts[i] for i in keep),
+            positives=tuple(tuple(remap[i] for i in p) for p in self.positives[:n]),
+            negatives=tuple(tuple(remap[i] for i in p) for p in self.negatives[:n]),
+            relevant=tuple(tuple((remap[i], g) for i, g in r if i in remap) for r in self.relevant[:n]),
+        )
+
+    def summary(self) -> dict:
+        return {"dataset": self.dataset, "queries": len(self.query_ids), "pool_docs": len(self.doc_ids),
+                "pairs": self.num_pairs, "query_ids": list(self.query_ids), "digest": self.digest()}
+
+    def digest(self) -> str:
+        payload = json.dumps([self.dataset, self.query_ids, self.doc_ids, self.positives, self.negatives,
+                              self.relevant, self.query_texts, self.doc_texts])
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _merged_split(data: RetrievalData, splits: tuple[str, ...]) -> tuple[Queries, Qrels]:
+    queries: Queries = {}
+    qrels: Qrels = {}
+    for split in splits:
+        _, sq, sr = data.split(split)
+        queries.update(sq)
+        for q, docs in sr.items():
+            qrels.setdefault(q, {}).update(docs)
+    return queries, qrels
+
+
+def bm25_rankings(corpus: Corpus, queries: list[str], *, k: int) -> list[list[str]]:
+    """Top-``k`` document ids per query by BM25 (``bm25s``, English stopwords)."""
+    import bm25s
+
+    dids = sorted(corpus)
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize([doc_text(corpus[d]) for d in dids], stopwords="en", show_progress=False),
+                    show_progress=False)
+    tokens = bm25s.tokenize(queries, stopwords="en", show_progress=False)
+    idx, _ = retriever.retrieve(tokens, k=min(k, len(dids)), show_progress=False, n_threads=1)
+    return [[dids[int(j)] for j in row] for row in idx]
+
+
+def dense_rankings(model, corpus: Corpus, queries: list[str], *, k: int, batch_size: int) -> list[list[str]]:
+    """Top-``k`` document ids per query by the model's own cosine/dot similarity."""
+    dids = sorted(corpus)
+    d_emb = model.encode([doc_text(corpus[d]) for d in dids], kind="doc", batch_size=batch_size,
+                         show_progress=True, desc="probe: encode corpus")
+    q_emb = model.encode(queries, kind="query", batch_size=batch_size)
+    top = (q_emb @ d_emb.T).topk(min(k, len(dids)), dim=1).indices
+    return [[dids[int(j)] for j in row] for row in top]
+
+
+def build_probe(data: RetrievalData, *, cfg: AnalysisConfig, model=None) -> ProbeSet:
+    """Seeded probe: ``cfg.probe_queries`` queries of ``cfg.probe_splits``, their positives, hard negatives."""
+    queries, qrels = _merged_split(data, cfg.probe_splits)
+    rng = random.Random(cfg.seed)
+    qids = sorted(q for q, docs in qrels.items() if any(g > 0 for g in docs.values()))
+    qids = rng.sample(qids, min(cfg.probe_queries, len(qids)))
+    positives: dict[str, list[str]] = {}
+    for q in qids:
+        rel = sorted(d for d, g in qrels[q].items() if g > 0)
+        rng.shuffle(rel)
+        rel.sort(key=lambda d: -qrels[q][d])  # stable: seeded order among equal grades
+        positives[q] = rel[:cfg.positives_per_query]
+    depth = cfg.negatives_per_query + max(len(qrels[q]) for q in qids)
+    texts = [queries[q] for q in qids]
+    if cfg.negative_source == "bm25":
+        ranked = bm25_rankings(data.corpus, texts, k=depth)
+    else:
+        if model is None:
+            raise ValueError("negative_source='dense' needs the model")
+        ranked = dense_rankings(model, data.corpus, texts, k=depth, batch_size=cfg.batch_size)
+    negatives = {q: [d for d in ranking if d not in qrels[q]][:cfg.negatives_per_query]
+                 for q, ranking in zip(qids, ranked, strict=True)}
+    pool = sorted({d for q in qids for d in (*positives[q], *negatives[q])})
+    index = {d: i for i, d in enumerate(pool)}
+    return ProbeSet(
+        dataset=data.name, query_ids=tuple(qids), query_texts=tuple(texts), doc_ids=tuple(pool),
+        doc_texts=tuple(doc_text(data.corpus[d]) for d in pool),
+        positives=tuple(tuple(index[d] for d in positives[q]) for q in qids),
+        negatives=tuple(tuple(index[d] for d in negatives[q]) for q in qids),
+        relevant=tuple(tuple((index[d], g) for d, g in sorted(qrels[q].items()) if g > 0 and d in index)
+                       for q in qids),
+    )
+
+
+def negative_mask(probe: ProbeSet) -> torch.Tensor:
+    """``[query, doc]`` true where the pool document is not judged relevant to the query."""
+    mask = torch.ones(len(probe.query_ids), len(probe.doc_ids), dtype=torch.bool)
+    for q, rel in enumerate(probe.relevant):
+        for i, _ in rel:
+            mask[q, i] = False
+    return mask

@@ -1,0 +1,141 @@
+"""Knowledge distillation from the dense teacher: loss = alpha * KD + (1 - alpha) * contrastive task loss.
+
+KD needs no labels: the student's pooled embedding of a text is pulled to the teacher's (squared L2 on
+normalised embeddings) and the student's in-batch similarity distribution to the teacher's (KL with a
+temperature). The unlabeled texts are every corpus document plus the training queries (documents act as
+pseudo-queries when queries are few). The task loss is InfoNCE on (query, relevant document) training pairs.
+Teacher embeddings are computed once per (teacher, texts, max length) and reused.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from sma.model import BiEncoder
+from sma.train import contrastive_loss
+
+
+@dataclass(frozen=True)
+class DistillTexts:
+    """Unlabeled texts (documents and training queries) and the teacher's embeddings of them."""
+
+    texts: tuple[str, ...]
+    teacher: torch.Tensor  # [n, dim], normalised
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, *, temperature: float) -> torch.Tensor:
+    """Squared L2 between embeddings + KL between in-batch similarity distributions (teacher || student).
+
+    Zero when ``student == teacher``. Rows are texts; the similarity of each text to the others in the
+    batch (itself excluded) is a distribution over the batch.
+    """
+    mse = (student - teacher).pow(2).sum(-1).mean()
+    n = student.shape[0]
+    if n < 2:
+        return mse
+    eye = torch.eye(n, dtype=torch.bool, device=student.device)
+    s_logits = (student @ student.T / temperature).masked_fill(eye, -1e4)
+    t_logits = (teacher @ teacher.T / temperature).masked_fill(eye, -1e4)
+    kl = F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1), log_target=True, reduction="batchmean")
+    return mse + kl
+
+
+def _embed(model: nn.Module, tokenizer, texts: Sequence[str], max_length: int) -> torch.Tensor:
+    """One forward pass over ``texts`` (queries and documents alike: the encoder is shared and the max length
+    is one). ``model`` is a BiEncoder or a DDP wrapper of one, so DDP sees exactly one forward per step."""
+    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    device = next(model.parameters()).device
+    return model(**{k: v.to(device) for k, v in batch.items()})
+
+
+@torch.inference_mode()
+def teacher_embeddings(teacher: BiEncoder, texts: Sequence[str], *, max_length: int, batch_size: int = 64,
+                       show_progress: bool = True) -> torch.Tensor:
+    teacher.eval()
+    chunks = []
+    for start in tqdm(range(0, len(texts), batch_size), desc="teacher embeddings", disable=not show_progress):
+        chunks.append(_embed(teacher, teacher.tokenizer, texts[start:start + batch_size], max_length).float().cpu())
+    return torch.cat(chunks)
+
+
+@dataclass(frozen=True)
+class TaskPairs:
+    """Labeled (query text, doc text) training pairs for the task loss, with ids for masking."""
+
+    qids: tuple[str, ...]
+    dids: tuple[str, ...]
+    queries: dict[str, str]
+    docs: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+
+def distill_epochs(student: nn.Module, texts: DistillTexts, *, epochs: float, alpha: float, temperature: float,
+                   lr: float, batch_size: int, max_length: int, seed: int, task: TaskPairs | None = None,
+                   task_temperature: float = 0.05, rank: int = 0, world_size: int = 1,
+                   on_epoch: Callable[[int, float], None] | None = None, show_progress: bool = True,
+                   desc: str = "distill") -> list[float]:
+    """Train ``student`` (a BiEncoder, possibly DDP-wrapped) for ``epochs`` (fractions allowed) over the
+    unlabeled texts; returns mean loss per (partial) epoch. A fresh AdamW each call: pruning changes shapes."""
+    if epochs <= 0:
+        return []
+    bi: BiEncoder = student.module if hasattr(student, "module") else student  # type: ignore[assignment]
+    use_task = alpha < 1.0 and task is not None and len(task.qids) > 0
+    if alpha <= 0 and not use_task:
+        return []
+    optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
+    rng = random.Random(seed)
+    n = len(texts.texts)
+    batches_per_epoch = max(1, math.ceil(n / batch_size / world_size))
+    total = max(1, round(epochs * batches_per_epoch))
+    losses: list[float] = []
+    current: list[float] = []
+    student.train()
+    order: list[int] = []
+    bar = tqdm(range(total), desc=desc, disable=not show_progress or rank != 0)
+    for step in bar:
+        if len(order) < batch_size * world_size:
+            perm = list(range(n))
+            rng.shuffle(perm)
+            order.extend(perm)
+        chunk, order = order[:batch_size * world_size], order[batch_size * world_size:]
+        idx = chunk[rank::world_size]
+        kd_texts = [texts.texts[i] for i in idx] if alpha > 0 else []
+        qids: list[str] = []
+        dids: list[str] = []
+        if use_task:
+            pick = [rng.randrange(len(task.qids)) for _ in range(min(batch_size, len(task.qids)))]
+            qids = [task.qids[i] for i in pick]
+            dids = [task.dids[i] for i in pick]
+        emb = _embed(student, bi.tokenizer,
+                     kd_texts + [task.queries[x] for x in qids] + [task.docs[x] for x in dids], max_length)
+        loss = torch.zeros((), device=emb.device)
+        if kd_texts:
+            s = emb[:len(kd_texts)]
+            loss = loss + alpha * kd_loss(s, texts.teacher[idx].to(s.device), temperature=temperature)
+        if qids:
+            q = emb[len(kd_texts):len(kd_texts) + len(qids)]
+            d = emb[len(kd_texts) + len(qids):]
+            loss = loss + (1 - alpha) * contrastive_loss(q, d, qids=qids, dids=dids,
+                                                         pos_index=torch.arange(len(qids), device=q.device),
+                                                         qrels=task.qrels, temperature=task_temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        current.append(loss.item())
+        bar.set_postfix(loss=f"{current[-1]:.4f}")
+        if (step + 1) % batches_per_epoch == 0 or step + 1 == total:
+            losses.append(sum(current) / len(current))
+            current = []
+            if on_epoch is not None:
+                on_epoch(len(losses), losses[-1])
+    student.eval()
+    return losses

@@ -1,0 +1,216 @@
+"""``sma run``: prepare (cached) -> per sparsity: gradual prune + distill -> evaluate, benchmark -> table.
+
+Per sparsity (:func:`run_sparsity`): the student starts as a copy of the teacher; for each step of the
+schedule a plan is made on rank 0 (broadcast under torch.distributed), applied physically, and the student
+is distilled a little; then ``post_prune_epochs`` of distillation; then dev/test evaluation over the whole
+corpus, a side-by-side speed/memory benchmark against the dense teacher, and the files of the results layout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from sma.baseline import evaluate_splits
+from sma.config import RunConfig, save_config, to_dict
+from sma.distill import distill_epochs
+from sma.prepare import Prepared, prepare
+from sma.prune import PruningPlan, apply_plan, encoder_sparsity, plan_for_sparsity, save_pruned, structure
+from sma.schedule import sparsity_schedule
+from sma.seeding import set_seed
+
+log = logging.getLogger(__name__)
+
+Reporter = Callable[[dict[str, float]], None]
+
+
+def setup_runtime(cfg: RunConfig) -> None:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    set_seed(cfg.seed, deterministic=cfg.deterministic)
+
+
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _broadcast(obj: Any, world_size: int) -> Any:
+    if world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _wrap(model: torch.nn.Module, world_size: int) -> torch.nn.Module:
+    if world_size == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model)
+
+
+def sparsity_dir(cfg: RunConfig, sparsity: float) -> Path:
+    return cfg.run_dir / "phase2" / f"s{sparsity:.2f}"
+
+
+def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None, prepared: Prepared | None = None,
+                 reporter: Reporter | None = None) -> dict[str, Any]:
+    """Prune a copy of the teacher to ``sparsity``, recover it, measure it. Returns flat metrics."""
+    started = time.time()
+    rank, world = _dist()
+    setup_runtime(cfg)
+    prep = prepared or prepare(cfg)
+    out_dir = Path(out_dir) if out_dir is not None else sparsity_dir(cfg, sparsity)
+    teacher = prep.teacher()
+    student = prep.teacher()
+    dense_params = encoder_sparsity(teacher.encoder).dense_params
+    scores = prep.importance.scores_for(cfg.prune.criterion)
+    protected = prep.importance.circuit if cfg.prune.protect_circuits else frozenset()
+    schedule = sparsity_schedule(sparsity, cfg.prune.gentleness, max_steps=cfg.prune.max_steps)
+    plans: list[dict] = []
+    history: list[dict[str, float]] = []
+    wrapped = _wrap(student, world)
+    for step, target in enumerate(schedule, start=1):
+        plan: PruningPlan | None = None
+        if rank == 0:
+            plan = plan_for_sparsity(student.encoder, scores, target, allocation=cfg.prune.allocation,
+                                     split=cfg.prune.split, min_heads_per_layer=cfg.prune.min_heads_per_layer,
+                                     protected=sorted(protected))
+        plan = _broadcast(plan, world)
+        apply_plan(student, plan)
+        wrapped = _wrap(student, world)  # shapes changed: DDP must be rebuilt
+        report = encoder_sparsity(student.encoder, dense_param_count=dense_params)
+        plans.append({"step": step, "target": target, "actual": report.sparsity, "plan": json.loads(plan.to_json())})
+        log.info("s=%.2f step %d/%d: target %.4f actual %.4f", sparsity, step, len(schedule), target, report.sparsity)
+        if step < len(schedule):
+            _distill(cfg, prep, wrapped, epochs=cfg.prune.step_epochs, rank=rank, world=world, seed_offset=step,
+                     desc=f"s={sparsity:.2f} step {step}")
+    metrics_by_epoch: Callable[[int, float], None] | None = None
+    if reporter is not None or cfg.distill.eval_every_epoch:
+        def metrics_by_epoch(epoch: int, loss: float) -> None:
+            row = {"epoch": epoch, "train_loss": loss}
+            if cfg.distill.eval_every_epoch:
+                row.update(_dev_row(cfg, prep, student, rank, world))
+            history.append(row)
+            if reporter is not None:
+                reporter(row)
+    _distill(cfg, prep, wrapped, epochs=cfg.distill.post_prune_epochs, rank=rank, world=world, seed_offset=0,
+             desc=f"s={sparsity:.2f} post-prune", on_epoch=metrics_by_epoch)
+    result = _measure(cfg, prep, teacher, student, sparsity, dense_params, rank, world)
+    result["seconds"] = round(time.time() - started, 1)
+    result["schedule"] = schedule
+    result["structure"] = structure(student.encoder)
+    result["history"] = history
+    if rank == 0:
+        result["artifacts"] = _write(out_dir, cfg, student, plans, result)
+    result = _broadcast(result, world)
+    if reporter is not None and not history:
+        reporter({"epoch": cfg.distill.post_prune_epochs, "dev_retention": result["dev_retention"],
+                  "dev_ndcg_at_10": result["dev_ndcg_at_10"]})
+    return result
+
+
+def _distill(cfg: RunConfig, prep: Prepared, model: torch.nn.Module, *, epochs: float, rank: int, world: int,
+             seed_offset: int, desc: str, on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
+    d = cfg.distill
+    return distill_epochs(
+        model, prep.texts, epochs=epochs, alpha=d.alpha, temperature=d.temperature, lr=d.learning_rate,
+        batch_size=d.batch_size, max_length=d.max_length, seed=cfg.seed + 1000 * seed_offset, task=prep.task,
+        rank=rank, world_size=world, on_epoch=on_epoch, show_progress=cfg.eval.show_progress, desc=desc,
+    )
+
+
+def _dev_row(cfg: RunConfig, prep: Prepared, student, rank: int, world: int) -> dict[str, float]:
+    row: dict[str, float] = {}
+    if rank == 0:
+        res = evaluate_splits(student, prep.data, cfg, splits=(cfg.data.dev_split,))[cfg.data.dev_split]
+        dense = prep.baseline.metrics[cfg.data.dev_split].mean["ndcg_at_10"]
+        row = {"dev_ndcg_at_10": res.mean["ndcg_at_10"], "dev_retention": res.mean["ndcg_at_10"] / dense}
+    return _broadcast(row, world)
+
+
+def _measure(cfg: RunConfig, prep: Prepared, teacher, student, sparsity: float, dense_params: int, rank: int,
+             world: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if rank == 0:
+        report = encoder_sparsity(student.encoder, dense_param_count=dense_params)
+        res = evaluate_splits(student, prep.data, cfg)
+        out = {"sparsity": sparsity, "actual_sparsity": report.sparsity,
+               "actual_sparsity_with_embeddings": report.sparsity_with_embeddings,
+               "per_query": {s: r.per_query for s, r in res.items()}}
+        for split, r in res.items():
+            dense = prep.baseline.metrics[split].mean
+            for k, v in r.mean.items():
+                out[f"{split}_{k}"] = v
+                out[f"{split}_dense_{k}"] = dense[k]
+            out[f"{split}_retention"] = r.mean["ndcg_at_10"] / dense["ndcg_at_10"] if dense["ndcg_at_10"] else 0.0
+        if cfg.bench.enabled:
+            from sma.bench import benchmark
+
+            b = benchmark(teacher.encoder, student.encoder, seq_len=cfg.bench.seq_len,
+                          batch_size=cfg.bench.batch_size, repeats=cfg.bench.repeats, threads=cfg.bench.threads)
+            out.update({"speedup": b.speedup, "memory_ratio": b.encoder_weight_ratio,
+                        "memory_ratio_with_embeddings": b.weight_ratio, "bench": b.to_dict()})
+    return out
+
+
+def _write(out_dir: Path, cfg: RunConfig, student, plans: list[dict], result: dict[str, Any]) -> dict[str, str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "plan.json").write_text(json.dumps(plans, indent=1))
+    save_pruned(student.encoder, out_dir / "model", tokenizer=student.tokenizer)
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=1, default=str))
+    return {"plan": str(out_dir / "plan.json"), "metrics": str(out_dir / "metrics.json"),
+            "model": str(out_dir / "model")}
+
+
+def run(cfg: RunConfig) -> dict:
+    """Run the whole job described by ``cfg``; write ``results/<experiment>/`` and return ``results.json``."""
+    started = time.time()
+    setup_runtime(cfg)
+    out = cfg.run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.json")
+    prep = prepare(cfg, analysis_dir=out / "phase1")
+    results: dict[str, Any] = {
+        "experiment": cfg.experiment, "model": cfg.model.name, "dataset": prep.data.name,
+        "num_documents": len(prep.data.corpus), "config": to_dict(cfg),
+        "baseline": {"key": prep.baseline.key, "cached": prep.baseline.cached,
+                     "metrics": {s: r.mean for s, r in prep.baseline.metrics.items()},
+                     "train_losses": list(prep.baseline.train_losses)},
+        "sparsities": [],
+    }
+    (out / "baseline_per_query.json").write_text(
+        json.dumps({s: r.per_query for s, r in prep.baseline.metrics.items()}, indent=1))
+    for s in cfg.sparsity:
+        r = run_sparsity(cfg, s, prepared=prep)
+        results["sparsities"].append({k: v for k, v in r.items() if k not in ("per_query", "bench", "history")})
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    results["seconds"] = round(time.time() - started, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(format_table(results))
+    return results
+
+
+def format_table(results: dict) -> str:
+    """The seed's table: Sparsity | Actual | Baseline | Pruned | Retention | Speedup | Memory (test split)."""
+    base = results["baseline"]["metrics"].get("test", {}).get("ndcg_at_10", float("nan"))
+    lines = [f"\nDense {results['model']} on {results['dataset']} ({results['num_documents']} documents): "
+             + ", ".join(f"{s} nDCG@10 {m['ndcg_at_10']:.4f}" for s, m in results["baseline"]["metrics"].items())]
+    if results["sparsities"]:
+        lines.append(f"{'Sparsity':<11}{'Actual':<10}{'Baseline':<11}{'Pruned':<9}{'Retention':<12}"
+                     f"{'Speedup':<10}{'Memory':<8}")
+        for r in results["sparsities"]:
+            speed = f"{r['speedup']:.3f}" if "speedup" in r else "-"
+            mem = f"{100 * r['memory_ratio']:.0f}%" if "memory_ratio" in r else "-"
+            lines.append(f"{100 * r['sparsity']:<11.0f}{100 * r['actual_sparsity']:<10.2f}{base:<11.4f}"
+                         f"{r.get('test_ndcg_at_10', float('nan')):<9.4f}"
+                         f"{100 * r.get('test_retention', float('nan')):<12.2f}{speed:<10}{mem:<8}")
+    return "\n".join(lines)

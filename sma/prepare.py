@@ -1,0 +1,80 @@
+"""Work shared by every sparsity and every trial, computed once and cached by content hash:
+data, the dense teacher (baseline), unit importance + circuits, and the teacher's distillation targets."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sma.baseline import Baseline, get_baseline
+from sma.cache import cache_root, content_hash
+from sma.config import RunConfig
+from sma.data import RetrievalData, doc_text, load_data
+from sma.distill import DistillTexts, TaskPairs, teacher_embeddings
+from sma.importance import Importance, get_importance
+from sma.model import BiEncoder
+from sma.train import training_pairs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    cfg: RunConfig
+    data: RetrievalData
+    baseline: Baseline
+    baseline_computed: bool
+    """False when the baseline came from the cache (trials must not retrain the teacher)."""
+    importance: Importance
+    texts: DistillTexts
+    task: TaskPairs
+
+    def teacher(self) -> BiEncoder:
+        return self.baseline.load(self.cfg)
+
+
+def distill_texts(cfg: RunConfig, data: RetrievalData, baseline: Baseline, teacher: BiEncoder) -> DistillTexts:
+    """Every corpus document (+ training queries) and the teacher's embeddings of them, cached."""
+    texts = [doc_text(data.corpus[d]) for d in sorted(data.corpus)]
+    if cfg.distill.train_queries and cfg.data.train_split in data.qrels:
+        texts += [data.queries[q] for q in sorted(data.qrels[cfg.data.train_split])]
+    key = content_hash("teacher-emb-v1", baseline.key, cfg.distill.max_length, texts)
+    path = cache_root(cfg.cache_dir) / "teacher" / f"{key}.pt"
+    if path.is_file():
+        emb = torch.load(path)
+    else:
+        emb = teacher_embeddings(teacher, texts, max_length=cfg.distill.max_length,
+                                 show_progress=cfg.eval.show_progress)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{id(emb)}.tmp")
+        torch.save(emb, tmp)
+        tmp.replace(path)
+    return DistillTexts(texts=tuple(texts), teacher=emb)
+
+
+def task_pairs(cfg: RunConfig, data: RetrievalData) -> TaskPairs:
+    if cfg.data.train_split not in data.qrels:
+        return TaskPairs(qids=(), dids=(), queries={}, docs={}, qrels={})
+    corpus, queries, qrels = data.split(cfg.data.train_split)
+    pairs = training_pairs(queries, qrels)
+    return TaskPairs(
+        qids=tuple(q for q, _ in pairs), dids=tuple(d for _, d in pairs), queries=queries,
+        docs={d: doc_text(corpus[d]) for _, d in pairs}, qrels=qrels,
+    )
+
+
+def prepare(cfg: RunConfig, *, analysis_dir: Path | None = None) -> Prepared:
+    """Load data, get the (cached) baseline, importance and teacher targets. Cheap when cached."""
+    data = load_data(cfg.data.dataset, max_samples=cfg.data.max_samples, seed=cfg.seed,
+                     distractor_ratio=cfg.data.distractor_ratio)
+    log.info("data %s: %d documents, %s", data.name, len(data.corpus),
+             ", ".join(f"{s} {len(q)} queries" for s, q in data.qrels.items()))
+    baseline = get_baseline(cfg, data)
+    teacher = baseline.load(cfg)
+    importance = get_importance(cfg, data, baseline, teacher, out_dir=analysis_dir)
+    texts = distill_texts(cfg, data, baseline, teacher)
+    return Prepared(cfg=cfg, data=data, baseline=baseline, baseline_computed=not baseline.cached,
+                    importance=importance, texts=texts, task=task_pairs(cfg, data))

@@ -1,0 +1,205 @@
+"""Turn unit scores into a plan that reaches a target encoder sparsity (:func:`plan_for_sparsity`).
+
+:class:`UnitScores` and :class:`PruningPlan` are defined in :mod:`sma.prune.schema` and re-exported here.
+
+Units compete by importance per parameter (``score / params``; a head owns ``4*h*d + 3*d`` parameters in
+BERT, a neuron ``2*h + 1``), least important first. Selection never overshoots while smaller units can
+still fill the gap, so the result lands within one FFN neuron of the target whenever neurons remain.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from torch import nn
+
+from sma.prune.schema import PruningPlan, UnitDecision, UnitScores
+from sma.prune.sparsity import LayerCount, layer_counts
+from sma.prune.units import LayerUnits, dense_sizes, unit_ids
+
+__all__ = ["ALLOCATIONS", "SPLITS", "PruningPlan", "UnitDecision", "UnitScores", "plan_for_sparsity"]
+
+ALLOCATIONS = ("global", "per_layer")
+SPLITS = ("joint", "proportional")
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    kind: str
+    layer: int
+    unit: int
+    score: float
+    cost: int
+    protected: bool
+
+    @property
+    def key(self) -> tuple:
+        return (self.protected, self.score / self.cost, self.layer, self.kind, self.unit)
+
+
+@dataclass
+class _State:
+    """Mutable selection state shared by the pools of one plan."""
+
+    heads_left: dict[int, int]
+    min_heads: int
+    chosen: list[_Candidate]
+
+    def allowed(self, c: _Candidate) -> bool:
+        return c.kind != "head" or self.heads_left[c.layer] > self.min_heads
+
+    def take(self, c: _Candidate) -> None:
+        self.chosen.append(c)
+        if c.kind == "head":
+            self.heads_left[c.layer] -= 1
+
+    def give_back(self, c: _Candidate) -> None:
+        self.chosen.remove(c)
+        if c.kind == "head":
+            self.heads_left[c.layer] += 1
+
+
+def _select(cands: list[_Candidate], needed: float, state: _State, *, nearest: bool) -> int:
+    """Take candidates in priority order until ``needed`` params are removed; returns params taken.
+
+    ``nearest``: stop at the count closest to ``needed`` (used for the coarse head pool). Otherwise a unit
+    that would overshoot is skipped while later (smaller) units can fill the gap; the gap is then closed
+    with the smallest units, and if a big unit had to overshoot, the most important smaller units taken
+    are given back while the target stays met.
+    """
+    taken_ids = {id(c) for c in state.chosen}
+    mine: list[_Candidate] = []
+    removed, skipped = 0, []
+    for c in cands:
+        if removed >= needed:
+            break
+        if id(c) in taken_ids or not state.allowed(c):
+            continue
+        if removed + c.cost <= needed + (c.cost / 2 if nearest else 0):
+            state.take(c)
+            mine.append(c)
+            removed += c.cost
+        else:
+            skipped.append(c)
+    if nearest:
+        return removed
+    for c in sorted(skipped, key=lambda c: c.cost):  # smallest units first, least important among equals
+        if removed >= needed:
+            break
+        if state.allowed(c):
+            state.take(c)
+            mine.append(c)
+            removed += c.cost
+    for c in sorted(mine, key=lambda c: c.key, reverse=True):  # most important first
+        if removed - c.cost >= needed:
+            state.give_back(c)
+            removed -= c.cost
+    return removed
+
+
+def _candidates(scores: UnitScores, ids: list[LayerUnits], counts: list[LayerCount],
+                protected: set[tuple[str, int, int]]) -> list[_Candidate]:
+    out = []
+    for layer, (units, count) in enumerate(zip(ids, counts, strict=True)):
+        for kind, present, cost in (("head", units.heads, count.head_cost), ("neuron", units.neurons,
+                                                                               count.neuron_cost)):
+            for uid in present:
+                s = scores.score(kind, layer, uid)
+                if math.isnan(s):
+                    raise ValueError(f"{kind} {uid} of layer {layer} is present but its score is nan")
+                out.append(_Candidate(kind, layer, uid, s, cost, (kind, layer, uid) in protected))
+    return sorted(out, key=lambda c: c.key)
+
+
+def _check_scores(model: nn.Module, scores: UnitScores, n_layers: int) -> None:
+    n_heads, n_neurons = dense_sizes(model)
+    if len(scores.heads) != n_layers:
+        raise ValueError(f"scores cover {len(scores.heads)} layers, the model has {n_layers}")
+    for layer, (h, n) in enumerate(zip(scores.heads, scores.neurons, strict=True)):
+        if len(h) != n_heads or len(n) != n_neurons:
+            raise ValueError(
+                f"layer {layer}: scores have {len(h)} heads/{len(n)} neurons, the dense model {n_heads}/"
+                f"{n_neurons}; scores are indexed by ORIGINAL ids (use UnitScores.from_current for scores "
+                "computed in the current order of a pruned model)")
+
+
+def _reason(c: _Candidate, rank: int, n: int, scope: str, target: float) -> str:
+    base = f"score {c.score:.4g} over {c.cost} params, rank {rank + 1} of {n} by importance per parameter ({scope})"
+    if c.protected:
+        return f"protected unit removed: target {target:g} cannot be met otherwise; {base}"
+    return f"low importance per parameter: {base}"
+
+
+def plan_for_sparsity(model: nn.Module, scores: UnitScores, target: float, *, allocation: str = "global",
+                      min_heads_per_layer: int = 0, protected: Collection[tuple[str, int, int]] = (),
+                      split: str = "joint") -> PruningPlan:
+    """A plan that brings the encoder (embeddings excluded) to ``target`` sparsity vs the DENSE model.
+
+    ``model`` may already be pruned: only units it still holds are listed, and the plan removes what is
+    missing to reach ``target`` in total. ``allocation="global"`` ranks units across all layers;
+    ``"per_layer"`` makes every layer lose ``target`` of its own dense parameters. ``split="joint"`` lets
+    heads and neurons compete; ``"proportional"`` removes ``target`` of the head parameters (rounded to
+    whole heads) and fills the rest with neurons, which keeps layer shapes uniform. ``protected`` units
+    ``("head"|"neuron", layer, original id)`` go last, only if the target is unreachable without them.
+    Raises ``ValueError`` if the target cannot be reached under ``min_heads_per_layer``.
+    """
+    if not 0.0 <= target < 1.0:
+        raise ValueError(f"target must be in [0, 1), got {target}")
+    if allocation not in ALLOCATIONS or split not in SPLITS:
+        raise ValueError(f"allocation must be one of {ALLOCATIONS} and split one of {SPLITS}, "
+                         f"got {allocation!r}/{split!r}")
+    for kind, _, _ in protected:
+        if kind not in ("head", "neuron"):
+            raise ValueError(f"protected kinds are 'head' and 'neuron', got {kind!r}")
+    counts, ids = layer_counts(model), unit_ids(model)
+    _check_scores(model, scores, len(counts))
+    cands = _candidates(scores, ids, counts, {(k, int(la), int(u)) for k, la, u in protected})
+    dense = sum(c.dense_params for c in counts)
+    already = sum(c.dense_params - c.params for c in counts)
+    state = _State(heads_left={c.index: c.heads for c in counts}, min_heads=min_heads_per_layer, chosen=[])
+    groups = [(cands, counts)] if allocation == "global" else [
+        ([c for c in cands if c.layer == cnt.index], [cnt]) for cnt in counts]
+    notes: list[str] = []
+    ranks: dict[int, tuple[int, int]] = {}
+    excess = 0.0  # per_layer: what earlier layers removed beyond their share (rounding), carried forward
+    for group, cnts in groups:
+        share = target * sum(c.dense_params for c in cnts) - sum(c.dense_params - c.params for c in cnts)
+        needed = share - excess
+        if needed <= 0:
+            excess = -needed
+            if allocation == "per_layer" and share <= 0:
+                notes.append(f"layer {cnts[0].index} already beyond the target; nothing removed there")
+            continue
+        free = [c for c in group if not c.protected]
+        got = 0
+        if split == "proportional":
+            dense_heads = sum(c.dense_heads * c.head_cost for c in cnts)
+            removed_heads = sum((c.dense_heads - c.heads) * c.head_cost for c in cnts)
+            got = _select([c for c in free if c.kind == "head"], target * dense_heads - removed_heads, state,
+                          nearest=True)
+        got += _select(free, needed - got, state, nearest=False)
+        if got < needed:  # last resort: protected units, least important first
+            got += _select([c for c in group if c.protected], needed - got, state, nearest=False)
+        if got < needed:
+            raise ValueError(f"target {target:g} is unreachable: {needed - got:.0f} more parameters would have to "
+                             f"go but no removable units are left (min_heads_per_layer={min_heads_per_layer})")
+        excess = got - needed
+        ranks.update({id(c): (i, len(group)) for i, c in enumerate(group)})
+    if already >= target * dense:
+        notes.append(f"model already at {already / dense:.4f} sparsity >= target {target:g}; nothing to remove")
+    scope = "all layers" if allocation == "global" else "within its layer"
+    decisions = tuple(
+        UnitDecision(kind=c.kind, layer=c.layer, unit=c.unit, score=c.score, params=c.cost,
+                     reason=_reason(c, *ranks[id(c)], scope, target))
+        for c in sorted(state.chosen, key=lambda c: (c.layer, c.kind, c.unit)))
+    heads: dict[int, list[int]] = {}
+    neurons: dict[int, list[int]] = {}
+    for c in state.chosen:
+        (heads if c.kind == "head" else neurons).setdefault(c.layer, []).append(c.unit)
+    removed = already + sum(c.cost for c in state.chosen)
+    return PruningPlan(
+        heads={k: tuple(v) for k, v in heads.items()}, neurons={k: tuple(v) for k, v in neurons.items()},
+        decisions=decisions, target=target, method=scores.method, allocation=f"{allocation}/{split}",
+        expected_sparsity=removed / dense, notes=tuple(notes))

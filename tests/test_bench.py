@@ -1,0 +1,51 @@
+"""The benchmark: result fields add up; ``sma bench --smoke-test`` prints a table and writes JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from sma.bench import BenchResult, add_cli, benchmark
+from sma.prune import PruningPlan, apply_plan
+from sma.prune.testing import FFN, HEADS, HIDDEN, LAYERS, tiny_model
+
+HEAD_PARAMS = 4 * HIDDEN * (HIDDEN // HEADS) + 3 * (HIDDEN // HEADS)
+NEURON_PARAMS = 2 * HIDDEN + 1
+
+
+def test_benchmark_fields_add_up():
+    dense, pruned = tiny_model(), tiny_model()
+    apply_plan(pruned, PruningPlan(heads={0: (0, 1), 2: tuple(range(HEADS))}, neurons={1: tuple(range(FFN // 2))}))
+    res = benchmark(dense, pruned, seq_len=16, batch_size=2, repeats=3, warmup=1, threads=1, memory_repeats=1)
+    assert isinstance(res, BenchResult)
+    removed = 6 * HEAD_PARAMS + (FFN // 2) * NEURON_PARAMS
+    assert res.dense.encoder_params - res.pruned.encoder_params == removed
+    assert res.dense.params - res.pruned.params == removed
+    assert res.pruned.encoder_weight_bytes == 4 * res.pruned.encoder_params  # float32
+    assert res.encoder_weight_ratio == pytest.approx(res.pruned.encoder_params / res.dense.encoder_params)
+    assert res.pruned.encoder_sparsity == pytest.approx(removed / res.dense.encoder_params)
+    assert len(res.dense.latencies_s) == len(res.pruned.latencies_s) == 3
+    assert res.speedup == pytest.approx(res.dense.latency_s / res.pruned.latency_s)
+    assert res.pruned.docs_per_s == pytest.approx(2 / res.pruned.latency_s)
+    assert res.peak_memory_kind == "rss_delta" and res.dense.peak_memory_bytes >= 0
+    assert json.loads(json.dumps(res.to_dict()))["pruned"]["encoder_params"] == res.pruned.encoder_params
+    assert not dense.training and sum(p.numel() for p in dense.parameters()) == res.dense.params
+    assert LAYERS == 3
+
+
+def test_smoke_cli_writes_json(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="sma")
+    add_cli(parser.add_subparsers(dest="command"))
+    out = tmp_path / "bench.json"
+    args = parser.parse_args(["bench", "--smoke-test", "--sparsity", "0.5", "0.7", "--output", str(out)])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "speedup" in printed and "0.50" in printed
+    data = json.loads(out.read_text())
+    assert [r["target"] for r in data["results"]] == [0.5, 0.7]
+    for r in data["results"]:
+        assert abs(r["sparsity_report"]["sparsity"] - r["target"]) <= 0.005
+        assert r["speedup"] > 0 and r["dtype"] == "float32"
+        assert r["encoder_weight_ratio"] <= 1 - r["target"] + 0.01

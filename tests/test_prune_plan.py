@@ -1,0 +1,180 @@
+"""plan_for_sparsity: hits targets, respects protection and head minimums, works on pruned models; JSON."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from sma.prune import (
+    PruningPlan,
+    UnitScores,
+    apply_plan,
+    encoder_sparsity,
+    first_n_scores,
+    magnitude_scores,
+    plan_for_sparsity,
+    unit_ids,
+)
+from sma.prune.testing import FFN, HEADS, LAYERS, tiny_model
+
+# all-MiniLM-L6-v2 shape: per layer 12 heads of 32 dims, 1536 neurons, hidden 384. By hand:
+MINI_HEAD = 4 * 384 * 32 + 3 * 32  # 49,248
+MINI_NEURON = 2 * 384 + 1  # 769
+MINI_LAYER = 12 * MINI_HEAD + 1536 * MINI_NEURON + 6 * 384  # + 2 output biases + 2 LayerNorms
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def minilm_shaped():
+    """Random-free MiniLM-shaped encoder on the meta device: shapes and counts only, no weights."""
+    cfg = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                     intermediate_size=1536)
+    with torch.device("meta"):
+        return BertModel(cfg)
+
+
+def random_scores(model, seed: int) -> UnitScores:
+    rng = random.Random(seed)
+    layers = len(unit_ids(model))
+    from sma.prune import dense_sizes
+
+    h, n = dense_sizes(model)
+    return UnitScores(heads=[[rng.random() for _ in range(h)] for _ in range(layers)],
+                      neurons=[[rng.random() * 0.01 for _ in range(n)] for _ in range(layers)], method="random")
+
+
+def test_minilm_hand_count(minilm_shaped):
+    rep = encoder_sparsity(minilm_shaped)
+    assert rep.dense_encoder_params == 6 * MINI_LAYER == 10_646_784
+
+
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("allocation", ["global", "per_layer"])
+@pytest.mark.parametrize("split", ["joint", "proportional"])
+@pytest.mark.parametrize("which", ["tiny", "minilm"])
+def test_hits_target(target, allocation, split, which, minilm_shaped):
+    model = tiny_model() if which == "tiny" else minilm_shaped
+    if which == "minilm":
+        import copy
+
+        model = copy.deepcopy(model)
+    plan = plan_for_sparsity(model, random_scores(model, 1), target, allocation=allocation, split=split)
+    apply_plan(model, plan)
+    actual = encoder_sparsity(model).sparsity
+    assert abs(actual - target) <= 0.005
+    assert plan.expected_sparsity == pytest.approx(actual, abs=1e-12)
+    assert plan.allocation == f"{allocation}/{split}"
+    assert len(plan.decisions) == plan.num_heads + plan.num_neurons
+    assert sum(d.params for d in plan.decisions) == encoder_sparsity(model).dense_encoder_params - \
+        encoder_sparsity(model).encoder_params
+
+
+def test_per_layer_proportional_is_uniform(minilm_shaped):
+    import copy
+
+    model = copy.deepcopy(minilm_shaped)
+    plan = plan_for_sparsity(model, random_scores(model, 2), 0.5, allocation="per_layer", split="proportional")
+    assert all(len(plan.heads[i]) == 6 for i in range(6))
+    # the rest of each layer's half comes from neurons: (0.5 * layer - 6 heads) / neuron, rounded up
+    need = (0.5 * MINI_LAYER - 6 * MINI_HEAD) / MINI_NEURON
+    assert all(len(plan.neurons[i]) in (int(need), int(need) + 1) for i in range(6))
+
+
+def test_least_important_per_parameter_go_first():
+    model = tiny_model()
+    # neurons all far more important per parameter than heads, one head per layer least important
+    scores = UnitScores(heads=[[1.0, 0.1, 1.0, 1.0]] * LAYERS, neurons=[[100.0] * FFN] * LAYERS, method="t")
+    plan = plan_for_sparsity(model, scores, 0.1)
+    # 0.1 * 25,632 = 2,563.2 params: two weak heads (2 * 1,048) fit, a third would overshoot by 581, so the
+    # gap of 467.2 is closed with 8 neurons (8 * 65 = 520; all equal, so the first ids of the first layer)
+    assert plan.heads == {0: (1,), 1: (1,)}
+    assert plan.neurons == {0: tuple(range(8))}
+    d = plan.decisions[0]
+    assert d.kind == "head" and d.unit == 1 and d.score == 0.1 and "low importance" in d.reason
+
+
+def test_protected_units_go_only_when_unavoidable(minilm_shaped):
+    import copy
+
+    model = copy.deepcopy(minilm_shaped)
+    scores = random_scores(model, 3)
+    weakest = sorted(((s / MINI_NEURON, ("neuron", layer, i)) for layer, row in enumerate(scores.neurons)
+                      for i, s in enumerate(row)))[:50]
+    protected = [u for _, u in weakest]
+    plan = plan_for_sparsity(model, scores, 0.5, protected=protected)
+    assert not any(i in plan.neurons.get(layer, ()) for _, layer, i in protected)
+    # FFN is 2/3 of the encoder: protecting every head forces some heads out at 0.7, but not at 0.5
+    all_heads = [("head", layer, h) for layer in range(6) for h in range(12)]
+    assert plan_for_sparsity(model, scores, 0.5, protected=all_heads).num_heads == 0
+    plan = plan_for_sparsity(model, scores, 0.7, protected=all_heads)
+    assert plan.num_neurons == 6 * 1536 and plan.num_heads > 0
+    heads = [d for d in plan.decisions if d.kind == "head"]
+    assert all(d.reason.startswith("protected unit removed") for d in heads)
+    assert "protected units had to be removed" in plan.summary()
+
+
+def test_min_heads_per_layer(minilm_shaped):
+    import copy
+
+    model = copy.deepcopy(minilm_shaped)
+    scores = UnitScores(heads=[[0.0] * 12] * 6, neurons=[[1.0] * 1536] * 6, method="heads-first")
+    plan = plan_for_sparsity(model, scores, 0.3, min_heads_per_layer=3)
+    apply_plan(model, plan)
+    assert [len(u.heads) for u in unit_ids(model)] == [3] * 6
+    assert abs(encoder_sparsity(model).sparsity - 0.3) <= 0.005
+    with pytest.raises(ValueError, match="unreachable"):
+        plan_for_sparsity(model, scores, 0.95, min_heads_per_layer=3)
+
+
+@pytest.mark.parametrize("allocation", ["global", "per_layer"])
+def test_gradual_schedule_on_a_pruned_model(allocation, minilm_shaped):
+    import copy
+
+    model = copy.deepcopy(minilm_shaped)
+    scores = random_scores(model, 4)
+    seen: set[tuple[str, int, int]] = set()
+    for target in (0.2, 0.45, 0.7):
+        plan = plan_for_sparsity(model, scores, target, allocation=allocation)
+        units = {(d.kind, d.layer, d.unit) for d in plan.decisions}
+        assert not units & seen, "a plan may only list units still present"
+        seen |= units
+        apply_plan(model, plan)
+        assert abs(encoder_sparsity(model).sparsity - target) <= 0.005
+    again = plan_for_sparsity(model, scores, 0.6)
+    assert again.is_empty and "already" in again.notes[0]
+
+
+def test_scores_must_use_original_ids():
+    model = tiny_model()
+    apply_plan(model, PruningPlan(heads={0: (0, 2)}, neurons={1: tuple(range(10))}))
+    current = magnitude_scores(model)  # built through UnitScores.from_current
+    assert len(current.heads[0]) == HEADS and current.heads[0][0] != current.heads[0][0]  # nan for removed
+    assert current.neurons[1][:10] == tuple([float("nan")] * 10) or all(x != x for x in current.neurons[1][:10])
+    short = UnitScores(heads=[[1.0, 2.0]] + [[1.0] * HEADS] * (LAYERS - 1), neurons=[[1.0] * FFN] * LAYERS)
+    with pytest.raises(ValueError, match="ORIGINAL ids"):
+        plan_for_sparsity(model, short, 0.5)
+    plan = plan_for_sparsity(model, current, 0.5)
+    assert 0 not in plan.heads.get(0, ()) and 2 not in plan.heads.get(0, ())
+
+
+def test_json_round_trips():
+    model = tiny_model()
+    scores = magnitude_scores(model)
+    assert UnitScores.from_json(scores.to_json()) == scores
+    plan = plan_for_sparsity(model, scores, 0.4, allocation="per_layer", min_heads_per_layer=1)
+    back = PruningPlan.from_json(plan.to_json(indent=1))
+    assert back == plan
+    assert back.decision(back.decisions[0].kind, back.decisions[0].layer, back.decisions[0].unit) == plan.decisions[0]
+    assert "PruningPlan(method=magnitude" in plan.summary()
+    first = plan_for_sparsity(model, first_n_scores(model), 0.5, allocation="per_layer", split="proportional")
+    assert all(ids == tuple(range(HEADS - len(ids), HEADS)) for ids in first.heads.values())
