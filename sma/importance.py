@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sma.baseline import Baseline
+from sma.cache import cache_root
 from sma.config import RunConfig
 from sma.data import RetrievalData
 from sma.model import BiEncoder
@@ -27,13 +28,22 @@ class Importance:
         return self.scores[criterion]
 
 
+MECHANISTIC_SOURCE = "attribution"
+"""The analysis method behind the ``mechanistic`` criterion (its scores and its circuit)."""
+
+
 def get_importance(cfg: RunConfig, data: RetrievalData, baseline: Baseline, teacher: BiEncoder, *,
                    out_dir: Path | None = None) -> Importance:
-    """Run (or load from cache) the mechanistic analysis of the teacher on the train/dev probe."""
+    """Run (or load from cache) the mechanistic analysis of the teacher on the train/dev probe.
+
+    ``out_dir`` receives ``phase1/`` (scores, circuits, plots)."""
     from sma.circuits import run_analysis
 
     if cfg.prune.criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {cfg.prune.criterion!r}")
-    result = run_analysis(teacher, data, cfg.analysis, out_dir=out_dir, cache_dir=cfg.cache_dir,
-                          model_key=baseline.key)
-    return Importance(scores=dict(result.scores), circuit=frozenset(result.circuit))
+    cache = cache_root(cfg.cache_dir) / "analysis"
+    result = run_analysis(teacher, data, cfg.analysis, out_dir, cache_dir=cache)
+    scores = dict(result.scores)
+    source = MECHANISTIC_SOURCE if MECHANISTIC_SOURCE in scores else next(iter(scores))
+    scores.setdefault("mechanistic", scores[source])
+    return Importance(scores=scores, circuit=frozenset(result.circuit(source)))

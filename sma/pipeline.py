@@ -71,7 +71,6 @@ def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None
     out_dir = Path(out_dir) if out_dir is not None else sparsity_dir(cfg, sparsity)
     teacher = prep.teacher()
     student = prep.teacher()
-    dense_params = encoder_sparsity(teacher.encoder).dense_params
     scores = prep.importance.scores_for(cfg.prune.criterion)
     protected = prep.importance.circuit if cfg.prune.protect_circuits else frozenset()
     schedule = sparsity_schedule(sparsity, cfg.prune.gentleness, max_steps=cfg.prune.max_steps)
@@ -87,7 +86,7 @@ def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None
         plan = _broadcast(plan, world)
         apply_plan(student, plan)
         wrapped = _wrap(student, world)  # shapes changed: DDP must be rebuilt
-        report = encoder_sparsity(student.encoder, dense_param_count=dense_params)
+        report = encoder_sparsity(student.encoder)
         plans.append({"step": step, "target": target, "actual": report.sparsity, "plan": json.loads(plan.to_json())})
         log.info("s=%.2f step %d/%d: target %.4f actual %.4f", sparsity, step, len(schedule), target, report.sparsity)
         if step < len(schedule):
@@ -104,7 +103,7 @@ def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None
                 reporter(row)
     _distill(cfg, prep, wrapped, epochs=cfg.distill.post_prune_epochs, rank=rank, world=world, seed_offset=0,
              desc=f"s={sparsity:.2f} post-prune", on_epoch=metrics_by_epoch)
-    result = _measure(cfg, prep, teacher, student, sparsity, dense_params, rank, world)
+    result = _measure(cfg, prep, teacher, student, sparsity, rank, world)
     result["seconds"] = round(time.time() - started, 1)
     result["schedule"] = schedule
     result["structure"] = structure(student.encoder)
@@ -137,11 +136,10 @@ def _dev_row(cfg: RunConfig, prep: Prepared, student, rank: int, world: int) -> 
     return _broadcast(row, world)
 
 
-def _measure(cfg: RunConfig, prep: Prepared, teacher, student, sparsity: float, dense_params: int, rank: int,
-             world: int) -> dict[str, Any]:
+def _measure(cfg: RunConfig, prep: Prepared, teacher, student, sparsity: float, rank: int, world: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if rank == 0:
-        report = encoder_sparsity(student.encoder, dense_param_count=dense_params)
+        report = encoder_sparsity(student.encoder)
         res = evaluate_splits(student, prep.data, cfg)
         out = {"sparsity": sparsity, "actual_sparsity": report.sparsity,
                "actual_sparsity_with_embeddings": report.sparsity_with_embeddings,
@@ -178,7 +176,7 @@ def run(cfg: RunConfig) -> dict:
     out = cfg.run_dir
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.json")
-    prep = prepare(cfg, analysis_dir=out / "phase1")
+    prep = prepare(cfg, analysis_dir=out)
     results: dict[str, Any] = {
         "experiment": cfg.experiment, "model": cfg.model.name, "dataset": prep.data.name,
         "num_documents": len(prep.data.corpus), "config": to_dict(cfg),

@@ -162,3 +162,18 @@ def test_bi_encoder_is_pruned_through_its_wrapper():
     apply_plan(model, PruningPlan(heads={0: (0,)}))
     assert structure(model)[0]["heads"] == HEADS - 1
     assert unit_ids(model.encoder)[0].heads == (1, 2, 3)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("capture_before", [False, True])
+def test_output_attentions_keep_one_entry_per_layer(family, capture_before):
+    import copy
+
+    model, batch = tiny_model(family), inputs()
+    model.config._attn_implementation = "eager"
+    if capture_before:  # transformers installs its capture hooks once, on first use
+        assert len(model(**batch, output_attentions=True).attentions) == LAYERS
+    apply_plan(model, PruningPlan(heads={1: tuple(range(HEADS)), 2: (0,)}))
+    att = copy.deepcopy(model)(**batch, output_attentions=True).attentions
+    assert [a.shape[1] for a in att] == [HEADS, 0, HEADS - 1]
+    assert isinstance(encoder_layers(model)[1].attention, type(encoder_layers(model)[0].attention))

@@ -75,7 +75,7 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 
 def embed(model, batches: Sequence[Batch], *, stats: ActivationStats | None = None) -> torch.Tensor:
-    """Embeddings of every row (no graph), in row order."""
+    """Embeddings of every row (no graph, the model's dtype), in row order."""
     rows = sum(len(idx) for idx, _ in batches)
     out: torch.Tensor | None = None
     with torch.no_grad():
@@ -83,9 +83,9 @@ def embed(model, batches: Sequence[Batch], *, stats: ActivationStats | None = No
             batch = _to(batch, model.device)
             if stats is not None:
                 stats.mask = batch["attention_mask"]
-            emb = model(**batch).float().cpu()
+            emb = model(**batch).cpu()
             if out is None:
-                out = torch.empty(rows, emb.shape[1])
+                out = torch.empty(rows, emb.shape[1], dtype=emb.dtype)
             out[list(idx)] = emb
     assert out is not None
     return out
@@ -181,4 +181,4 @@ def attribute(model, batches: ProbeBatches, *, temperature: float, means: UnitMe
                     acc["abs_seq"][pos][layer] += per_seq.abs().sum(0)
                     acc["sq_seq"][pos][layer] += per_seq.pow(2).sum(0)
                     acc["abs_token"][pos][layer] += g.abs().sum((0, 1))
-    return Attribution(**acc, loss=float(loss), ndcg=ndcg)
+    return Attribution(**acc, loss=float(loss.detach()), ndcg=ndcg)

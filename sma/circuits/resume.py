@@ -38,8 +38,11 @@ def cache_inputs(model, batches: Sequence[Batch]) -> tuple[CachedBatch, ...]:
     for idx, batch in batches:
         batch = _to(batch, model.device)
         calls: list[tuple[tuple, dict]] = []
-        handles = [layer.register_forward_pre_hook(
-            lambda mod, args, kwargs: calls.append((args, dict(kwargs))), with_kwargs=True) for layer in layers]
+
+        def record(module: nn.Module, args: tuple, kwargs: dict, calls: list = calls) -> None:
+            calls.append((args, dict(kwargs)))
+
+        handles = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in layers]
         try:
             with torch.no_grad():
                 model.encoder(**batch)
@@ -66,9 +69,9 @@ def embed_from(model, cached: Sequence[CachedBatch], *, start: int) -> torch.Ten
                 kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
                 out = layers[i](hidden, *args[1:], **kw)
                 hidden = out[0] if isinstance(out, tuple) else out
-            emb = model.pool(hidden, c.attention_mask).float().cpu()
+            emb = model.pool(hidden, c.attention_mask).cpu()
             if result is None:
-                result = torch.empty(rows, emb.shape[1])
+                result = torch.empty(rows, emb.shape[1], dtype=emb.dtype)
             result[list(c.rows)] = emb
     assert result is not None
     return result

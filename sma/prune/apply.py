@@ -30,13 +30,17 @@ class EmptyAttention(nn.Module):
 
     It keeps the original children (zero-row Q/K/V linears and, for DistilBERT, the output linear) so
     parameter names do not change, and returns an empty ``(..., 0)`` context (or the output linear applied
-    to it, which is its bias) with ``None`` attention weights.
+    to it, which is its bias) with empty ``(batch, 0, seq, seq)`` attention weights. :func:`apply_plan`
+    uses a subclass that is also an instance of the original attention class (see :func:`empty_attention`),
+    so transformers' ``output_attentions`` capture still sees the layer.
     """
 
     def __init__(self, original: nn.Module, *, output: str | None) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # not the original class's __init__ (it would build new weights)
         for name, child in original.named_children():
             self.add_module(name, child)
+        for hooks in ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
+            getattr(self, hooks).update(getattr(original, hooks))  # e.g. transformers' output capture
         self.config = getattr(original, "config", None)
         self.attention_head_size = int(original.attention_head_size)
         self.scaling = getattr(original, "scaling", None)
@@ -47,13 +51,28 @@ class EmptyAttention(nn.Module):
         names = ("query", "key", "value") if hasattr(original, "query") else ("q_lin", "k_lin", "v_lin")
         self.projection_names = names
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         # (..., 0) context; running the zero-row projections costs nothing and keeps every parameter in
         # the autograd graph (DDP without find_unused_parameters requires it)
         empty = sum(getattr(self, n)(hidden_states) for n in self.projection_names)
+        b, s = hidden_states.shape[0], hidden_states.shape[-2]
+        weights = hidden_states.new_zeros((b, 0, s, s))
         if self.output_name is not None:
-            return getattr(self, self.output_name)(empty), None
-        return empty, None
+            return getattr(self, self.output_name)(empty), weights
+        return empty, weights
+
+
+_EMPTY_CLASSES: dict[type, type] = {}
+
+
+def empty_attention(original: nn.Module, *, output: str | None) -> EmptyAttention:
+    """An :class:`EmptyAttention` that is also an instance of ``type(original)`` (one class per family)."""
+    base = type(original)
+    if isinstance(original, EmptyAttention):
+        return original
+    if base not in _EMPTY_CLASSES:
+        _EMPTY_CLASSES[base] = type(f"Empty{base.__name__}", (EmptyAttention, base), {"__module__": __name__})
+    return _EMPTY_CLASSES[base](original, output=output)
 
 
 def _slice_linear(lin: nn.Linear, index: torch.Tensor, *, dim: int) -> None:
@@ -93,7 +112,7 @@ def _prune_heads(layer: nn.Module, p: LayerParts, keep: list[int]) -> None:
         att.all_head_size = len(keep) * d
     if not keep and not isinstance(att, EmptyAttention):
         output = next((n for n, c in att.named_children() if c is p.attn_out), None)
-        _replace_child(layer, att, EmptyAttention(att, output=output))
+        _replace_child(layer, att, empty_attention(att, output=output))
 
 
 def _prune_neurons(p: LayerParts, keep: list[int]) -> None:
@@ -149,9 +168,11 @@ def masked(model: nn.Module, plan: PruningPlan) -> Iterator[Gates]:
     """
     ids = unit_ids(model)
     check_plan(plan, ids)
-    heads = [torch.tensor([0.0 if u in set(plan.heads.get(i, ())) else 1.0 for u in units.heads])
-             for i, units in enumerate(ids)]
-    neurons = [torch.tensor([0.0 if u in set(plan.neurons.get(i, ())) else 1.0 for u in units.neurons])
-               for i, units in enumerate(ids)]
+    def gate(present: tuple[int, ...], removed: tuple[int, ...]) -> torch.Tensor:
+        drop = set(removed)
+        return torch.tensor([0.0 if u in drop else 1.0 for u in present])
+
+    heads = [gate(units.heads, plan.heads.get(i, ())) for i, units in enumerate(ids)]
+    neurons = [gate(units.neurons, plan.neurons.get(i, ())) for i, units in enumerate(ids)]
     with gated(model, head_values=heads, neuron_values=neurons) as gates:
         yield gates

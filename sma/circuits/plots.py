@@ -1,0 +1,74 @@
+"""PNG plots of importance: a layer x head heatmap and per-layer neuron distributions, per method."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from sma.circuits.baselines import UnitScores
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
+def plot_heads(scores: UnitScores, path: Path, *, circuit: Sequence[tuple[str, int, int]] = ()) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    width = max(len(h) for h in scores.heads)
+    grid = np.full((len(scores.heads), width), np.nan)
+    for layer, heads in enumerate(scores.heads):
+        grid[layer, :len(heads)] = heads
+    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * width, 1.2 + 0.45 * len(scores.heads)))
+    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    for kind, layer, head in circuit:
+        if kind == "head":
+            ax.add_patch(matplotlib.patches.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(width))
+    ax.set_yticks(range(len(scores.heads)))
+    ax.set_title(f"head importance: {scores.method}" + (" (red: circuit)" if circuit else ""))
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_neurons(scores: UnitScores, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.5 + 1.0 * len(scores.neurons), 3.5))
+    ax.boxplot([list(n) for n in scores.neurons], showfliers=True, flierprops={"markersize": 2})
+    ax.set_xticks(range(1, len(scores.neurons) + 1), [str(i) for i in range(len(scores.neurons))])
+    ax.set_xlabel("layer")
+    ax.set_ylabel("neuron importance")
+    lo = min(min(n) for n in scores.neurons)
+    if lo > 0:
+        ax.set_yscale("log")
+    ax.set_title(f"FFN neuron importance per layer: {scores.method}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_all(scores: dict[str, UnitScores], folder: Path, *,
+             circuits: dict[str, Sequence[tuple[str, int, int]]] | None = None) -> list[Path]:
+    """``heads_<name>.png`` and ``neurons_<name>.png`` for every ``name -> scores`` entry."""
+    out = []
+    for name, s in scores.items():
+        out.append(plot_heads(s, folder / f"heads_{_safe(name)}.png", circuit=(circuits or {}).get(name, ())))
+        out.append(plot_neurons(s, folder / f"neurons_{_safe(name)}.png"))
+    return out

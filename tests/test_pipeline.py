@@ -1,0 +1,60 @@
+import json
+
+import pytest
+
+from sma.config import RunConfig, apply_overrides
+from sma.pipeline import run, run_sparsity
+from sma.prepare import prepare
+from sma.prune import encoder_sparsity, load_pruned
+
+
+def _cfg(tiny_model_dir, tiny_beir, tmp_path, **extra):
+    return apply_overrides(RunConfig(), {
+        "model.name": str(tiny_model_dir), "data.dataset": str(tiny_beir), "output_dir": str(tmp_path / "results"),
+        "experiment": "e", "cache_dir": str(tmp_path / "cache"), "sparsity": "0.3 0.5",
+        "eval.show_progress": False, "deterministic": True, "distill.batch_size": 8, "distill.max_length": 16,
+        "distill.post_prune_epochs": 1, "prune.step_epochs": 0.5, "prune.gentleness": 0.5,
+        "analysis.probe_queries": 6, "analysis.ablation_queries": 4, "analysis.neuron_group_size": 16,
+        "analysis.batch_size": 8, "bench.repeats": 1, "bench.seq_len": 16, "bench.batch_size": 2,
+        "bench.threads": 1, **extra,
+    })
+
+
+def test_pipeline_end_to_end_writes_table_and_files(tiny_model_dir, tiny_beir, tmp_path, capsys):
+    cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path)
+    results = run(cfg)
+    out = tmp_path / "results" / "e"
+    assert json.loads((out / "results.json").read_text())["sparsities"] == json.loads(json.dumps(results["sparsities"]))
+    table = capsys.readouterr().out
+    assert "Sparsity" in table and "Retention" in table and "Speedup" in table
+    for row in results["sparsities"]:
+        s = row["sparsity"]
+        assert abs(row["actual_sparsity"] - s) <= 0.005 + 1e-9
+        assert row["test_retention"] == pytest.approx(row["test_ndcg_at_10"] / row["test_dense_ndcg_at_10"])
+        folder = out / "phase2" / f"s{s:.2f}"
+        plans = json.loads((folder / "plan.json").read_text())
+        assert [p["target"] for p in plans][-1] == s and len(plans) == 3  # gentleness 0.5 -> 3 steps
+        model = load_pruned(folder / "model")
+        assert encoder_sparsity(model).sparsity == pytest.approx(row["actual_sparsity"], abs=1e-9)
+        per_query = json.loads((folder / "metrics.json").read_text())["per_query"]
+        assert set(per_query["test"]) == {"q9", "q10", "q11"}
+    assert (out / "config.json").is_file()
+
+
+def test_same_seed_gives_identical_results(tiny_model_dir, tiny_beir, tmp_path):
+    cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path, **{"bench.enabled": False, "sparsity": "0.5"})
+    prep = prepare(cfg)
+    a = run_sparsity(cfg, 0.5, prepared=prep, out_dir=tmp_path / "a")
+    b = run_sparsity(cfg, 0.5, prepared=prepare(cfg), out_dir=tmp_path / "b")
+    assert not prepare(cfg).baseline_computed  # cached: trials never retrain the teacher
+    for k in ("dev_ndcg_at_10", "test_ndcg_at_10", "actual_sparsity", "per_query", "structure"):
+        assert a[k] == b[k]
+
+
+def test_reporter_gets_each_post_prune_epoch(tiny_model_dir, tiny_beir, tmp_path):
+    cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path, **{"bench.enabled": False, "distill.post_prune_epochs": 2,
+                                                       "distill.eval_every_epoch": True, "prune.gentleness": 0.0})
+    rows = []
+    res = run_sparsity(cfg, 0.3, out_dir=tmp_path / "x", reporter=rows.append)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[-1]["dev_retention"] == pytest.approx(res["dev_retention"])

@@ -1,0 +1,286 @@
+"""The search driver: for each sparsity, one Optuna study searched through Ray Tune, logged to MLflow.
+
+Per study the driver (1) reopens or creates the MLflow parent run, (2) restores the study's Ray experiment
+if one exists (Ray finishes the trials it had started: ``Tuner.restore(..., resume_unfinished=True)``),
+(3) marks trials that nobody will finish (left RUNNING by a killed driver) FAIL in Optuna and KILLED in
+MLflow, and (4) runs a new Tuner round for whatever the study still lacks, so that it ends with exactly
+``trials_per_study`` finished trials and no completed trial is ever run twice.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from sma.config import ConfigError, RunConfig, save_config, to_dict
+from tune.config import SearchConfig
+from tune.studies import StudyProgress, delete, mark_interrupted, progress, rdb_storage, study_name, trials
+from tune.tracking import Tracking, resolve_tracking_uri
+from tune.trainable import DefineSpace, TrialContext, run_trial
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "resume", "fresh")
+TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20}
+MAX_ROUNDS = 3
+"""Tuner rounds per study and invocation: a restore, then top-ups for trials Ray lost track of."""
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    study: str
+    sparsity: float
+    progress: StudyProgress
+    best: dict[str, Any] | None
+    parent_run_id: str
+
+
+def search(cfg: SearchConfig, *, mode: str = "auto", pipeline: str = "sma.pipeline") -> list[StudyResult]:
+    """Run (or resume, or restart with ``mode="fresh"``) the search described by ``cfg``."""
+    import ray
+
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    run = resolve_run(cfg)
+    cfg = replace(cfg, run=run)
+    tune_dir = cfg.tune_dir
+    tune_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, tune_dir / "search.json")
+    storage = rdb_storage(cfg.optuna_url())
+    names = [study_name(cfg.experiment, s) for s in run.sparsity]
+    if mode == "resume" and not any(trials(storage, n) for n in names):
+        raise ConfigError(f"--resume: no study of experiment {cfg.experiment!r} in {cfg.optuna_url()}")
+    tracking = Tracking.open(resolve_tracking_uri(cfg.mlflow_tracking_uri, run.output_dir), cfg.experiment)
+    if mode == "fresh":
+        for name in names:
+            _forget(cfg, storage, tracking, name)
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+    started = time.time()
+    prepared = importlib.import_module(pipeline).prepare(run)
+    prep_info = {"baseline_computed": prepared.baseline_computed, "baseline_key": prepared.baseline.key,
+                 "seconds": round(time.time() - started, 1)}
+    log.info("shared work (data, baseline, importance): %s", prep_info)
+    with (tune_dir / "prepare.jsonl").open("a") as fh:
+        fh.write(json.dumps(prep_info) + "\n")
+    tags = {"experiment": cfg.experiment, "git_commit": git_commit(), "criterion": run.prune.criterion}
+    results = []
+    for sparsity, name in zip(run.sparsity, names, strict=True):
+        ctx = TrialContext(
+            run=to_dict(run), study=name, sparsity=sparsity, optuna_url=cfg.optuna_url(), tracking=tracking,
+            parent_run_id="", train_storage=f"{cfg.ray_storage()}/{name}-train", num_workers=cfg.num_workers,
+            cpus_per_worker=cfg.cpus_per_worker, gpus_per_worker=cfg.gpus_per_worker,
+            fail_on_trial=cfg.fail_on_trial, tags={**tags, "study": name}, pipeline=pipeline)
+        results.append(run_study(cfg, ctx, storage=storage))
+    (tune_dir / "summary.json").write_text(json.dumps([_summary_row(r) for r in results], indent=1) + "\n")
+    print(format_summary(results))
+    return results
+
+
+def resolve_run(cfg: SearchConfig) -> RunConfig:
+    """Absolute paths (trials run elsewhere), quiet progress bars, and the threads a worker owns."""
+    run = cfg.run
+    changes: dict[str, Any] = {"output_dir": str(Path(run.output_dir).resolve())}
+    from sma.cache import cache_root
+
+    changes["cache_dir"] = str(cache_root(run.cache_dir).resolve())
+    data = run.data
+    if Path(data.dataset).exists():
+        data = replace(data, dataset=str(Path(data.dataset).resolve()))
+    model = run.model
+    if Path(model.name).exists():
+        model = replace(model, name=str(Path(model.name).resolve()))
+    distill = run.distill
+    if cfg.scheduler == "asha" and not distill.eval_every_epoch:
+        distill = replace(distill, eval_every_epoch=True)  # ASHA needs a dev retention per epoch
+    return replace(run, **changes, data=data, model=model, distill=distill,
+                   eval=replace(run.eval, show_progress=False),
+                   threads=run.threads or max(1, int(cfg.cpus_per_worker)))
+
+
+def run_study(cfg: SearchConfig, ctx: TrialContext, *, storage) -> StudyResult:
+    from ray import tune
+
+    name = ctx.study
+    tracking = ctx.tracking
+    parent_id = tracking.parent_run(
+        study=name, tags=ctx.tags | {"sparsity": ctx.sparsity},
+        params={"sparsity": ctx.sparsity, "trials_per_study": cfg.trials_per_study,
+                **{f"space.{k}": list(v) for k, v in cfg.space.bounds().items()},
+                "model": cfg.run.model.name, "dataset": cfg.run.data.dataset, "num_workers": cfg.num_workers})
+    tracking.client.log_dict(parent_id, to_dict(cfg), "search.json")
+    ctx = replace(ctx, parent_run_id=parent_id)
+    # The trial function only waits on its TorchTrainer: it holds no CPU (Ray needs a non-empty bundle).
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), TRIAL_DRIVER_RESOURCES)
+    exp_root = cfg.ray_storage()
+    for round_ in range(MAX_ROUNDS):
+        before = progress(storage, name)
+        log.info("study %s: %s", name, _fmt(before, cfg.trials_per_study))
+        restorable = _latest_round(exp_root, name)
+        if restorable is not None and round_ == 0:
+            log.info("study %s: restoring the Ray experiment %s", name, restorable)
+            tuner = tune.Tuner.restore(restorable, trainable, resume_unfinished=True, resume_errored=False)
+            tuner.fit()
+        else:
+            mark_interrupted(storage, name)
+            tracking.close_stale_children(name, reason="interrupted (driver gone); retried as a new trial")
+            remaining = cfg.trials_per_study - progress(storage, name).finished
+            if remaining <= 0:
+                break
+            path_name = name if restorable is None else f"{name}-r{_round_index(exp_root, name) + 1}"
+            log.info("study %s: launching %d trial(s) in %s/%s", name, remaining, exp_root, path_name)
+            _new_tuner(cfg, trainable, name=name, path_name=path_name, num_samples=remaining, storage=storage).fit()
+        mark_interrupted(storage, name)
+        tracking.close_stale_children(name, reason="stopped early by the scheduler or interrupted")
+    final = progress(storage, name)
+    log.info("study %s done: %s", name, _fmt(final, cfg.trials_per_study))
+    best = _finish_parent(tracking, parent_id, storage, name)
+    return StudyResult(study=name, sparsity=ctx.sparsity, progress=final, best=best, parent_run_id=parent_id)
+
+
+def _new_tuner(cfg: SearchConfig, trainable, *, name: str, path_name: str, num_samples: int, storage):
+    import ray
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(space=DefineSpace(cfg.space), metric="dev_retention", mode="max",
+                            study_name=name, storage=storage, seed=cfg.seed)
+    scheduler = None
+    if cfg.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(metric="dev_retention", mode="max", grace_period=cfg.asha_grace_period,
+                                  max_t=cfg.space.post_prune_epochs[1] + 1)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
+                                    max_concurrent_trials=concurrency(cfg, ray.cluster_resources())),
+        run_config=tune.RunConfig(name=path_name, storage_path=cfg.ray_storage(), verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=cfg.max_failures)),
+    )
+
+
+def concurrency(cfg: SearchConfig, resources: dict[str, float]) -> int:
+    """``max_concurrent_trials``: configured, else as many trials as the cluster's CPUs (and GPUs) hold."""
+    if cfg.max_concurrent_trials:
+        return cfg.max_concurrent_trials
+    n = int(resources.get("CPU", 1) // (cfg.num_workers * cfg.cpus_per_worker))
+    if cfg.gpus_per_worker > 0:
+        n = min(n, int(resources.get("GPU", 0) // (cfg.num_workers * cfg.gpus_per_worker)))
+    return max(1, n)
+
+
+def _rounds(exp_root: str, name: str) -> list[str]:
+    """Ray experiment paths of a study (``<name>``, ``<name>-r1``, ...) that Tune can restore."""
+    from ray import tune
+
+    paths = [f"{exp_root}/{name}"] + [f"{exp_root}/{name}-r{i}" for i in range(1, 100)]
+    found = []
+    for p in paths:
+        if not tune.Tuner.can_restore(p):
+            break
+        found.append(p)
+    return found
+
+
+def _latest_round(exp_root: str, name: str) -> str | None:
+    found = _rounds(exp_root, name)
+    return found[-1] if found else None
+
+
+def _round_index(exp_root: str, name: str) -> int:
+    return len(_rounds(exp_root, name)) - 1
+
+
+def _finish_parent(tracking: Tracking, parent_id: str, storage, name: str) -> dict[str, Any] | None:
+    """Best trial's params and metrics on the parent run, and its pruned model as ``best_model``."""
+    from optuna.trial import TrialState
+
+    done = [t for t in trials(storage, name) if t.state == TrialState.COMPLETE and t.value is not None]
+    if not done:
+        tracking.client.set_terminated(parent_id, status="FAILED")
+        return None
+    best = max(done, key=lambda t: t.value)
+    metrics = best.user_attrs.get("metrics", {"dev_retention": best.value})
+    tracking.log_metrics(parent_id, {f"best_{k}": v for k, v in metrics.items()})
+    tracking.client.set_tag(parent_id, "best_trial", str(best.number))
+    tracking.client.set_tag(parent_id, "best_params", json.dumps(best.params))
+    model = _checkpoint_dir(best.user_attrs.get("checkpoint"))
+    if model is not None and (model / "model").is_dir():
+        tracking.client.log_artifacts(parent_id, str(model / "model"), "best_model")
+    tracking.finish(parent_id)
+    return {"number": best.number, "params": best.params, **metrics}
+
+
+def _checkpoint_dir(path: str | None) -> Path | None:
+    if not path:
+        return None
+    if Path(path).is_dir():
+        return Path(path)
+    try:
+        from ray.train import Checkpoint
+
+        return Path(Checkpoint(path).to_directory())
+    except Exception as exc:  # noqa: BLE001 - a missing model must not fail a finished search
+        log.warning("cannot fetch the best checkpoint %s: %s", path, exc)
+        return None
+
+
+def _forget(cfg: SearchConfig, storage, tracking: Tracking, name: str) -> None:
+    """``--fresh``: drop the study, its MLflow runs and its Ray experiments."""
+    deleted = delete(storage, name)
+    runs = tracking.delete_study_runs(name)
+    exp_root = cfg.ray_storage()
+    for path in [*_rounds(exp_root, name), f"{exp_root}/{name}-train"]:
+        if "://" in path:
+            import pyarrow.fs
+
+            fs, inner = pyarrow.fs.FileSystem.from_uri(path)
+            try:
+                fs.delete_dir(inner)
+            except (FileNotFoundError, OSError):
+                pass
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    log.info("--fresh: study %s %s, %d MLflow run(s) deleted, Ray results removed", name,
+             "deleted" if deleted else "did not exist", runs)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _fmt(p: StudyProgress, budget: int) -> str:
+    return (f"{p.finished}/{budget} finished ({p.complete} complete, {p.failed} failed, {p.pruned} pruned), "
+            f"{p.interrupted} interrupted, {p.running} running")
+
+
+def _summary_row(r: StudyResult) -> dict[str, Any]:
+    return {"study": r.study, "sparsity": r.sparsity, "complete": r.progress.complete, "failed": r.progress.failed,
+            "interrupted": r.progress.interrupted, "mlflow_parent_run": r.parent_run_id, "best": r.best}
+
+
+def format_summary(results: list[StudyResult]) -> str:
+    lines = [f"\n{'Study':<28}{'Done':<7}{'Failed':<8}{'Best dev ret.':<15}{'Test ret.':<11}{'Speedup':<9}"
+             f"{'alpha':<7}{'gentle':<8}{'epochs':<6}"]
+    for r in results:
+        b = r.best or {}
+        p = b.get("params", {})
+        lines.append(
+            f"{r.study:<28}{r.progress.complete:<7}{r.progress.failed:<8}"
+            f"{b.get('dev_retention', float('nan')):<15.4f}{b.get('test_retention', float('nan')):<11.4f}"
+            f"{b.get('speedup', float('nan')):<9.3f}{p.get('alpha', float('nan')):<7.2f}"
+            f"{p.get('gentleness', float('nan')):<8.2f}{p.get('post_prune_epochs', '-')!s:<6}")
+    return "\n".join(lines)

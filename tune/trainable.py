@@ -1,0 +1,257 @@
+"""One trial: a Tune *function* trainable that builds and fits a Ray Train ``TorchTrainer``.
+
+Ray 2.60 runs Train V2, where a ``TorchTrainer`` cannot be handed to a ``Tuner`` directly: the trial is a
+function that fits the trainer with ``ray.train.RunConfig(callbacks=[TuneReportCallback()])``, and the
+workers' ``ray.train.report`` calls reach Tune through that callback (rank 0's metrics).
+
+Workers (:func:`worker_loop`) run :func:`sma.pipeline.run_sparsity` with the trial's hyperparameters. Under
+more than one worker, Ray Train has initialised torch.distributed (gloo on CPU, nccl on GPU) and the
+pipeline makes each pruning plan on rank 0, broadcasts it and re-wraps DDP after every step. Rank 0 puts
+the trial's files (plan, per-query metrics, pruned model, per-epoch rows, every rank's pruned structure)
+in the final report's checkpoint, which Ray persists under the search's ``storage_path``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from sma.config import RunConfig, apply_overrides, from_dict, to_dict
+from tune.config import SEARCHED_KEYS, SearchSpace
+from tune.studies import finished_trial, rdb_storage
+from tune.tracking import Tracking
+
+log = logging.getLogger(__name__)
+
+TRIAL_KEY = "optuna_trial"
+RESULT_FILE = "result.json"
+EPOCHS_FILE = "epochs.json"
+STRUCTURES_FILE = "structures.json"
+
+
+class InjectedTrialFailure(RuntimeError):
+    """Raised by the trial selected with ``SearchConfig.fail_on_trial`` (a test hook)."""
+
+
+@dataclass(frozen=True)
+class DefineSpace:
+    """Optuna define-by-run space: samples the hyperparameters and hands the trial number to the trial."""
+
+    space: SearchSpace
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        s = self.space
+        trial.suggest_float("alpha", s.alpha[0], s.alpha[1])
+        trial.suggest_float("gentleness", s.gentleness[0], s.gentleness[1])
+        trial.suggest_int("post_prune_epochs", s.post_prune_epochs[0], s.post_prune_epochs[1])
+        return {TRIAL_KEY: trial.number}
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of one study needs besides its hyperparameters (passed with ``tune.with_parameters``)."""
+
+    run: dict[str, Any]
+    """The trial's base :class:`RunConfig` as a dict (absolute paths)."""
+    study: str
+    sparsity: float
+    optuna_url: str
+    tracking: Tracking
+    parent_run_id: str
+    train_storage: str
+    """Where the TorchTrainer runs of this study persist (``<storage_path>/<study>/train``)."""
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    fail_on_trial: int | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    pipeline: str = "sma.pipeline"
+    """Module providing ``prepare(cfg)`` and ``run_sparsity(cfg, sparsity, ...)``."""
+
+
+def trial_config(ctx: TrialContext, params: dict[str, Any]) -> RunConfig:
+    cfg = from_dict(RunConfig, ctx.run)
+    return apply_overrides(cfg, {key: params[name] for name, key in SEARCHED_KEYS.items()})
+
+
+def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
+    """The Tune trainable: fit one TorchTrainer, log the trial to MLflow, return (Tune has the reports)."""
+    from ray import tune
+
+    entered = time.time()
+    setup_logging()
+    number = int(config[TRIAL_KEY])
+    params = {name: config[name] for name in SEARCHED_KEYS}
+    storage = rdb_storage(ctx.optuna_url)
+    done = finished_trial(storage, ctx.study, number)
+    if done is not None:
+        # Ray re-runs a trial whose result reached Optuna just before the driver died: never rerun it.
+        log.info("%s trial %d is already COMPLETE in Optuna: reporting its stored result", ctx.study, number)
+        tune.report({**done.user_attrs.get("metrics", {}), "dev_retention": done.value, "rerun_skipped": True})
+        return
+    cfg = trial_config(ctx, params)
+    tracking = ctx.tracking
+    tags = {**ctx.tags, "sparsity": ctx.sparsity, "criterion": cfg.prune.criterion}
+    run_id = tracking.child_run(parent_id=ctx.parent_run_id, study=ctx.study, number=number, tags=tags,
+                                params={**params, "sparsity": ctx.sparsity, "criterion": cfg.prune.criterion,
+                                        "model": cfg.model.name, "dataset": cfg.data.dataset, "seed": cfg.seed})
+    log.info("%s trial %d: %s (mlflow run %s)", ctx.study, number, params, run_id)
+    try:
+        fit_started = time.time()
+        result = _fit(ctx, cfg, number)
+        fitted = time.time()
+        files = _checkpoint_files(result)
+        final = json.loads((files / RESULT_FILE).read_text())
+        final.update(_timings(final, entered=entered, fit_started=fit_started, fitted=fitted))
+        for key in [k for k in final if k.endswith("_at")]:
+            del final[key]  # wall-clock stamps, not metrics
+        log.info("%s trial %d: dev retention %.4f; %.1f s in the trial, %.1f s of them in the pipeline",
+                 ctx.study, number, final.get("dev_retention", float("nan")), final["trial_seconds"],
+                 final["pipeline_seconds"])
+        tracking.log_epochs(run_id, json.loads((files / EPOCHS_FILE).read_text()))
+        tracking.log_metrics(run_id, final, step=int(params["post_prune_epochs"]))
+        for name in ("plan.json", "metrics.json", STRUCTURES_FILE):
+            if (files / name).is_file():
+                tracking.client.log_artifact(run_id, str(files / name))
+        _store_in_optuna(storage, ctx.study, number, final, run_id=run_id, checkpoint=str(result.checkpoint.path))
+    except BaseException as exc:
+        tracking.fail(run_id, exc)
+        raise
+    tracking.finish(run_id)
+
+
+def _fit(ctx: TrialContext, cfg: RunConfig, number: int):
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    use_gpu = ctx.gpus_per_worker > 0
+    resources = {"CPU": ctx.cpus_per_worker, **({"GPU": ctx.gpus_per_worker} if use_gpu else {})}
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={
+            "run": to_dict(cfg), "sparsity": ctx.sparsity, "pipeline": ctx.pipeline,
+            "fail": ctx.fail_on_trial == number, "trial": number,
+        },
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=ctx.num_workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(name=f"trial-{number:04d}", storage_path=ctx.train_storage,
+                                       callbacks=[TuneReportCallback()]),
+    )
+    return trainer.fit()
+
+
+def _timings(final: dict[str, Any], *, entered: float, fit_started: float, fitted: float) -> dict[str, float]:
+    """Where a trial's wall time went (from the trial function's start to the end of ``fit``)."""
+    return {
+        "trial_seconds": fitted - entered,
+        "pipeline_seconds": final["pipeline_seconds"],
+        "ray_overhead_seconds": (fitted - entered) - final["pipeline_seconds"],
+        "ray_worker_start_seconds": final["worker_started_at"] - fit_started,
+        "worker_import_seconds": final["pipeline_started_at"] - final["worker_started_at"],
+        "ray_teardown_seconds": fitted - final["pipeline_ended_at"],
+    }
+
+
+def setup_logging() -> None:
+    """Ray's worker processes have no logging handler: make the trial's progress lines visible."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            datefmt="%H:%M:%S")
+
+
+def _checkpoint_files(result) -> Path:
+    if result.checkpoint is None:
+        raise RuntimeError("the trial's workers finished without reporting their result checkpoint")
+    path = Path(result.checkpoint.path)
+    if not path.is_dir():  # remote storage: bring the small files here
+        path = Path(result.checkpoint.to_directory())
+    return path
+
+
+def _store_in_optuna(storage, study: str, number: int, final: dict[str, Any], *, run_id: str,
+                     checkpoint: str) -> None:
+    """Keep the final metrics with the Optuna trial (before Tune tells Optuna the trial is complete)."""
+    sid = storage.get_study_id_from_name(study)
+    tid = storage.get_trial_id_from_study_id_trial_number(sid, number)
+    metrics = {k: v for k, v in final.items() if isinstance(v, (int, float))}
+    storage.set_trial_user_attr(tid, "metrics", metrics)
+    storage.set_trial_user_attr(tid, "mlflow_run_id", run_id)
+    storage.set_trial_user_attr(tid, "checkpoint", checkpoint)
+
+
+# -- Ray Train workers -------------------------------------------------------------------------------------
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """Every worker runs the pipeline; rank 0 reports the final metrics with the trial's files."""
+    worker_started_at = time.time()
+    import ray.train
+    import torch
+
+    setup_logging()
+    rank = ray.train.get_context().get_world_rank()
+    cfg = from_dict(RunConfig, config["run"])
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if config["fail"]:
+        raise InjectedTrialFailure(f"trial {config['trial']} raises on purpose (fail_on_trial)")
+    pipeline = importlib.import_module(config["pipeline"])
+    started = time.time()
+    log.info("rank %d: trial %d starts the pipeline", rank, config["trial"])
+    epochs: list[dict[str, Any]] = []
+
+    def reporter(row: dict[str, Any]) -> None:
+        epochs.append(dict(row))
+        ray.train.report(_numeric(row))
+
+    prepared = pipeline.prepare(cfg)
+    out_dir = Path(tempfile.mkdtemp(prefix=f"sma-trial-{config['trial']}-"))
+    try:
+        result = pipeline.run_sparsity(cfg, config["sparsity"], out_dir=out_dir, prepared=prepared,
+                                       reporter=reporter)
+        structures = _gather(result.get("structure"))
+        final = {
+            **_numeric(result),
+            "baseline_computed": float(prepared.baseline_computed),
+            "ranks_agree": float(all(s == structures[0] for s in structures)),
+            "world_size": float(len(structures)),
+            "pipeline_seconds": time.time() - started,
+            "worker_started_at": worker_started_at,
+            "pipeline_started_at": started,
+            "pipeline_ended_at": time.time(),
+        }
+        checkpoint = None
+        if rank == 0:
+            (out_dir / RESULT_FILE).write_text(json.dumps(final, indent=1))
+            (out_dir / EPOCHS_FILE).write_text(json.dumps([_numeric(r) | {"epoch": r.get("epoch", 0)}
+                                                           for r in epochs], indent=1))
+            (out_dir / STRUCTURES_FILE).write_text(json.dumps(structures, indent=1))
+            checkpoint = ray.train.Checkpoint.from_directory(str(out_dir))
+        ray.train.report(final, checkpoint=checkpoint, checkpoint_dir_name="result")
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _gather(obj: Any) -> list[Any]:
+    """``obj`` from every rank (a one-element list without torch.distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _numeric(row: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
