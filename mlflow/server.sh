@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STORE="${MLFLOW_STORE:-results/mlflow-server}"
+# MLflow 3's job runner (8 extra processes, for GenAI jobs) is not needed to track searches.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 mkdir -p "$STORE/artifacts"
 exec mlflow server \
   --backend-store-uri "sqlite:///$(cd "$STORE" && pwd)/mlflow.db" \

@@ -36,6 +36,7 @@ from sma.prune import (
     first_n_scores,
     magnitude_scores,
     plan_for_sparsity,
+    structure,
     unwrap,
 )
 from sma.prune.units import encoder_stack
@@ -51,6 +52,9 @@ class ModelRun:
     encoder_weight_bytes: int
     encoder_sparsity: float
     latencies_s: tuple[float, ...]
+    cpu_times_s: tuple[float, ...]
+    """CPU seconds the process used per timed forward (all threads): less sensitive than wall time to
+    other processes competing for the cores, but inflated by OpenMP spin-waiting."""
     peak_memory_bytes: int
     batch_size: int
 
@@ -94,6 +98,18 @@ class BenchResult:
         return self.dense.latency_min_s / self.pruned.latency_min_s
 
     @property
+    def speedup_cpu(self) -> float:
+        """Ratio of median CPU seconds per batch (see :attr:`ModelRun.cpu_times_s`)."""
+        return statistics.median(self.dense.cpu_times_s) / statistics.median(self.pruned.cpu_times_s)
+
+    @property
+    def speedup_paired(self) -> float:
+        """Median of per-repeat ratios; the two runs of a repeat are adjacent in time, so slow drifts in the
+        machine's load cancel out."""
+        return statistics.median(d / p for d, p in zip(self.dense.latencies_s, self.pruned.latencies_s,
+                                                       strict=True))
+
+    @property
     def encoder_weight_ratio(self) -> float:
         return self.pruned.encoder_weight_bytes / self.dense.encoder_weight_bytes
 
@@ -104,7 +120,9 @@ class BenchResult:
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("dense", "pruned")}
         return {**out, "dense": self.dense.to_dict(), "pruned": self.pruned.to_dict(), "speedup": self.speedup,
-                "speedup_min": self.speedup_min, "encoder_weight_ratio": self.encoder_weight_ratio,
+                "speedup_min": self.speedup_min, "speedup_paired": self.speedup_paired,
+                "speedup_cpu": self.speedup_cpu,
+                "encoder_weight_ratio": self.encoder_weight_ratio,
                 "weight_ratio": self.weight_ratio}
 
 
@@ -188,15 +206,17 @@ def benchmark(dense: nn.Module, pruned: nn.Module, *, seq_len: int = 256, batch_
                 for i, m in enumerate(models):
                     peaks[i].append(_peak_cuda(forward(m), device) if cuda else _peak_rss_delta(forward(m)))
             times: list[list[float]] = [[], []]
+            cpu: list[list[float]] = [[], []]
             for r in range(repeats):
                 for i in ((0, 1) if r % 2 == 0 else (1, 0)):
                     if cuda:
                         torch.cuda.synchronize(device)
-                    start = time.perf_counter()
+                    start, start_cpu = time.perf_counter(), time.process_time()
                     forward(models[i])()
                     if cuda:
                         torch.cuda.synchronize(device)
                     times[i].append(time.perf_counter() - start)
+                    cpu[i].append(time.process_time() - start_cpu)
     finally:
         torch.set_num_threads(old_threads)
         for m, training in zip(models, was_training, strict=True):
@@ -208,6 +228,7 @@ def benchmark(dense: nn.Module, pruned: nn.Module, *, seq_len: int = 256, batch_
             encoder_params=sum(p.numel() for p in encoder_stack(m).parameters()),
             weight_bytes=_bytes(list(m.parameters())), encoder_weight_bytes=_bytes(list(encoder_stack(m).parameters())),
             encoder_sparsity=encoder_sparsity(m).sparsity, latencies_s=tuple(times[i]),
+            cpu_times_s=tuple(cpu[i]),
             peak_memory_bytes=int(statistics.median(peaks[i])), batch_size=batch_size))
     return BenchResult(
         device=torch.cuda.get_device_name(device) if cuda else f"cpu ({threads} threads)",
@@ -265,14 +286,15 @@ def _dense_model(name: str, *, random_weights: bool) -> nn.Module:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    cols = ("target", "actual", "dtype", "dense ms", "pruned ms", "speedup", "(min)", "docs/s d", "docs/s p",
-            "enc MB d", "enc MB p", "ratio", "peak MB d", "peak MB p")
+    cols = ("target", "actual", "dtype", "dense ms", "pruned ms", "speedup", "(min)", "(paired)", "(cpu s)",
+            "docs/s d", "docs/s p", "enc MB d", "enc MB p", "ratio", "peak MB d", "peak MB p")
     lines = [" ".join(f"{c:>9}" for c in cols)]
     mb = 2.0**20
     for r in rows:
         d, p = r["dense"], r["pruned"]
         cells = (f"{r['target']:.2f}", f"{p['encoder_sparsity']:.4f}", r["dtype"], f"{1e3 * d['latency_s']:.1f}",
                  f"{1e3 * p['latency_s']:.1f}", f"{r['speedup']:.2f}x", f"{r['speedup_min']:.2f}x",
+                 f"{r['speedup_paired']:.2f}x", f"{r['speedup_cpu']:.2f}x",
                  f"{d['docs_per_s']:.1f}", f"{p['docs_per_s']:.1f}", f"{d['encoder_weight_bytes'] / mb:.2f}",
                  f"{p['encoder_weight_bytes'] / mb:.2f}", f"{r['encoder_weight_ratio']:.3f}",
                  f"{d['peak_memory_bytes'] / mb:.1f}", f"{p['peak_memory_bytes'] / mb:.1f}")
@@ -300,9 +322,10 @@ def run_cli(args: argparse.Namespace) -> int:
             rows.append({"target": target, "sparsity_report": encoder_sparsity(pruned).to_dict(),
                          "plan": {"heads": plan.num_heads, "neurons": plan.num_neurons,
                                   "allocation": plan.allocation, "method": plan.method},
+                         "structure": structure(pruned),
                          **res.to_dict()})
-            print(f"sparsity {target:.2f} {dt}: speedup {res.speedup:.2f}x (median), {res.speedup_min:.2f}x (min)",
-                  flush=True)
+            print(f"sparsity {target:.2f} {dt}: speedup {res.speedup:.2f}x (medians), {res.speedup_min:.2f}x (min), "
+                  f"{res.speedup_paired:.2f}x (paired), {res.speedup_cpu:.2f}x (cpu s)", flush=True)
     print(_table(rows))
     if args.output is not None:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}

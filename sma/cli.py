@@ -27,6 +27,13 @@ SEED_FLAGS = {
 }
 
 
+# --quick-test: the whole pipeline, small: one-shot pruning, one recovery epoch, a small probe.
+QUICK_TEST: dict[str, object] = {
+    "quick_test": True, "sparsity": (0.3, 0.5), "prune.gentleness": 0.0, "distill.post_prune_epochs": 1,
+    "analysis.probe_queries": 48, "analysis.attribution_steps": 1, "bench.repeats": 3,
+}
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """Flags shared by every command that builds a :class:`RunConfig` (the seed's names)."""
     p.add_argument("--config", help="JSON or YAML config file (a results/<exp>/config.json reruns exactly)")
@@ -54,7 +61,7 @@ def build_config(args: argparse.Namespace, extra: dict[str, str] | None = None) 
     """Defaults <- config file <- quick-test defaults <- explicit flags <- --set overrides."""
     cfg = load_config(args.config) if args.config else RunConfig()
     if args.quick_test:
-        cfg = apply_overrides(cfg, {"quick_test": True, "sparsity": (0.3, 0.5)})
+        cfg = apply_overrides(cfg, QUICK_TEST)
         if cfg.data.max_samples is None:
             cfg = apply_overrides(cfg, {"data.max_samples": 100})
     overrides: dict[str, object] = {}
@@ -100,7 +107,7 @@ def _subcommand_modules() -> list:
     return [importlib.import_module(name) for name in _SUBCOMMANDS]
 
 
-_SUBCOMMANDS: tuple[str, ...] = ()
+_SUBCOMMANDS: tuple[str, ...] = ("sma.circuits.cli", "sma.bench", "tune.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

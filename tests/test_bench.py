@@ -28,6 +28,7 @@ def test_benchmark_fields_add_up():
     assert res.pruned.encoder_sparsity == pytest.approx(removed / res.dense.encoder_params)
     assert len(res.dense.latencies_s) == len(res.pruned.latencies_s) == 3
     assert res.speedup == pytest.approx(res.dense.latency_s / res.pruned.latency_s)
+    assert res.speedup_paired > 0 and res.speedup_min > 0
     assert res.pruned.docs_per_s == pytest.approx(2 / res.pruned.latency_s)
     assert res.peak_memory_kind == "rss_delta" and res.dense.peak_memory_bytes >= 0
     assert json.loads(json.dumps(res.to_dict()))["pruned"]["encoder_params"] == res.pruned.encoder_params
@@ -49,3 +50,4 @@ def test_smoke_cli_writes_json(tmp_path, capsys):
         assert abs(r["sparsity_report"]["sparsity"] - r["target"]) <= 0.005
         assert r["speedup"] > 0 and r["dtype"] == "float32"
         assert r["encoder_weight_ratio"] <= 1 - r["target"] + 0.01
+        assert len({layer["heads"] for layer in r["structure"]}) == 1, "per_layer/proportional is uniform"

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from sma.circuits.config import AnalysisConfig
 from sma.circuits.objective import analysis_mode, tokenize_probe
 from sma.circuits.patching import collecting_stats, local_effects, patched, zero_means
 from sma.circuits.probe import build_probe
-from sma.circuits.config import AnalysisConfig
 from sma.circuits.resume import cache_inputs, embed_from
 from sma.circuits.synthetic import tiny_collection, tiny_random_biencoder
 from sma.prune.arch import encoder_layers
 from sma.prune.gates import gated
 
 TEXTS = ["t0 f1 f2 f3", "f4 t1 f5", "f6 f7 t2 f8 f9 f10 f11", "t3"]
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread (and do not fight other jobs for the shared cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 
 def _embed(model, texts=TEXTS):

@@ -83,7 +83,12 @@ def test_per_layer_proportional_is_uniform(minilm_shaped):
     import copy
 
     model = copy.deepcopy(minilm_shaped)
-    plan = plan_for_sparsity(model, random_scores(model, 2), 0.5, allocation="per_layer", split="proportional")
+    rng = random.Random(2)
+    # heads far less important per parameter than neurons: "joint" would strip heads first
+    scores = UnitScores(heads=[[rng.random() * 1e-3 for _ in range(12)] for _ in range(6)],
+                        neurons=[[rng.random() for _ in range(1536)] for _ in range(6)], method="heads-weak")
+    assert plan_for_sparsity(model, scores, 0.5, allocation="per_layer").num_heads > 36
+    plan = plan_for_sparsity(model, scores, 0.5, allocation="per_layer", split="proportional")
     assert all(len(plan.heads[i]) == 6 for i in range(6))
     # the rest of each layer's half comes from neurons: (0.5 * layer - 6 heads) / neuron, rounded up
     need = (0.5 * MINI_LAYER - 6 * MINI_HEAD) / MINI_NEURON

@@ -1,10 +1,8 @@
 """Distributed hyperparameter search for SMA: Ray Tune + Ray Train workers, Optuna studies, MLflow runs.
 
-``sma tune --config search.yaml`` runs :func:`tune.search.search`; see ``cluster/README.md``.
+``sma tune --config search.yaml`` runs :func:`tune.search.search`; see ``cluster/README.md``. Modules:
+:mod:`tune.config` (the search config), :mod:`tune.search` (the driver), :mod:`tune.trainable` (one trial),
+:mod:`tune.worker` (its Ray Train workers), :mod:`tune.studies` (Optuna), :mod:`tune.tracking` (MLflow),
+:mod:`tune.cli` (``sma tune``). Nothing is imported here: Ray workers import this package, and each
+import second is paid by every trial.
 """
-
-from tune.config import SearchConfig, SearchSpace, load_search_config
-from tune.search import search
-from tune.studies import study_name
-
-__all__ = ["SearchConfig", "SearchSpace", "load_search_config", "search", "study_name"]

@@ -1,9 +1,9 @@
-"""``sma tune``: the distributed hyperparameter search (registered in ``sma.cli`` as a subcommand).
+"""sma tune: per sparsity, an Optuna study searched through Ray Tune; each trial fits a Ray Train TorchTrainer
+running the pruning pipeline; everything is logged to MLflow. Rerun the same command to resume.
 
-Config precedence: defaults <- ``--config search.yaml`` (a :class:`SearchConfig`) <- ``--smoke-test`` <-
-``--quick-test`` <- the run flags of ``sma run`` (``--model``, ``--sparsity``, ...) <- the search flags <-
-``--set KEY=VALUE`` (dotted keys of the search config: ``--set trials_per_study=5``,
-``--set run.distill.batch_size=16``).
+Config precedence: defaults < --config search.yaml < --smoke-test < --quick-test < the run flags
+(--model, --sparsity, ...) < the search flags < --set KEY=VALUE (dotted keys of the search config:
+--set trials_per_study=5, --set run.distill.batch_size=16).
 """
 
 from __future__ import annotations
@@ -58,8 +58,10 @@ def add_cli(subparsers) -> None:
         "tune", help="Ray Tune + Optuna search of alpha, gentleness, post-prune epochs per sparsity (MLflow)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_options(p)
+    for action in p._actions:
+        if action.dest == "config":
+            action.help = "YAML/JSON search config (see cluster/search.yaml); its run: section is a sma run config"
     p.set_defaults(func=cmd_tune)
-    p.description = (p.description or "") + "\n--config takes a search config (see cluster/search.yaml)."
     g = p.add_argument_group("search")
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_const", const="resume", dest="mode",
@@ -67,27 +69,39 @@ def add_cli(subparsers) -> None:
     mode.add_argument("--fresh", action="store_const", const="fresh", dest="mode",
                       help="delete the experiment's studies, MLflow runs and Ray results, then start over")
     p.set_defaults(mode="auto")
-    g.add_argument("--smoke-test", action="store_true", help="tiny offline model and data, 2 trials per study")
-    g.add_argument("--trials", type=int, help="finished trials each study ends with")
-    g.add_argument("--workers", type=int, help="Ray Train workers per trial (DDP when > 1)")
-    g.add_argument("--cpus-per-worker", type=float)
-    g.add_argument("--gpus-per-worker", type=float)
-    g.add_argument("--max-concurrent-trials", type=int, help="default: what the cluster's resources hold")
-    g.add_argument("--scheduler", choices=SCHEDULERS)
-    g.add_argument("--optuna-storage", help="SQLAlchemy URL (default: sqlite in results/<experiment>/tune)")
-    g.add_argument("--storage-path", help="Ray results: local folder or cloud URI")
-    g.add_argument("--mlflow-tracking-uri", help="default: $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db")
-    g.add_argument("--max-failures", type=int, help="Ray Tune retries of a failing trial")
-    g.add_argument("--fail-on-trial", type=int, help="test hook: this Optuna trial number raises")
+    _add(p, g, "--smoke-test", action="store_true", help="tiny offline model and data, 2 trials per study")
+    _add(p, g, "--trials", type=int, help="finished trials each study ends with")
+    _add(p, g, "--workers", type=int, help="Ray Train workers per trial (DDP when > 1)")
+    _add(p, g, "--cpus-per-worker", type=float)
+    _add(p, g, "--gpus-per-worker", type=float)
+    _add(p, g, "--max-concurrent-trials", type=int, help="default: what the cluster's resources hold")
+    _add(p, g, "--scheduler", choices=SCHEDULERS)
+    _add(p, g, "--optuna-storage", help="SQLAlchemy URL (default: sqlite in results/<experiment>/tune)")
+    _add(p, g, "--storage-path", help="Ray results: local folder or cloud URI")
+    _add(p, g, "--mlflow-tracking-uri", help="default: $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db")
+    _add(p, g, "--max-failures", type=int, help="Ray Tune retries of a failing trial")
+    _add(p, g, "--fail-on-trial", type=int, help="test hook: this Optuna trial number raises")
+
+
+def _add(parser: argparse.ArgumentParser, group, flag: str, **kwargs) -> None:
+    """Add ``flag`` unless the shared run options already define it (e.g. ``--workers`` for ``sma run``)."""
+    if flag not in parser._option_string_actions:
+        group.add_argument(flag, **kwargs)
 
 
 def build_search_config(args: argparse.Namespace) -> SearchConfig:
-    cfg = load_search_config(args.config) if args.config else SearchConfig()
+    base = load_search_config(args.config) if args.config else SearchConfig()
+    cfg = _apply_flags(base, args)
+    if not args.smoke_test:
+        return cfg
+    # The tiny assets go to the cache dir the flags chose; the flags still override the smoke defaults.
+    run = smoke_run(base.run, experiment=args.experiment or "smoke-test", cache_dir=cfg.run.cache_dir)
+    space = dataclasses.replace(base.space, post_prune_epochs=(0, min(1, base.space.post_prune_epochs[1])))
+    return _apply_flags(dataclasses.replace(base, run=run, trials_per_study=2, space=space), args)
+
+
+def _apply_flags(cfg: SearchConfig, args: argparse.Namespace) -> SearchConfig:
     run: RunConfig = cfg.run
-    if args.smoke_test:
-        run = smoke_run(run, experiment=args.experiment or "smoke-test")
-        cfg = dataclasses.replace(cfg, trials_per_study=2, space=dataclasses.replace(
-            cfg.space, post_prune_epochs=(0, min(1, cfg.space.post_prune_epochs[1]))))
     if args.quick_test:
         run = apply_overrides(run, {"quick_test": True, "sparsity": (0.3, 0.5)})
         if run.data.max_samples is None:
@@ -107,11 +121,11 @@ def build_search_config(args: argparse.Namespace) -> SearchConfig:
     return apply_overrides(cfg, overrides)
 
 
-def smoke_run(run: RunConfig, *, experiment: str) -> RunConfig:
+def smoke_run(run: RunConfig, *, experiment: str, cache_dir: str | None = None) -> RunConfig:
     from sma.cache import cache_root
     from sma.smoke import smoke_assets
 
-    model_dir, beir_dir = smoke_assets(cache_root(run.cache_dir) / "smoke")
+    model_dir, beir_dir = smoke_assets(cache_root(cache_dir or run.cache_dir) / "smoke")
     return apply_overrides(run, {**SMOKE_RUN, "experiment": experiment, "model.name": str(model_dir),
                                  "data.dataset": str(Path(beir_dir))})
 

@@ -111,7 +111,10 @@ class SearchConfig:
         return self.optuna_storage or f"sqlite:///{self.tune_dir / 'optuna.db'}"
 
     def ray_storage(self) -> str:
-        return self.storage_path or str(self.tune_dir / "ray")
+        """Where Ray Tune and Ray Train persist: a URI as given, a local path made absolute."""
+        if self.storage_path and "://" in self.storage_path:
+            return self.storage_path.rstrip("/")
+        return str(Path(self.storage_path).expanduser().resolve()) if self.storage_path else str(self.tune_dir / "ray")
 
 
 def load_search_config(path: str | Path) -> SearchConfig:

@@ -9,7 +9,6 @@ MLflow, and (4) runs a new Tuner round for whatever the study still lacks, so th
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import shutil
@@ -19,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from sma.cache import cache_root
 from sma.config import ConfigError, RunConfig, save_config, to_dict
 from tune.config import SearchConfig
 from tune.studies import StudyProgress, delete, mark_interrupted, progress, rdb_storage, study_name, trials
@@ -42,7 +42,7 @@ class StudyResult:
     parent_run_id: str
 
 
-def search(cfg: SearchConfig, *, mode: str = "auto", pipeline: str = "sma.pipeline") -> list[StudyResult]:
+def search(cfg: SearchConfig, *, mode: str = "auto") -> list[StudyResult]:
     """Run (or resume, or restart with ``mode="fresh"``) the search described by ``cfg``."""
     import ray
 
@@ -64,7 +64,9 @@ def search(cfg: SearchConfig, *, mode: str = "auto", pipeline: str = "sma.pipeli
     if not ray.is_initialized():
         ray.init(log_to_driver=True)
     started = time.time()
-    prepared = importlib.import_module(pipeline).prepare(run)
+    from sma.pipeline import prepare
+
+    prepared = prepare(run, analysis_dir=run.run_dir / "phase1")
     prep_info = {"baseline_computed": prepared.baseline_computed, "baseline_key": prepared.baseline.key,
                  "seconds": round(time.time() - started, 1)}
     log.info("shared work (data, baseline, importance): %s", prep_info)
@@ -77,7 +79,7 @@ def search(cfg: SearchConfig, *, mode: str = "auto", pipeline: str = "sma.pipeli
             run=to_dict(run), study=name, sparsity=sparsity, optuna_url=cfg.optuna_url(), tracking=tracking,
             parent_run_id="", train_storage=f"{cfg.ray_storage()}/{name}-train", num_workers=cfg.num_workers,
             cpus_per_worker=cfg.cpus_per_worker, gpus_per_worker=cfg.gpus_per_worker,
-            fail_on_trial=cfg.fail_on_trial, tags={**tags, "study": name}, pipeline=pipeline)
+            fail_on_trial=cfg.fail_on_trial, tags={**tags, "study": name})
         results.append(run_study(cfg, ctx, storage=storage))
     (tune_dir / "summary.json").write_text(json.dumps([_summary_row(r) for r in results], indent=1) + "\n")
     print(format_summary(results))
@@ -87,10 +89,8 @@ def search(cfg: SearchConfig, *, mode: str = "auto", pipeline: str = "sma.pipeli
 def resolve_run(cfg: SearchConfig) -> RunConfig:
     """Absolute paths (trials run elsewhere), quiet progress bars, and the threads a worker owns."""
     run = cfg.run
-    changes: dict[str, Any] = {"output_dir": str(Path(run.output_dir).resolve())}
-    from sma.cache import cache_root
-
-    changes["cache_dir"] = str(cache_root(run.cache_dir).resolve())
+    changes: dict[str, Any] = {"output_dir": str(Path(run.output_dir).resolve()),
+                               "cache_dir": str(cache_root(run.cache_dir).resolve())}
     data = run.data
     if Path(data.dataset).exists():
         data = replace(data, dataset=str(Path(data.dataset).resolve()))
@@ -161,7 +161,10 @@ def _new_tuner(cfg: SearchConfig, trainable, *, name: str, path_name: str, num_s
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
-                                    max_concurrent_trials=concurrency(cfg, ray.cluster_resources())),
+                                    max_concurrent_trials=concurrency(cfg, ray.cluster_resources()),
+                                    # keep a trial's process (and its imports) for the next trial; not under
+                                    # a scheduler, whose stopped trials must take their TorchTrainer down
+                                    reuse_actors=scheduler is None),
         run_config=tune.RunConfig(name=path_name, storage_path=cfg.ray_storage(), verbose=1,
                                   failure_config=tune.FailureConfig(max_failures=cfg.max_failures)),
     )

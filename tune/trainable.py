@@ -13,11 +13,8 @@ in the final report's checkpoint, which Ray persists under the search's ``storag
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,17 +26,11 @@ from sma.config import RunConfig, apply_overrides, from_dict, to_dict
 from tune.config import SEARCHED_KEYS, SearchSpace
 from tune.studies import finished_trial, rdb_storage
 from tune.tracking import Tracking
+from tune.worker import CHECKPOINT_NAME, EPOCHS_FILE, RESULT_FILE, STRUCTURES_FILE, setup_logging, worker_loop
 
 log = logging.getLogger(__name__)
 
 TRIAL_KEY = "optuna_trial"
-RESULT_FILE = "result.json"
-EPOCHS_FILE = "epochs.json"
-STRUCTURES_FILE = "structures.json"
-
-
-class InjectedTrialFailure(RuntimeError):
-    """Raised by the trial selected with ``SearchConfig.fail_on_trial`` (a test hook)."""
 
 
 @dataclass(frozen=True)
@@ -74,8 +65,6 @@ class TrialContext:
     gpus_per_worker: float = 0.0
     fail_on_trial: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
-    pipeline: str = "sma.pipeline"
-    """Module providing ``prepare(cfg)`` and ``run_sparsity(cfg, sparsity, ...)``."""
 
 
 def trial_config(ctx: TrialContext, params: dict[str, Any]) -> RunConfig:
@@ -122,7 +111,8 @@ def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
         for name in ("plan.json", "metrics.json", STRUCTURES_FILE):
             if (files / name).is_file():
                 tracking.client.log_artifact(run_id, str(files / name))
-        _store_in_optuna(storage, ctx.study, number, final, run_id=run_id, checkpoint=str(result.checkpoint.path))
+        _store_in_optuna(storage, ctx.study, number, final, run_id=run_id,
+                         checkpoint=f"{ctx.train_storage}/{_run_name(number)}/{CHECKPOINT_NAME}")
     except BaseException as exc:
         tracking.fail(run_id, exc)
         raise
@@ -139,16 +129,20 @@ def _fit(ctx: TrialContext, cfg: RunConfig, number: int):
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={
-            "run": to_dict(cfg), "sparsity": ctx.sparsity, "pipeline": ctx.pipeline,
+            "run": to_dict(cfg), "sparsity": ctx.sparsity,
             "fail": ctx.fail_on_trial == number, "trial": number,
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=ctx.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
-        run_config=ray.train.RunConfig(name=f"trial-{number:04d}", storage_path=ctx.train_storage,
+        run_config=ray.train.RunConfig(name=_run_name(number), storage_path=ctx.train_storage,
                                        callbacks=[TuneReportCallback()]),
     )
     return trainer.fit()
+
+
+def _run_name(number: int) -> str:
+    return f"trial-{number:04d}"
 
 
 def _timings(final: dict[str, Any], *, entered: float, fit_started: float, fitted: float) -> dict[str, float]:
@@ -161,13 +155,6 @@ def _timings(final: dict[str, Any], *, entered: float, fit_started: float, fitte
         "worker_import_seconds": final["pipeline_started_at"] - final["worker_started_at"],
         "ray_teardown_seconds": fitted - final["pipeline_ended_at"],
     }
-
-
-def setup_logging() -> None:
-    """Ray's worker processes have no logging handler: make the trial's progress lines visible."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                            datefmt="%H:%M:%S")
 
 
 def _checkpoint_files(result) -> Path:
@@ -188,70 +175,3 @@ def _store_in_optuna(storage, study: str, number: int, final: dict[str, Any], *,
     storage.set_trial_user_attr(tid, "metrics", metrics)
     storage.set_trial_user_attr(tid, "mlflow_run_id", run_id)
     storage.set_trial_user_attr(tid, "checkpoint", checkpoint)
-
-
-# -- Ray Train workers -------------------------------------------------------------------------------------
-
-def worker_loop(config: dict[str, Any]) -> None:
-    """Every worker runs the pipeline; rank 0 reports the final metrics with the trial's files."""
-    worker_started_at = time.time()
-    import ray.train
-    import torch
-
-    setup_logging()
-    rank = ray.train.get_context().get_world_rank()
-    cfg = from_dict(RunConfig, config["run"])
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if config["fail"]:
-        raise InjectedTrialFailure(f"trial {config['trial']} raises on purpose (fail_on_trial)")
-    pipeline = importlib.import_module(config["pipeline"])
-    started = time.time()
-    log.info("rank %d: trial %d starts the pipeline", rank, config["trial"])
-    epochs: list[dict[str, Any]] = []
-
-    def reporter(row: dict[str, Any]) -> None:
-        epochs.append(dict(row))
-        ray.train.report(_numeric(row))
-
-    prepared = pipeline.prepare(cfg)
-    out_dir = Path(tempfile.mkdtemp(prefix=f"sma-trial-{config['trial']}-"))
-    try:
-        result = pipeline.run_sparsity(cfg, config["sparsity"], out_dir=out_dir, prepared=prepared,
-                                       reporter=reporter)
-        structures = _gather(result.get("structure"))
-        final = {
-            **_numeric(result),
-            "baseline_computed": float(prepared.baseline_computed),
-            "ranks_agree": float(all(s == structures[0] for s in structures)),
-            "world_size": float(len(structures)),
-            "pipeline_seconds": time.time() - started,
-            "worker_started_at": worker_started_at,
-            "pipeline_started_at": started,
-            "pipeline_ended_at": time.time(),
-        }
-        checkpoint = None
-        if rank == 0:
-            (out_dir / RESULT_FILE).write_text(json.dumps(final, indent=1))
-            (out_dir / EPOCHS_FILE).write_text(json.dumps([_numeric(r) | {"epoch": r.get("epoch", 0)}
-                                                           for r in epochs], indent=1))
-            (out_dir / STRUCTURES_FILE).write_text(json.dumps(structures, indent=1))
-            checkpoint = ray.train.Checkpoint.from_directory(str(out_dir))
-        ray.train.report(final, checkpoint=checkpoint, checkpoint_dir_name="result")
-    finally:
-        shutil.rmtree(out_dir, ignore_errors=True)
-
-
-def _gather(obj: Any) -> list[Any]:
-    """``obj`` from every rank (a one-element list without torch.distributed)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _numeric(row: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -10,6 +10,7 @@ from sma.circuits.ablation import AblationResult, ablation_scores
 from sma.circuits.attribution import AttributionResult, attribution_scores, per_layer_normalised
 from sma.circuits.baselines import UnitScores, magnitude_scores, random_scores
 from sma.circuits.circuits import Circuit, Faithfulness, find_circuit, top_fraction
+from sma.circuits.compare import CompareRow, Comparison, compare_methods
 from sma.circuits.config import METHODS, AnalysisConfig
 from sma.circuits.objective import ProbeScore, attribute, contrastive_loss, evaluate_probe, tokenize_probe
 from sma.circuits.patching import UnitMeans, collecting_stats, local_effects, patched
@@ -18,6 +19,7 @@ from sma.circuits.run import AnalysisResult, run_analysis
 
 __all__ = [
     "METHODS", "AblationResult", "AnalysisConfig", "AnalysisResult", "AttributionResult", "Circuit",
+    "CompareRow", "Comparison", "compare_methods",
     "Faithfulness", "ProbeScore", "ProbeSet", "UnitMeans", "UnitScores", "ablation_scores", "attribute",
     "attribution_scores", "build_probe", "collecting_stats", "contrastive_loss", "evaluate_probe",
     "find_circuit", "local_effects", "magnitude_scores", "patched", "per_layer_normalised", "random_scores",

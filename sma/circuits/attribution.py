@@ -8,7 +8,8 @@ probe (``abs_seq``: sum over sequences of |G summed over the sequence's tokens|,
 With ``steps > 1`` the least important units are ablated between rounds (each layer's heads and neurons
 separately, in equal steps up to ``sparsity``) and the survivors re-scored with those units gone, so
 later scores see the model the pruner will leave. Final scores then encode the round a unit was ablated in
-(integer part; survivors score highest) plus its normalised statistic at its last scoring (fraction).
+(integer part; survivors score highest) plus its statistic at its last scoring divided by that round's
+largest statistic of its kind over all layers (fraction).
 """
 
 from __future__ import annotations
@@ -44,14 +45,19 @@ def _statistic(att, name: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     return att.get(name)
 
 
-def _normalised(values: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    top = values[active].max() if bool(active.any()) else torch.tensor(0.0)
-    return values / top * 0.999 if float(top) > 0 else torch.zeros_like(values)
+def _normalised(values: Sequence[torch.Tensor], active: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Values divided by the largest active value over all layers (kept below 1), so that within one
+    round units stay comparable across layers."""
+    live = [v[a] for v, a in zip(values, active, strict=True) if bool(a.any())]
+    top = float(torch.cat(live).max()) if live else 0.0
+    return [v / top * 0.999 if top > 0 else torch.zeros_like(v) for v in values]
 
 
 def attribution_scores(model, batches: ProbeBatches, *, temperature: float, means: UnitMeans | None,
                        steps: int = 1, sparsity: float = 0.5, statistic: str = "abs_seq",
-                       method: str = "attribution") -> AttributionResult:
+                       method: str = "attribution", embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       ) -> AttributionResult:
+    """``embeddings``: the intact model's probe embeddings, if already computed (saves a forward pass)."""
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
     head_active: list[torch.Tensor] | None = None
@@ -63,7 +69,7 @@ def attribution_scores(model, batches: ProbeBatches, *, temperature: float, mean
         gates = None if head_active is None else ([a.float() for a in head_active], [a.float() for a in neuron_active])
         att = attribute(model, batches, temperature=temperature, means=means,
                         head_gates=gates[0] if gates else None, neuron_gates=gates[1] if gates else None,
-                        desc=f"attribution round {r + 1}/{steps}")
+                        desc=f"attribution round {r + 1}/{steps}", embeddings=embeddings if r == 0 else None)
         stat = _statistic(att, statistic)
         if first is None:
             first = stat
@@ -81,8 +87,9 @@ def attribution_scores(model, batches: ProbeBatches, *, temperature: float, mean
             break
         target = sparsity * (r + 1) / steps
         for pos, (actives, values) in enumerate(((head_active, stat[0]), (neuron_active, stat[1]))):
+            normed = _normalised(values, actives)
             for layer, (active, v) in enumerate(zip(actives, values, strict=True)):
-                last[pos][layer][active] = _normalised(v, active)[active]
+                last[pos][layer][active] = normed[layer][active]
                 if r == steps - 1:
                     continue
                 n_off = math.floor(target * len(v) + 1e-9) - int((~active).sum())

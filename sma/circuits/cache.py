@@ -1,4 +1,4 @@
-"""Content-addressed cache of analysis results: key = (model weights, probe, settings, seed, code version)."""
+"""Content-addressed cache of analysis parts: key = (model weights, probe, part, its settings, code version)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from sma.circuits.config import AnalysisConfig
+from sma.cache import cache_root
 from sma.circuits.probe import ProbeSet
-from sma.config import to_dict
 
 CACHE_VERSION = 1
 """Bump when a change alters the numbers an analysis produces."""
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("SMA_CACHE_DIR", Path.home() / ".cache" / "sma")) / "analysis"
+    """``$SMA_CACHE_DIR/analysis`` (default ``~/.cache/sma/analysis``)."""
+    return cache_root() / "analysis"
 
 
 def model_digest(model: nn.Module) -> str:
@@ -33,9 +33,10 @@ def model_digest(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_key(*, model_id: str, probe: ProbeSet, cfg: AnalysisConfig, extra: dict[str, Any] | None = None) -> str:
-    payload = {"version": CACHE_VERSION, "model": model_id, "probe": probe.digest(), "config": to_dict(cfg),
-               "extra": extra or {}}
+def cache_key(*, model_id: str, probe: ProbeSet, part: str, settings: dict[str, Any]) -> str:
+    """Key of one cached part of an analysis (``part``: ``stats`` or a method) under ``settings``."""
+    payload = {"version": CACHE_VERSION, "model": model_id, "probe": probe.digest(), "part": part,
+               "settings": settings}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 

@@ -92,17 +92,27 @@ def unit_params(model, units: frozenset[Unit]) -> tuple[int, int]:
     return own, total
 
 
+def reference_scores(model, batches: ProbeBatches, *, temperature: float,
+                     means: UnitMeans | None) -> tuple[ProbeScore, ProbeScore]:
+    """Probe scores of the intact model and of the model with every unit ablated."""
+    full = evaluate_probe(model, batches, temperature=temperature)
+    hg, ng = gates_for(model, frozenset(), keep=True)
+    return full, evaluate_probe(model, batches, temperature=temperature, head_gates=hg, neuron_gates=ng, means=means)
+
+
 def find_circuit(model, batches: ProbeBatches, scores: UnitScores, *, temperature: float,
-                 means: UnitMeans | None, share: float, resolution: int = 32, top: int = 20) -> Circuit:
-    """Bisection over the kept fraction in steps of ``1/resolution``; then faithfulness of the result."""
+                 means: UnitMeans | None, share: float, resolution: int = 32, top: int = 20,
+                 references: tuple[ProbeScore, ProbeScore] | None = None) -> Circuit:
+    """Bisection over the kept fraction in steps of ``1/resolution``; then faithfulness of the result.
+
+    ``references``: :func:`reference_scores` on the same probe, when several circuits share them.
+    """
     def run(units: frozenset[Unit], *, keep: bool) -> ProbeScore:
         hg, ng = gates_for(model, units, keep=keep)
         return evaluate_probe(model, batches, temperature=temperature, head_gates=hg, neuron_gates=ng, means=means)
 
-    bar = tqdm(total=2 + math.ceil(math.log2(resolution)) + 2, desc=f"circuit {scores.method}", leave=False)
-    full = run(frozenset(), keep=False)
-    nothing = run(frozenset(), keep=True)
-    bar.update(2)
+    bar = tqdm(total=math.ceil(math.log2(resolution)) + 1, desc=f"circuit {scores.method}", leave=False)
+    full, nothing = references or reference_scores(model, batches, temperature=temperature, means=means)
     margin = nothing.loss - full.loss
 
     def retained(loss: float) -> float:
@@ -120,7 +130,7 @@ def find_circuit(model, batches: ProbeBatches, scores: UnitScores, *, temperatur
             lo = mid
     units = top_fraction(scores, hi / resolution)
     removed = run(units, keep=False)
-    bar.update(2)
+    bar.update(1)
     bar.close()
     params, total = unit_params(model, units)
     ranked = [((kind, layer, i), table[layer][i])

@@ -70,17 +70,18 @@ def analysis_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def embed(model, batches: Sequence[Batch], *, stats: ActivationStats | None = None) -> torch.Tensor:
-    """Embeddings of every row (no graph, the model's dtype), in row order."""
+def embed(model, batches: Sequence[Batch], *, stats: ActivationStats | None = None,
+          desc: str | None = None) -> torch.Tensor:
+    """Embeddings of every row (no graph, the model's dtype), in row order; a progress bar if ``desc``."""
     rows = sum(len(idx) for idx, _ in batches)
     out: torch.Tensor | None = None
     with torch.no_grad():
-        for idx, batch in batches:
-            batch = _to(batch, model.device)
+        for idx, batch in tqdm(batches, desc=desc, unit="batch", leave=False, disable=desc is None):
+            batch = to_device(batch, model.device)
             if stats is not None:
                 stats.mask = batch["attention_mask"]
             emb = model(**batch).cpu()
@@ -116,16 +117,26 @@ class ProbeScore:
     ndcg: float
 
 
+def embed_probe(model, batches: ProbeBatches, *, head_gates: Sequence[torch.Tensor] | None = None,
+                neuron_gates: Sequence[torch.Tensor] | None = None, means: UnitMeans | None = None,
+                stats: ActivationStats | None = None, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query and pool embeddings with the given units ablated (gates 0) towards ``means``."""
+    with analysis_mode(model), patched(model, head_gates=head_gates, neuron_gates=neuron_gates, means=means):
+        return (embed(model, batches.queries, stats=stats, desc=desc and f"{desc}: queries"),
+                embed(model, batches.docs, stats=stats, desc=desc and f"{desc}: documents"))
+
+
+def score_embeddings(q: torch.Tensor, d: torch.Tensor, probe: ProbeSet, *, temperature: float) -> ProbeScore:
+    return ProbeScore(loss=float(contrastive_loss(q, d, probe, temperature=temperature)), ndcg=pool_ndcg(q, d, probe))
+
+
 def evaluate_probe(model, batches: ProbeBatches, *, temperature: float,
                    head_gates: Sequence[torch.Tensor] | None = None,
                    neuron_gates: Sequence[torch.Tensor] | None = None, means: UnitMeans | None = None,
                    stats: ActivationStats | None = None) -> ProbeScore:
     """Probe loss and nDCG@10 with the given units ablated (gates 0) towards ``means``."""
-    with analysis_mode(model), patched(model, head_gates=head_gates, neuron_gates=neuron_gates, means=means):
-        q = embed(model, batches.queries, stats=stats)
-        d = embed(model, batches.docs, stats=stats)
-    loss = contrastive_loss(q, d, batches.probe, temperature=temperature)
-    return ProbeScore(loss=float(loss), ndcg=pool_ndcg(q, d, batches.probe))
+    q, d = embed_probe(model, batches, head_gates=head_gates, neuron_gates=neuron_gates, means=means, stats=stats)
+    return score_embeddings(q, d, batches.probe, temperature=temperature)
 
 
 @dataclass
@@ -150,8 +161,12 @@ class Attribution:
 
 def attribute(model, batches: ProbeBatches, *, temperature: float, means: UnitMeans | None,
               head_gates: Sequence[torch.Tensor] | None = None,
-              neuron_gates: Sequence[torch.Tensor] | None = None, desc: str = "attribution") -> Attribution:
-    """One attribution pass (GradCache): every head's and neuron's ``G`` on the probe objective."""
+              neuron_gates: Sequence[torch.Tensor] | None = None, desc: str = "attribution",
+              embeddings: tuple[torch.Tensor, torch.Tensor] | None = None) -> Attribution:
+    """One attribution pass (GradCache): every head's and neuron's ``G`` on the probe objective.
+
+    ``embeddings``: :func:`embed_probe` output for the same gates, to skip the first (no-graph) pass.
+    """
     from sma.prune.arch import encoder_layers
 
     layers = encoder_layers(model)
@@ -160,16 +175,15 @@ def attribute(model, batches: ProbeBatches, *, temperature: float, means: UnitMe
            for k in ("total", "abs_seq", "sq_seq", "abs_token")}
     probe = batches.probe
     kw = {"head_gates": head_gates, "neuron_gates": neuron_gates, "means": means}
+    q, d = embeddings or embed_probe(model, batches, **kw)
+    q, d = q.detach().clone().requires_grad_(True), d.detach().clone().requires_grad_(True)
     with analysis_mode(model):
-        with patched(model, **kw):
-            q = embed(model, batches.queries).requires_grad_(True)
-            d = embed(model, batches.docs).requires_grad_(True)
         loss = contrastive_loss(q, d, probe, temperature=temperature)
         loss.backward()
         ndcg = pool_ndcg(q.detach(), d.detach(), probe)
         jobs = [(b, q.grad) for b in batches.queries] + [(b, d.grad) for b in batches.docs]
         for (idx, batch), grad in tqdm(jobs, desc=desc, unit="batch", leave=False):
-            batch = _to(batch, model.device)
+            batch = to_device(batch, model.device)
             with patched(model, record=True, **kw) as patch:
                 emb = model(**batch)
                 emb.backward(grad[list(idx)].to(emb.device, emb.dtype))

@@ -24,7 +24,7 @@ def plot_heads(scores: UnitScores, path: Path, *, circuit: Sequence[tuple[str, i
     grid = np.full((len(scores.heads), width), np.nan)
     for layer, heads in enumerate(scores.heads):
         grid[layer, :len(heads)] = heads
-    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * width, 1.2 + 0.45 * len(scores.heads)))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.5 + 0.5 * width), max(3.0, 1.4 + 0.45 * len(scores.heads))))
     im = ax.imshow(grid, cmap="viridis", aspect="auto")
     for kind, layer, head in circuit:
         if kind == "head":
@@ -33,7 +33,7 @@ def plot_heads(scores: UnitScores, path: Path, *, circuit: Sequence[tuple[str, i
     ax.set_ylabel("layer")
     ax.set_xticks(range(width))
     ax.set_yticks(range(len(scores.heads)))
-    ax.set_title(f"head importance: {scores.method}" + (" (red: circuit)" if circuit else ""))
+    ax.set_title(f"head importance\n{scores.method}" + (" (red: circuit)" if circuit else ""), fontsize=10)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,7 +48,7 @@ def plot_neurons(scores: UnitScores, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(1.5 + 1.0 * len(scores.neurons), 3.5))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.5 + 1.0 * len(scores.neurons)), 3.5))
     ax.boxplot([list(n) for n in scores.neurons], showfliers=True, flierprops={"markersize": 2})
     ax.set_xticks(range(1, len(scores.neurons) + 1), [str(i) for i in range(len(scores.neurons))])
     ax.set_xlabel("layer")
@@ -56,7 +56,7 @@ def plot_neurons(scores: UnitScores, path: Path) -> Path:
     lo = min(min(n) for n in scores.neurons)
     if lo > 0:
         ax.set_yscale("log")
-    ax.set_title(f"FFN neuron importance per layer: {scores.method}")
+    ax.set_title(f"FFN neuron importance per layer\n{scores.method}", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from sma.circuits.config import AnalysisConfig
-from sma.data import Corpus, Qrels, Queries, RetrievalData, doc_text
+from sma.data import Qrels, Queries, RetrievalData, doc_text
+from sma.negatives import bm25_ranking, dense_ranking
 
 
 @dataclass(frozen=True)
@@ -73,29 +74,6 @@ def _merged_split(data: RetrievalData, splits: tuple[str, ...]) -> tuple[Queries
     return queries, qrels
 
 
-def bm25_rankings(corpus: Corpus, queries: list[str], *, k: int) -> list[list[str]]:
-    """Top-``k`` document ids per query by BM25 (``bm25s``, English stopwords)."""
-    import bm25s
-
-    dids = sorted(corpus)
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize([doc_text(corpus[d]) for d in dids], stopwords="en", show_progress=False),
-                    show_progress=False)
-    tokens = bm25s.tokenize(queries, stopwords="en", show_progress=False)
-    idx, _ = retriever.retrieve(tokens, k=min(k, len(dids)), show_progress=False, n_threads=1)
-    return [[dids[int(j)] for j in row] for row in idx]
-
-
-def dense_rankings(model, corpus: Corpus, queries: list[str], *, k: int, batch_size: int) -> list[list[str]]:
-    """Top-``k`` document ids per query by the model's own cosine/dot similarity."""
-    dids = sorted(corpus)
-    d_emb = model.encode([doc_text(corpus[d]) for d in dids], kind="doc", batch_size=batch_size,
-                         show_progress=True, desc="probe: encode corpus")
-    q_emb = model.encode(queries, kind="query", batch_size=batch_size)
-    top = (q_emb @ d_emb.T).topk(min(k, len(dids)), dim=1).indices
-    return [[dids[int(j)] for j in row] for row in top]
-
-
 def build_probe(data: RetrievalData, *, cfg: AnalysisConfig, model=None) -> ProbeSet:
     """Seeded probe: ``cfg.probe_queries`` queries of ``cfg.probe_splits``, their positives, hard negatives."""
     queries, qrels = _merged_split(data, cfg.probe_splits)
@@ -111,13 +89,12 @@ def build_probe(data: RetrievalData, *, cfg: AnalysisConfig, model=None) -> Prob
     depth = cfg.negatives_per_query + max(len(qrels[q]) for q in qids)
     texts = [queries[q] for q in qids]
     if cfg.negative_source == "bm25":
-        ranked = bm25_rankings(data.corpus, texts, k=depth)
+        ranked = bm25_ranking(data.corpus, queries, qids, k=depth)
     else:
         if model is None:
             raise ValueError("negative_source='dense' needs the model")
-        ranked = dense_rankings(model, data.corpus, texts, k=depth, batch_size=cfg.batch_size)
-    negatives = {q: [d for d in ranking if d not in qrels[q]][:cfg.negatives_per_query]
-                 for q, ranking in zip(qids, ranked, strict=True)}
+        ranked = dense_ranking(model, data.corpus, queries, qids, k=depth, batch_size=cfg.batch_size)
+    negatives = {q: [d for d in ranked[q] if d not in qrels[q]][:cfg.negatives_per_query] for q in qids}
     pool = sorted({d for q in qids for d in (*positives[q], *negatives[q])})
     index = {d: i for i, d in enumerate(pool)}
     return ProbeSet(

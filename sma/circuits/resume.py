@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sma.circuits.objective import Batch, _to
+from sma.circuits.objective import Batch, to_device
 from sma.prune.units import encoder_stack
 
 
@@ -36,7 +36,7 @@ def cache_inputs(model, batches: Sequence[Batch]) -> tuple[CachedBatch, ...]:
     layers = _layers(model)
     out = []
     for idx, batch in batches:
-        batch = _to(batch, model.device)
+        batch = to_device(batch, model.device)
         calls: list[tuple[tuple, dict]] = []
 
         def record(module: nn.Module, args: tuple, kwargs: dict, calls: list = calls) -> None:

@@ -50,6 +50,7 @@ class EmptyAttention(nn.Module):
         self.output_name = output
         names = ("query", "key", "value") if hasattr(original, "query") else ("q_lin", "k_lin", "v_lin")
         self.projection_names = names
+        self.train(original.training)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         # (..., 0) context; running the zero-row projections costs nothing and keeps every parameter in
@@ -71,7 +72,9 @@ def empty_attention(original: nn.Module, *, output: str | None) -> EmptyAttentio
     if isinstance(original, EmptyAttention):
         return original
     if base not in _EMPTY_CLASSES:
-        _EMPTY_CLASSES[base] = type(f"Empty{base.__name__}", (EmptyAttention, base), {"__module__": __name__})
+        name = f"Empty{base.__name__}"
+        _EMPTY_CLASSES[base] = type(name, (EmptyAttention, base), {"__module__": __name__, "__qualname__": name})
+        globals().setdefault(name, _EMPTY_CLASSES[base])  # findable by pickle within this process
     return _EMPTY_CLASSES[base](original, output=output)
 
 

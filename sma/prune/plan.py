@@ -174,12 +174,14 @@ def plan_for_sparsity(model: nn.Module, scores: UnitScores, target: float, *, al
             continue
         free = [c for c in group if not c.protected]
         got = 0
-        if split == "proportional":
+        if split == "proportional":  # heads to their own share (whole heads), neurons fill the rest
             dense_heads = sum(c.dense_heads * c.head_cost for c in cnts)
             removed_heads = sum((c.dense_heads - c.heads) * c.head_cost for c in cnts)
             got = _select([c for c in free if c.kind == "head"], target * dense_heads - removed_heads, state,
                           nearest=True)
-        got += _select(free, needed - got, state, nearest=False)
+            got += _select([c for c in free if c.kind == "neuron"], needed - got, state, nearest=False)
+        if got < needed:
+            got += _select(free, needed - got, state, nearest=False)
         if got < needed:  # last resort: protected units, least important first
             got += _select([c for c in group if c.protected], needed - got, state, nearest=False)
         if got < needed:

@@ -1,0 +1,179 @@
+"""The pure parts of ``sma tune``: config, study names and bookkeeping on a real SQLite study, the define-by-run
+space, concurrency, CLI precedence, and MLflow run bookkeeping on a real SQLite tracking store."""
+
+from __future__ import annotations
+
+import argparse
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sma.config import ConfigError, apply_overrides
+from tune.cli import add_cli, build_search_config
+from tune.config import SearchConfig, load_search_config
+from tune.search import concurrency
+from tune.studies import finished_trial, mark_interrupted, progress, rdb_storage, study_name, trials
+from tune.trainable import TRIAL_KEY, DefineSpace
+
+
+def test_study_names_are_experiment_and_sparsity():
+    assert study_name("nfc", 0.5) == "nfc-s0.50"
+    assert study_name("nfc", 0.3) == "nfc-s0.30"
+    assert study_name("nfc", 0.125) == "nfc-s0.12"
+
+
+def test_search_config_rejects_unknown_keys_everywhere(tmp_path):
+    path = tmp_path / "search.yaml"
+    path.write_text("trials_per_study: 3\nrun: {experiment: x, distill: {alpha: 0.5}}\n")
+    cfg = load_search_config(path)
+    assert cfg.trials_per_study == 3 and cfg.run.experiment == "x" and cfg.run.distill.alpha == 0.5
+    for bad in ("trials: 3\n", "run: {distil: {alpha: 1}}\n", "space: {beta: [0, 1]}\n"):
+        path.write_text(bad)
+        with pytest.raises(ConfigError, match="unknown config key"):
+            load_search_config(path)
+
+
+@pytest.mark.parametrize("override", [
+    {"space.alpha": "0.2 1.5"}, {"space.gentleness": "0.8 0.2"}, {"space.post_prune_epochs": "-1 2"},
+    {"scheduler": "hyperband"}, {"trials_per_study": 0}, {"num_workers": 0}, {"max_concurrent_trials": 0},
+])
+def test_search_config_validates_values(override):
+    with pytest.raises(ConfigError):
+        apply_overrides(SearchConfig(), override)
+
+
+def test_default_storages_live_in_the_experiment_folder(tmp_path):
+    cfg = apply_overrides(SearchConfig(), {"run.output_dir": str(tmp_path), "run.experiment": "e"})
+    assert cfg.optuna_url() == f"sqlite:///{tmp_path}/e/tune/optuna.db"
+    assert cfg.ray_storage() == f"{tmp_path}/e/tune/ray"
+    cfg = apply_overrides(cfg, {"optuna_storage": "postgresql://db/sma", "storage_path": "s3://b/sma"})
+    assert cfg.optuna_url() == "postgresql://db/sma" and cfg.ray_storage() == "s3://b/sma"
+
+
+def test_concurrency_follows_resources():
+    cfg = SearchConfig()
+    assert concurrency(cfg, {"CPU": 2}) == 2
+    assert concurrency(apply_overrides(cfg, {"num_workers": 2}), {"CPU": 2}) == 1
+    assert concurrency(apply_overrides(cfg, {"num_workers": 4}), {"CPU": 2}) == 1  # never 0
+    assert concurrency(apply_overrides(cfg, {"gpus_per_worker": 1, "cpus_per_worker": 2}), {"CPU": 32, "GPU": 4}) == 4
+    assert concurrency(apply_overrides(cfg, {"max_concurrent_trials": 3}), {"CPU": 2}) == 3
+
+
+def _study(tmp_path, name="e-s0.50"):
+    storage = rdb_storage(f"sqlite:///{tmp_path}/optuna.db")
+    return storage, optuna.create_study(study_name=name, storage=storage, direction="maximize")
+
+
+def test_killed_driver_trials_are_marked_interrupted_and_do_not_count(tmp_path):
+    storage, study = _study(tmp_path)
+    study.tell(study.ask(), 0.9)                            # 0 COMPLETE
+    study.tell(study.ask(), state=TrialState.FAIL)          # 1 FAIL (raised)
+    study.ask()                                             # 2 left RUNNING by a killed driver
+    study.ask()                                             # 3 idem
+    before = progress(storage, "e-s0.50")
+    assert (before.complete, before.failed, before.running, before.finished) == (1, 1, 2, 2)
+    assert mark_interrupted(storage, "e-s0.50") == [2, 3]
+    after = progress(storage, "e-s0.50")
+    assert (after.complete, after.failed, after.interrupted, after.running, after.finished) == (1, 1, 2, 0, 2)
+    states = {t.number: t.state for t in optuna.load_study(study_name="e-s0.50", storage=storage).trials}
+    assert states == {0: TrialState.COMPLETE, 1: TrialState.FAIL, 2: TrialState.FAIL, 3: TrialState.FAIL}
+    assert mark_interrupted(storage, "e-s0.50") == []       # idempotent
+    assert finished_trial(storage, "e-s0.50", 0).value == 0.9
+    assert finished_trial(storage, "e-s0.50", 2) is None
+    assert progress(storage, "no-such-study").finished == 0
+
+
+def test_define_by_run_space_respects_bounds_and_passes_the_trial_number(tmp_path):
+    cfg = apply_overrides(SearchConfig(), {"space.alpha": "0.2 0.4", "space.post_prune_epochs": "1 2"})
+    _, study = _study(tmp_path)
+    space = DefineSpace(cfg.space)
+    for i in range(5):
+        trial = study.ask()
+        assert space(trial) == {TRIAL_KEY: i}
+        assert 0.2 <= trial.params["alpha"] <= 0.4 and 0 <= trial.params["gentleness"] <= 1
+        assert trial.params["post_prune_epochs"] in (1, 2)
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["tune", *argv])
+
+
+def test_cli_precedence_file_then_flags_then_set(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("trials_per_study: 7\nnum_workers: 2\nrun: {experiment: from-file, seed: 1}\n")
+    cfg = build_search_config(_args("--config", str(path), "--seed", "5", "--trials", "9",
+                                    "--set", "run.distill.batch_size=4", "--set", "num_workers=3"))
+    assert (cfg.trials_per_study, cfg.num_workers, cfg.run.seed, cfg.run.experiment) == (9, 3, 5, "from-file")
+    assert cfg.run.distill.batch_size == 4
+    with pytest.raises(ConfigError, match="unknown config key"):
+        build_search_config(_args("--set", "run.distill.nope=1"))
+    args = _args("--fresh")
+    assert args.mode == "fresh" and _args().mode == "auto"
+
+
+@pytest.mark.slow  # builds a tiny BERT or an MLflow SQLite store (10-20 s on 2 busy cores)
+def test_smoke_test_uses_the_tiny_offline_assets(tmp_path):
+    cfg = build_search_config(_args("--smoke-test", "--set", f"run.cache_dir={tmp_path}"))
+    assert cfg.trials_per_study == 2 and cfg.run.experiment == "smoke-test"
+    assert cfg.run.sparsity == (0.3, 0.5) and cfg.space.post_prune_epochs == (0, 1)
+    assert cfg.run.model.name.startswith(str(tmp_path)) and cfg.run.data.dataset.startswith(str(tmp_path))
+
+
+@pytest.mark.slow  # builds a tiny BERT or an MLflow SQLite store (10-20 s on 2 busy cores)
+def test_mlflow_runs_are_found_again_on_resume_and_failures_are_recorded(tmp_path):
+    from tune.tracking import Tracking
+
+    tr = Tracking.open(f"sqlite:///{tmp_path}/mlflow.db", "exp")
+    assert Tracking.open(tr.uri, "exp").experiment_id == tr.experiment_id
+    parent = tr.parent_run(study="exp-s0.50", tags={"sparsity": 0.5}, params={"trials_per_study": 3})
+    assert tr.parent_run(study="exp-s0.50", tags={}, params={}) == parent
+    kids = [tr.child_run(parent_id=parent, study="exp-s0.50", number=n, tags={"criterion": "m"},
+                         params={"alpha": 0.1 * n}) for n in range(3)]
+    assert tr.child_run(parent_id=parent, study="exp-s0.50", number=1, tags={}, params={"alpha": 0.1}) == kids[1]
+    tr.log_epochs(kids[0], [{"epoch": 1, "dev_retention": 0.8}, {"epoch": 2, "dev_retention": 0.9}])
+    tr.finish(kids[0])
+    tr.fail(kids[1], ValueError("boom"))
+    assert tr.close_stale_children("exp-s0.50", reason="test") == [kids[2]]
+    runs = {r.info.run_id: r for r in tr.children("exp-s0.50")}
+    assert {k: runs[k].info.status for k in kids} == {kids[0]: "FINISHED", kids[1]: "FAILED", kids[2]: "KILLED"}
+    assert runs[kids[1]].data.tags["error"] == "ValueError: boom"
+    assert all(r.data.tags["mlflow.parentRunId"] == parent for r in runs.values())
+    history = tr.client.get_metric_history(kids[0], "dev_retention")
+    assert [(m.step, m.value) for m in history] == [(1, 0.8), (2, 0.9)]
+    # artifacts next to the database, not in ./mlruns of whatever the current directory is
+    assert tr.client.get_experiment(tr.experiment_id).artifact_location == (tmp_path / "mlartifacts" / "exp").as_uri()
+
+
+def test_resume_without_a_search_is_an_error(tmp_path):
+    from tune.search import search
+
+    cfg = apply_overrides(SearchConfig(), {"run.output_dir": str(tmp_path), "run.experiment": "none-yet"})
+    with pytest.raises(ConfigError, match="--resume: no study"):
+        search(cfg, mode="resume")
+
+
+@pytest.mark.slow  # builds a tiny BERT or an MLflow SQLite store (10-20 s on 2 busy cores)
+def test_fresh_forgets_the_study_its_runs_and_its_ray_results(tmp_path):
+    from tune.search import _forget
+    from tune.tracking import Tracking
+
+    cfg = apply_overrides(SearchConfig(), {"run.output_dir": str(tmp_path), "run.experiment": "e"})
+    storage, study = _study(tmp_path, name="e-s0.50")
+    study.tell(study.ask(), 0.5)
+    _study(tmp_path, name="e-s0.30")
+    tr = Tracking.open(f"sqlite:///{tmp_path}/mlflow.db", "e")
+    parent = tr.parent_run(study="e-s0.50", tags={}, params={})
+    tr.child_run(parent_id=parent, study="e-s0.50", number=0, tags={}, params={})
+    keep = tr.parent_run(study="e-s0.30", tags={}, params={})
+    root = tmp_path / "e" / "tune" / "ray"
+    for folder in ("e-s0.50", "e-s0.50-r1", "e-s0.50-train/trial-0000", "e-s0.30"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "tuner.pkl").write_bytes(b"")  # what Tuner.can_restore looks for
+    _forget(cfg, storage, tr, "e-s0.50")
+    assert trials(storage, "e-s0.50") == []
+    assert optuna.get_all_study_names(storage) == ["e-s0.30"]  # the other study is untouched
+    assert [r.info.run_id for r in tr._find("tags.role = 'study'")] == [keep]
+    assert sorted(p.name for p in root.iterdir()) == ["e-s0.30"]

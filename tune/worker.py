@@ -1,0 +1,100 @@
+"""The Ray Train worker of a trial: runs the pipeline and reports to Ray Train.
+
+Kept free of heavy imports at module level: Ray unpickles :func:`worker_loop` in the Train controller
+and in every worker process, and each second of import time there is paid by every trial.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "result"
+"""The final report's checkpoint folder: ``<storage_path>/<study>-train/trial-0003/result/``."""
+RESULT_FILE = "result.json"
+EPOCHS_FILE = "epochs.json"
+STRUCTURES_FILE = "structures.json"
+
+
+class InjectedTrialFailure(RuntimeError):
+    """Raised by the trial selected with ``SearchConfig.fail_on_trial`` (a test hook)."""
+
+
+def setup_logging() -> None:
+    """Ray's worker processes have no logging handler: make the trial's progress lines visible."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            datefmt="%H:%M:%S")
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """Every worker runs the pipeline; rank 0 reports the final metrics with the trial's files."""
+    worker_started_at = time.time()
+    import ray.train
+    import torch
+
+    from sma.config import RunConfig, from_dict
+    from sma.pipeline import prepare, run_sparsity
+
+    setup_logging()
+    rank = ray.train.get_context().get_world_rank()
+    cfg = from_dict(RunConfig, config["run"])
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if config["fail"]:
+        raise InjectedTrialFailure(f"trial {config['trial']} raises on purpose (fail_on_trial)")
+    started = time.time()
+    log.info("rank %d: trial %d starts the pipeline", rank, config["trial"])
+    epochs: list[dict[str, Any]] = []
+
+    def reporter(row: dict[str, Any]) -> None:
+        epochs.append(dict(row))
+        ray.train.report(_numeric(row))
+
+    prepared = prepare(cfg)
+    out_dir = Path(tempfile.mkdtemp(prefix=f"sma-trial-{config['trial']}-"))
+    try:
+        result = run_sparsity(cfg, config["sparsity"], out_dir=out_dir, prepared=prepared, reporter=reporter)
+        structures = _gather(result.get("structure"))
+        final = {
+            **_numeric(result),
+            "baseline_computed": float(prepared.baseline_computed),
+            "ranks_agree": float(all(s == structures[0] for s in structures)),
+            "world_size": float(len(structures)),
+            "pipeline_seconds": time.time() - started,
+            "worker_started_at": worker_started_at,
+            "pipeline_started_at": started,
+            "pipeline_ended_at": time.time(),
+        }
+        checkpoint = None
+        if rank == 0:
+            (out_dir / RESULT_FILE).write_text(json.dumps(final, indent=1))
+            (out_dir / EPOCHS_FILE).write_text(json.dumps([_numeric(r) | {"epoch": r.get("epoch", 0)}
+                                                           for r in epochs], indent=1))
+            (out_dir / STRUCTURES_FILE).write_text(json.dumps(structures, indent=1))
+            checkpoint = ray.train.Checkpoint.from_directory(str(out_dir))
+        ray.train.report(final, checkpoint=checkpoint, checkpoint_dir_name=CHECKPOINT_NAME)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _gather(obj: Any) -> list[Any]:
+    """``obj`` from every rank (a one-element list without torch.distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _numeric(row: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
