@@ -79,6 +79,9 @@ def test_two_studies_of_three_trials_share_one_baseline(ray_address, tmp_path):
     prepared = [json.loads(line) for line in (cfg.tune_dir / "prepare.jsonl").read_text().splitlines()]
     assert [p["baseline_computed"] for p in prepared] == [True]
     assert [m["baseline_computed"] for m in per_trial] == [0.0] * 6
+    cached = [f for f in (tmp_path / "cache").rglob("*") if f.is_file() and "smoke" not in f.parts]
+    assert {f.parts[len((tmp_path / "cache").parts)] for f in cached} >= {"baselines", "analysis"}
+    assert max(f.stat().st_mtime for f in cached) <= prepared[0]["finished_at"]  # trials wrote nothing there
     overhead = [m["ray_overhead_seconds"] for m in per_trial]
     pipeline = [m["pipeline_seconds"] for m in per_trial]
     print(f"per trial: Ray overhead {min(overhead):.1f}-{max(overhead):.1f} s, "

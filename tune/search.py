@@ -68,7 +68,7 @@ def search(cfg: SearchConfig, *, mode: str = "auto") -> list[StudyResult]:
 
     prepared = prepare(run, analysis_dir=run.run_dir / "phase1")
     prep_info = {"baseline_computed": prepared.baseline_computed, "baseline_key": prepared.baseline.key,
-                 "seconds": round(time.time() - started, 1)}
+                 "seconds": round(time.time() - started, 1), "finished_at": time.time()}
     log.info("shared work (data, baseline, importance): %s", prep_info)
     with (tune_dir / "prepare.jsonl").open("a") as fh:
         fh.write(json.dumps(prep_info) + "\n")

@@ -165,14 +165,15 @@ def run_analysis(model, data: RetrievalData, cfg: AnalysisConfig, out_dir: str |
         embeddings = None
         if parts["stats"] is None:
             parts["stats"], embeddings = compute_stats(model, batches, cfg)
+            if use_cache:
+                cache_mod.store(folder, keys["stats"], parts["stats"])
         ctx = _Context(model=model, cfg=cfg, batches=batches, stats=parts["stats"], means=means_from(parts["stats"]),
                        embeddings=embeddings, small=tokenize_probe(model, probe.subset(cfg.ablation_queries), cfg=cfg))
         for part in cfg.methods:
             if parts[part] is None:
                 parts[part] = compute_method(ctx, part)
-        if use_cache:
-            for part, value in parts.items():
-                cache_mod.store(folder, keys[part], value)
+                if use_cache:  # stored at once: an interrupted analysis resumes with the parts it finished
+                    cache_mod.store(folder, keys[part], parts[part])
     else:
         log.info("analysis: every part cached (%s)", ", ".join(keys.values()))
     scores = {m: UnitScores.from_dict(parts[m]["scores"]) for m in cfg.methods}
