@@ -14,11 +14,12 @@ export TOKENIZERS_PARALLELISM ?= false
 install: $(VENV)/.installed
 
 # torch==2.13.0 first: it is the CPU build on this machine's disk; anything else pulls a CUDA build.
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins the versions tested together (pip freeze of a working venv): no resolver backtracking.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,offline]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,offline]"
 	touch $@
 
 demo: install
