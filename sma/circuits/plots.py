@@ -53,9 +53,11 @@ def plot_neurons(scores: UnitScores, path: Path) -> Path:
     ax.set_xticks(range(1, len(scores.neurons) + 1), [str(i) for i in range(len(scores.neurons))])
     ax.set_xlabel("layer")
     ax.set_ylabel("neuron importance")
-    lo = min(min(n) for n in scores.neurons)
-    if lo > 0:
+    values = sorted(abs(v) for n in scores.neurons for v in n)
+    if values and values[0] > 0 and min(min(n) for n in scores.neurons) > 0:
         ax.set_yscale("log")
+    elif values and values[-1] > 0:  # mixed signs / zeros: linear near 0, log beyond the typical magnitude
+        ax.set_yscale("symlog", linthresh=max(values[len(values) // 2], values[-1] * 1e-6))
     ax.set_title(f"FFN neuron importance per layer\n{scores.method}", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
