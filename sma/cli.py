@@ -24,6 +24,10 @@ SEED_FLAGS = {
     "experiment": "experiment",
     "output_dir": "output_dir",
     "pooling": "model.pooling",
+    "criterion": "prune.criterion",
+    "gentleness": "prune.gentleness",
+    "alpha": "distill.alpha",
+    "post_prune_epochs": "distill.post_prune_epochs",
 }
 
 
@@ -53,6 +57,15 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-samples", type=int, help="seeded subset of queries per split (and their documents)")
     p.add_argument("--experiment", help="results/<experiment>/ and the MLflow experiment name")
     p.add_argument("--output-dir", help="results root (default: results)")
+    p.add_argument("--criterion", choices=["mechanistic", "attribution", "ablation", "magnitude", "random"],
+                   help="how units are chosen for removal (default: mechanistic)")
+    p.add_argument("--gentleness", type=float, help="0 = one shot, 1 = most gradual schedule")
+    p.add_argument("--alpha", type=float, help="distillation weight: alpha*KD + (1-alpha)*contrastive task loss")
+    p.add_argument("--post-prune-epochs", type=int, help="recovery epochs after the last pruning step")
+    p.add_argument("--no-distill", action="store_true", default=None,
+                   help="recover with the contrastive task loss on train qrels only (alpha=0)")
+    p.add_argument("--no-protect-circuits", action="store_true", default=None,
+                   help="let the plan remove units of the named circuits")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.learning_rate=3e-5 (repeatable)")
 
@@ -71,6 +84,10 @@ def build_config(args: argparse.Namespace, extra: dict[str, str] | None = None) 
             overrides[key] = value
     if args.deterministic:
         overrides["deterministic"] = True
+    if getattr(args, "no_distill", None):
+        overrides["distill.alpha"] = 0.0
+    if getattr(args, "no_protect_circuits", None):
+        overrides["prune.protect_circuits"] = False
     overrides.update(extra or {})
     for item in args.set:
         key, sep, value = item.partition("=")

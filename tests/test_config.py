@@ -54,3 +54,13 @@ def test_quick_test_defaults_yield_to_explicit_flags():
 
 def test_to_dict_is_json():
     assert json.loads(json.dumps(to_dict(RunConfig())))["model"]["pooling"] == "mean"
+
+
+def test_pruning_flags_map_to_config():
+    cfg = build_config(make_parser().parse_args([
+        "run", "--criterion", "magnitude", "--gentleness", "0.25", "--alpha", "0.7", "--post-prune-epochs", "2",
+        "--no-protect-circuits"]))
+    assert (cfg.prune.criterion, cfg.prune.gentleness, cfg.prune.protect_circuits) == ("magnitude", 0.25, False)
+    assert (cfg.distill.alpha, cfg.distill.post_prune_epochs) == (0.7, 2)
+    cfg = build_config(make_parser().parse_args(["run", "--no-distill"]))
+    assert cfg.distill.alpha == 0.0 and cfg.prune.protect_circuits

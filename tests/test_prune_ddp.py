@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -17,8 +18,8 @@ PLAN = PruningPlan(heads={0: tuple(range(HEADS)), 1: (1, 2)}, neurons={1: tuple(
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=120))
     try:
         torch.set_num_threads(1)
         model = tiny_model(seed=0)  # same weights on every rank
@@ -53,9 +54,9 @@ def _free_port() -> int:
 
 def test_ddp_wrapped_model_prunes_and_trains(tmp_path):
     world = 2
-    # fork: the children inherit the imported modules (spawn would re-import torch + transformers)
+    # spawn, not fork: a child forked after the parent's OpenMP thread pool started can deadlock (it hung CI)
     mp.start_processes(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True,
-                       start_method="fork")
+                       start_method="spawn")
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
     assert all(r["same"] for r in results), "ranks diverged after a synchronized step"
     assert results[0]["numel"] == results[1]["numel"]

@@ -51,6 +51,17 @@ def test_default_storages_live_in_the_experiment_folder(tmp_path):
     assert cfg.optuna_url() == "postgresql://db/sma" and cfg.ray_storage() == "s3://b/sma"
 
 
+def test_trials_get_absolute_paths_and_a_dev_retention_every_epoch(tmp_path, monkeypatch):
+    from tune.search import resolve_run
+
+    monkeypatch.chdir(tmp_path)
+    cfg = apply_overrides(SearchConfig(), {"run.output_dir": "res", "run.cache_dir": "cache", "cpus_per_worker": 4,
+                                           "run.distill.eval_every_epoch": False})
+    run = resolve_run(cfg)
+    assert run.output_dir == str(tmp_path / "res") and run.cache_dir == str(tmp_path / "cache")
+    assert run.distill.eval_every_epoch and run.threads == 4 and not run.eval.show_progress
+
+
 def test_concurrency_follows_resources():
     cfg = SearchConfig()
     assert concurrency(cfg, {"CPU": 2}) == 2

@@ -87,7 +87,8 @@ def search(cfg: SearchConfig, *, mode: str = "auto") -> list[StudyResult]:
 
 
 def resolve_run(cfg: SearchConfig) -> RunConfig:
-    """Absolute paths (trials run elsewhere), quiet progress bars, and the threads a worker owns."""
+    """Absolute paths (trials run elsewhere), per-epoch dev retention, quiet progress bars, and the threads
+    a worker owns."""
     run = cfg.run
     changes: dict[str, Any] = {"output_dir": str(Path(run.output_dir).resolve()),
                                "cache_dir": str(cache_root(run.cache_dir).resolve())}
@@ -97,9 +98,9 @@ def resolve_run(cfg: SearchConfig) -> RunConfig:
     model = run.model
     if Path(model.name).exists():
         model = replace(model, name=str(Path(model.name).resolve()))
-    distill = run.distill
-    if cfg.scheduler == "asha" and not distill.eval_every_epoch:
-        distill = replace(distill, eval_every_epoch=True)  # ASHA needs a dev retention per epoch
+    # Every report to Tune carries the objective (Tune rejects a result without it), and ASHA stops
+    # trials on it: trials evaluate dev retention after each post-prune epoch.
+    distill = replace(run.distill, eval_every_epoch=True)
     return replace(run, **changes, data=data, model=model, distill=distill,
                    eval=replace(run.eval, show_progress=False),
                    threads=run.threads or max(1, int(cfg.cpus_per_worker)))

@@ -56,7 +56,8 @@ def worker_loop(config: dict[str, Any]) -> None:
 
     def reporter(row: dict[str, Any]) -> None:
         epochs.append(dict(row))
-        ray.train.report(_numeric(row))
+        if "dev_retention" in row:  # Tune rejects results without the objective (rows are the same on all ranks)
+            ray.train.report(_numeric(row))
 
     prepared = prepare(cfg)
     out_dir = Path(tempfile.mkdtemp(prefix=f"sma-trial-{config['trial']}-"))

@@ -59,6 +59,8 @@ PART_SETTINGS = {
     "magnitude": ("ablation_queries", "circuit_share"),
     "random": ("ablation_queries", "circuit_share"),
 }
+PART_VERSIONS = {"stats": 1, "ablation": 2, "attribution": 1, "magnitude": 1, "random": 1}
+"""Bump a part's version when a code change alters its numbers (its cache entries are then recomputed)."""
 
 
 def means_from(stats: dict[str, Any]) -> UnitMeans | None:
@@ -156,7 +158,8 @@ def run_analysis(model, data: RetrievalData, cfg: AnalysisConfig, out_dir: str |
     folder = Path(cache_dir) if cache_dir is not None else cache_mod.default_cache_dir()
     settings = to_dict(cfg)
     keys = {part: cache_mod.cache_key(model_id=model_id, probe=probe, part=part,
-                                      settings={k: settings[k] for k in COMMON + PART_SETTINGS[part]})
+                                      settings={"version": PART_VERSIONS[part],
+                                                **{k: settings[k] for k in COMMON + PART_SETTINGS[part]}})
             for part in ("stats", *cfg.methods)}
     parts = {part: cache_mod.load(folder, key) if use_cache else None for part, key in keys.items()}
     from_cache = all(v is not None for v in parts.values())
