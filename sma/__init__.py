@@ -1,10 +1,20 @@
-"""SMA: Sparse Mechanistic Analysis for neural retrieval encoders."""
+"""SMA: Sparse Mechanistic Analysis for neural retrieval encoders.
 
+The public API: configs (:mod:`sma.config`), data and models, IR evaluation, the physical pruning engine
+(:mod:`sma.prune`), the speed/memory benchmark, and the whole pipeline (:func:`run`, :func:`run_sparsity`).
+Mechanistic analysis lives in :mod:`sma.circuits` (imported on demand: it pulls in plotting).
+"""
+
+from sma.bench import BenchResult, benchmark
 from sma.config import (
+    AnalysisConfig,
+    BenchConfig,
     ConfigError,
     DataConfig,
+    DistillConfig,
     EvalConfig,
     ModelConfig,
+    PruneConfig,
     RunConfig,
     TrainConfig,
     apply_overrides,
@@ -24,12 +34,26 @@ from sma.data import (
 )
 from sma.evaluate import EvalResult, evaluate, metric_key, retrieve, score_run
 from sma.model import BiEncoder, ModelNotFoundError, resolve_model_path
+from sma.pipeline import run, run_sparsity
+from sma.prune import (
+    PruningPlan,
+    apply_plan,
+    encoder_sparsity,
+    load_pruned,
+    masked,
+    plan_for_sparsity,
+    save_pruned,
+)
+from sma.schedule import sparsity_schedule
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BiEncoder", "ConfigError", "DataConfig", "DataError", "EvalConfig", "EvalResult", "ModelConfig",
-    "ModelNotFoundError", "RetrievalData", "RunConfig", "TrainConfig", "apply_overrides", "doc_text",
-    "evaluate", "from_dict", "load_beir_folder", "load_config", "load_data", "metric_key", "resolve_dataset",
-    "resolve_model_path", "retrieve", "save_config", "score_run", "subsample", "to_dict",
+    "AnalysisConfig", "BenchConfig", "BenchResult", "BiEncoder", "ConfigError", "DataConfig", "DataError",
+    "DistillConfig", "EvalConfig", "EvalResult", "ModelConfig", "ModelNotFoundError", "PruneConfig",
+    "PruningPlan", "RetrievalData", "RunConfig", "TrainConfig", "apply_overrides", "apply_plan", "benchmark",
+    "doc_text", "encoder_sparsity", "evaluate", "from_dict", "load_beir_folder", "load_config", "load_data",
+    "load_pruned", "masked", "metric_key", "plan_for_sparsity", "resolve_dataset", "resolve_model_path",
+    "retrieve", "run", "run_sparsity", "save_config", "save_pruned", "score_run", "sparsity_schedule",
+    "subsample", "to_dict",
 ]

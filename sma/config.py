@@ -234,7 +234,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return from_dict(tp, value, prefix=f"{key}.")
     if origin is tuple:
         if isinstance(value, str):
-            value = [v for v in value.replace(",", " ").split() if v]
+            value = [v for v in value.strip().strip("[]()").replace(",", " ").split() if v]  # "0.3,0.5", "[0.3 0.5]", "[]"
         if not isinstance(value, (list, tuple)):
             value = [value]
         inner = args[0] if args else str

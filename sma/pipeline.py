@@ -12,16 +12,17 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from sma.baseline import evaluate_splits
+from sma.baseline import Baseline, evaluate_splits, get_baseline
 from sma.config import RunConfig, save_config, to_dict
 from sma.distill import distill_epochs
-from sma.prepare import Prepared, prepare
+from sma.prepare import Prepared, load_run_data, prepare
 from sma.prune import PruningPlan, apply_plan, encoder_sparsity, plan_for_sparsity, save_pruned, structure
 from sma.schedule import sparsity_schedule
 from sma.seeding import set_seed
@@ -176,25 +177,39 @@ def run(cfg: RunConfig) -> dict:
     out = cfg.run_dir
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.json")
-    prep = prepare(cfg, analysis_dir=out)
+    data = load_run_data(cfg)
+    baseline = get_baseline(cfg, data)
     results: dict[str, Any] = {
-        "experiment": cfg.experiment, "model": cfg.model.name, "dataset": prep.data.name,
-        "num_documents": len(prep.data.corpus), "config": to_dict(cfg),
-        "baseline": {"key": prep.baseline.key, "cached": prep.baseline.cached,
-                     "metrics": {s: r.mean for s, r in prep.baseline.metrics.items()},
-                     "train_losses": list(prep.baseline.train_losses)},
+        "experiment": cfg.experiment, "model": cfg.model.name, "dataset": data.name,
+        "num_documents": len(data.corpus), "config": to_dict(cfg),
+        "baseline": {"key": baseline.key, "cached": baseline.cached,
+                     "pretrained": _pretrained_metrics(cfg, data, baseline),
+                     "metrics": {s: r.mean for s, r in baseline.metrics.items()},
+                     "train_losses": list(baseline.train_losses)},
         "sparsities": [],
     }
     (out / "baseline_per_query.json").write_text(
-        json.dumps({s: r.per_query for s, r in prep.baseline.metrics.items()}, indent=1))
+        json.dumps({s: r.per_query for s, r in baseline.metrics.items()}, indent=1))
+    print(format_table(results), flush=True)  # the dense numbers now; the pruning rows when they are done
+    # analysis and teacher targets only when something is pruned (the baseline comes back from the cache)
+    prep = prepare(cfg, analysis_dir=out, data=data) if cfg.sparsity else None
     for s in cfg.sparsity:
         r = run_sparsity(cfg, s, prepared=prep)
         results["sparsities"].append({k: v for k, v in r.items() if k not in ("per_query", "bench", "history")})
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     results["seconds"] = round(time.time() - started, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(format_table(results))
+    if cfg.sparsity:
+        print(format_table(results))
     return results
+
+
+def _pretrained_metrics(cfg: RunConfig, data, baseline: Baseline) -> dict[str, dict[str, float]]:
+    """Dev/test metrics of the encoder before baseline fine-tuning (cached like any baseline)."""
+    if cfg.train.baseline_epochs == 0:
+        return {s: r.mean for s, r in baseline.metrics.items()}
+    pretrained = get_baseline(replace(cfg, train=replace(cfg.train, baseline_epochs=0)), data)
+    return {s: r.mean for s, r in pretrained.metrics.items()}
 
 
 def format_table(results: dict) -> str:
@@ -202,6 +217,10 @@ def format_table(results: dict) -> str:
     base = results["baseline"]["metrics"].get("test", {}).get("ndcg_at_10", float("nan"))
     lines = [f"\nDense {results['model']} on {results['dataset']} ({results['num_documents']} documents): "
              + ", ".join(f"{s} nDCG@10 {m['ndcg_at_10']:.4f}" for s, m in results["baseline"]["metrics"].items())]
+    pretrained = results["baseline"].get("pretrained", {})
+    if results["config"]["train"]["baseline_epochs"] > 0 and pretrained:
+        lines[0] += " (after baseline fine-tuning; pretrained: " + ", ".join(
+            f"{s} {m['ndcg_at_10']:.4f}" for s, m in pretrained.items()) + ")"
     if results["sparsities"]:
         lines.append(f"{'Sparsity':<11}{'Actual':<10}{'Baseline':<11}{'Pruned':<9}{'Retention':<12}"
                      f"{'Speedup':<10}{'Memory':<8}")

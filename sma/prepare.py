@@ -66,12 +66,18 @@ def task_pairs(cfg: RunConfig, data: RetrievalData) -> TaskPairs:
     )
 
 
-def prepare(cfg: RunConfig, *, analysis_dir: Path | None = None) -> Prepared:
-    """Load data, get the (cached) baseline, importance and teacher targets. Cheap when cached."""
+def load_run_data(cfg: RunConfig) -> RetrievalData:
+    """The run's collection (seeded subset when ``data.max_samples`` is set)."""
     data = load_data(cfg.data.dataset, max_samples=cfg.data.max_samples, seed=cfg.seed,
                      distractor_ratio=cfg.data.distractor_ratio)
     log.info("data %s: %d documents, %s", data.name, len(data.corpus),
              ", ".join(f"{s} {len(q)} queries" for s, q in data.qrels.items()))
+    return data
+
+
+def prepare(cfg: RunConfig, *, analysis_dir: Path | None = None, data: RetrievalData | None = None) -> Prepared:
+    """Load data (unless given), get the (cached) baseline, importance and teacher targets. Cheap when cached."""
+    data = data if data is not None else load_run_data(cfg)
     baseline = get_baseline(cfg, data)
     teacher = baseline.load(cfg)
     importance = get_importance(cfg, data, baseline, teacher, out_dir=analysis_dir)

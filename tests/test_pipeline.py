@@ -58,3 +58,15 @@ def test_reporter_gets_each_post_prune_epoch(tiny_model_dir, tiny_beir, tmp_path
     res = run_sparsity(cfg, 0.3, out_dir=tmp_path / "x", reporter=rows.append)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[-1]["dev_retention"] == pytest.approx(res["dev_retention"])
+
+
+def test_dense_only_run_reports_the_baseline_before_and_after_fine_tuning(tiny_model_dir, tiny_beir, tmp_path,
+                                                                           capsys):
+    cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path, **{"sparsity": "[]", "train.baseline_epochs": 1,
+                                                       "train.batch_size": 4, "train.learning_rate": 5e-3})
+    results = run(cfg)
+    assert results["sparsities"] == [] and not (tmp_path / "results" / "e" / "phase1").exists()  # no analysis
+    pretrained = run(apply_overrides(cfg, {"train.baseline_epochs": 0, "experiment": "p"}))["baseline"]["metrics"]
+    assert results["baseline"]["pretrained"] == pretrained
+    assert results["baseline"]["metrics"] != pretrained and len(results["baseline"]["train_losses"]) > 0
+    assert "after baseline fine-tuning; pretrained: dev" in capsys.readouterr().out

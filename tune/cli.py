@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from sma.cli import SEED_FLAGS, add_run_options
+from sma.cli import QUICK_TEST, SEED_FLAGS, add_run_options
 from sma.config import ConfigError, RunConfig, apply_overrides
 from tune.config import SCHEDULERS, SearchConfig, load_search_config
 
@@ -103,7 +103,7 @@ def build_search_config(args: argparse.Namespace) -> SearchConfig:
 def _apply_flags(cfg: SearchConfig, args: argparse.Namespace) -> SearchConfig:
     run: RunConfig = cfg.run
     if args.quick_test:
-        run = apply_overrides(run, {"quick_test": True, "sparsity": (0.3, 0.5)})
+        run = apply_overrides(run, QUICK_TEST)  # what `sma run --quick-test` runs; the space sets the searched keys
         if run.data.max_samples is None:
             run = apply_overrides(run, {"data.max_samples": 100})
     run_overrides: dict[str, object] = {key: getattr(args, flag) for flag, key in SEED_FLAGS.items()
