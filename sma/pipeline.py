@@ -191,8 +191,8 @@ def run(cfg: RunConfig) -> dict:
     (out / "baseline_per_query.json").write_text(
         json.dumps({s: r.per_query for s, r in baseline.metrics.items()}, indent=1))
     print(format_table(results), flush=True)  # the dense numbers now; the pruning rows when they are done
-    # analysis and teacher targets only when something is pruned (the baseline comes back from the cache)
-    prep = prepare(cfg, analysis_dir=out, data=data) if cfg.sparsity else None
+    # analysis and teacher targets only when something is pruned
+    prep = prepare(cfg, analysis_dir=out, data=data, baseline=baseline) if cfg.sparsity else None
     for s in cfg.sparsity:
         r = run_sparsity(cfg, s, prepared=prep)
         results["sparsities"].append({k: v for k, v in r.items() if k not in ("per_query", "bench", "history")})

@@ -75,10 +75,11 @@ def load_run_data(cfg: RunConfig) -> RetrievalData:
     return data
 
 
-def prepare(cfg: RunConfig, *, analysis_dir: Path | None = None, data: RetrievalData | None = None) -> Prepared:
-    """Load data (unless given), get the (cached) baseline, importance and teacher targets. Cheap when cached."""
+def prepare(cfg: RunConfig, *, analysis_dir: Path | None = None, data: RetrievalData | None = None,
+            baseline: Baseline | None = None) -> Prepared:
+    """Load data and the (cached) baseline unless given, then importance and teacher targets."""
     data = data if data is not None else load_run_data(cfg)
-    baseline = get_baseline(cfg, data)
+    baseline = baseline if baseline is not None else get_baseline(cfg, data)
     teacher = baseline.load(cfg)
     importance = get_importance(cfg, data, baseline, teacher, out_dir=analysis_dir)
     texts = distill_texts(cfg, data, baseline, teacher)
