@@ -146,11 +146,16 @@ class PruneConfig:
     protect_circuits: bool = True
     allocation: str = "per_layer"
     """``per_layer`` (every layer loses the target share; uniform shapes) or ``global``."""
-    split: str = "joint"
-    """``joint`` (heads and neurons compete by score per parameter) or ``proportional``."""
+    split: str = "proportional"
+    """``proportional`` (each layer loses the target share of its heads, rounded to whole heads, and of its
+    neurons) or ``joint`` (heads and neurons compete by score per parameter; on MiniLM this strips heads
+    first: 6 of 12 heads gone at 30% sparsity, and 3 test-retention points lost there)."""
     min_heads_per_layer: int = 0
     reestimate: bool = False
     """Re-score importance (attribution) on the pruned student before each later step."""
+
+
+LR_SCHEDULES = ("linear", "constant")
 
 
 @dataclass(frozen=True)
@@ -162,12 +167,32 @@ class DistillConfig:
     post_prune_epochs: int = 3
     temperature: float = 0.05
     learning_rate: float = 1e-4
+    lr_schedule: str = "linear"
+    """``linear`` (warm up, then decay to zero by the end of each distillation phase) or ``constant``."""
+    warmup_ratio: float = 0.1
+    """Share of each distillation phase's steps spent warming the learning rate up from zero."""
     batch_size: int = 32
     max_length: int = 128
     train_queries: bool = True
     """Add the training queries to the unlabeled distillation texts (documents are always used)."""
+    pseudo_queries: int = 0
+    """Random word spans cut from each document and added as short, query-like texts (no labels used)."""
+    pseudo_query_words: tuple[int, int] = (6, 20)
+    """Length range (words) of those spans."""
     eval_every_epoch: bool = False
     """Evaluate dev retention after every post-prune epoch (for schedulers); costs a corpus encoding each."""
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        lo, hi = self.pseudo_query_words
+        if self.pseudo_queries < 0 or not 1 <= lo <= hi:
+            raise ValueError(f"need pseudo_queries >= 0 and 1 <= pseudo_query_words[0] <= [1], got "
+                             f"{self.pseudo_queries}, {self.pseudo_query_words}")
 
 
 @dataclass(frozen=True)
@@ -237,6 +262,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             value = [v for v in value.strip().strip("[]()").replace(",", " ").split() if v]  # "0.3,0.5", "[0.3 0.5]", "[]"
         if not isinstance(value, (list, tuple)):
             value = [value]
+        if args and args[-1] is not Ellipsis:  # fixed length, e.g. tuple[int, int]
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}: {value!r}")
+            return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
         inner = args[0] if args else str
         return tuple(_coerce(v, inner, key) for v in value)
     if tp is bool:

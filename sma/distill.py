@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
+from sma.config import LR_SCHEDULES
 from sma.model import BiEncoder
 from sma.train import contrastive_loss
 
@@ -29,6 +31,27 @@ class DistillTexts:
 
     texts: tuple[str, ...]
     teacher: torch.Tensor  # [n, dim], normalised
+
+
+def pseudo_queries(docs: Sequence[str], *, per_doc: int, words: tuple[int, int], seed: int) -> list[str]:
+    """Query-like texts cut from documents without labels: ``per_doc`` random spans of ``words[0]`` to
+    ``words[1]`` consecutive words from each document (seeded; a shorter document gives itself whole).
+
+    Retrieval queries are short; a student distilled on 128-token documents alone never sees inputs like
+    them. Spans of the corpus itself (the cropping of Contriever, Izacard et al. 2022) fill that gap.
+    """
+    lo, hi = words
+    if per_doc < 0 or not 1 <= lo <= hi:
+        raise ValueError(f"need per_doc >= 0 and 1 <= words[0] <= words[1], got {per_doc}, {words}")
+    rng = random.Random(seed)
+    out = []
+    for doc in docs:
+        tokens = doc.split()
+        for _ in range(per_doc):
+            n = rng.randint(lo, hi)
+            start = rng.randint(0, max(0, len(tokens) - n))
+            out.append(" ".join(tokens[start:start + n]))
+    return out
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, *, temperature: float) -> torch.Tensor:
@@ -81,9 +104,15 @@ def distill_epochs(student: nn.Module, texts: DistillTexts, *, epochs: float, al
                    lr: float, batch_size: int, max_length: int, seed: int, task: TaskPairs | None = None,
                    task_temperature: float = 0.05, rank: int = 0, world_size: int = 1,
                    on_epoch: Callable[[int, float], None] | None = None, show_progress: bool = True,
-                   desc: str = "distill") -> list[float]:
+                   desc: str = "distill", lr_schedule: str = "linear", warmup_ratio: float = 0.1) -> list[float]:
     """Train ``student`` (a BiEncoder, possibly DDP-wrapped) for ``epochs`` (fractions allowed) over the
-    unlabeled texts; returns mean loss per (partial) epoch. A fresh AdamW each call: pruning changes shapes."""
+    unlabeled texts; returns mean loss per (partial) epoch. A fresh AdamW each call: pruning changes shapes.
+
+    The learning rate warms up linearly over ``warmup_ratio`` of the call's steps, then stays
+    (``lr_schedule="constant"``) or decays linearly to zero at the last step (``"linear"``).
+    """
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
     if epochs <= 0:
         return []
     bi: BiEncoder = student.module if hasattr(student, "module") else student  # type: ignore[assignment]
@@ -95,6 +124,9 @@ def distill_epochs(student: nn.Module, texts: DistillTexts, *, epochs: float, al
     n = len(texts.texts)
     batches_per_epoch = max(1, math.ceil(n / batch_size / world_size))
     total = max(1, round(epochs * batches_per_epoch))
+    warmup = int(warmup_ratio * total)
+    scheduler = (get_linear_schedule_with_warmup(optimizer, warmup, total) if lr_schedule == "linear"
+                 else get_constant_schedule_with_warmup(optimizer, warmup))
     losses: list[float] = []
     current: list[float] = []
     student.train()
@@ -130,6 +162,7 @@ def distill_epochs(student: nn.Module, texts: DistillTexts, *, epochs: float, al
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         optimizer.step()
+        scheduler.step()
         current.append(loss.item())
         bar.set_postfix(loss=f"{current[-1]:.4f}")
         if (step + 1) % batches_per_epoch == 0 or step + 1 == total:

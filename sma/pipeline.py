@@ -125,6 +125,7 @@ def _distill(cfg: RunConfig, prep: Prepared, model: torch.nn.Module, *, epochs: 
         model, prep.texts, epochs=epochs, alpha=d.alpha, temperature=d.temperature, lr=d.learning_rate,
         batch_size=d.batch_size, max_length=d.max_length, seed=cfg.seed + 1000 * seed_offset, task=prep.task,
         rank=rank, world_size=world, on_epoch=on_epoch, show_progress=cfg.eval.show_progress, desc=desc,
+        lr_schedule=d.lr_schedule, warmup_ratio=d.warmup_ratio,
     )
 
 

@@ -13,7 +13,7 @@ from sma.baseline import Baseline, get_baseline
 from sma.cache import cache_root, content_hash
 from sma.config import RunConfig
 from sma.data import RetrievalData, doc_text, load_data
-from sma.distill import DistillTexts, TaskPairs, teacher_embeddings
+from sma.distill import DistillTexts, TaskPairs, pseudo_queries, teacher_embeddings
 from sma.importance import Importance, get_importance
 from sma.model import BiEncoder
 from sma.train import training_pairs
@@ -37,8 +37,11 @@ class Prepared:
 
 
 def distill_texts(cfg: RunConfig, data: RetrievalData, baseline: Baseline, teacher: BiEncoder) -> DistillTexts:
-    """Every corpus document (+ training queries) and the teacher's embeddings of them, cached."""
+    """Every corpus document (+ training queries, + spans of documents as pseudo-queries) and the teacher's
+    embeddings of them, cached."""
     texts = [doc_text(data.corpus[d]) for d in sorted(data.corpus)]
+    texts += pseudo_queries(texts, per_doc=cfg.distill.pseudo_queries, words=cfg.distill.pseudo_query_words,
+                            seed=cfg.seed)
     if cfg.distill.train_queries and cfg.data.train_split in data.qrels:
         texts += [data.queries[q] for q in sorted(data.qrels[cfg.data.train_split])]
     key = content_hash("teacher-emb-v1", baseline.key, cfg.distill.max_length, texts)

@@ -64,3 +64,14 @@ def test_pruning_flags_map_to_config():
     assert (cfg.distill.alpha, cfg.distill.post_prune_epochs) == (0.7, 2)
     cfg = build_config(make_parser().parse_args(["run", "--no-distill"]))
     assert cfg.distill.alpha == 0.0 and cfg.prune.protect_circuits
+
+
+def test_fixed_length_tuples_and_distill_checks():
+    cfg = apply_overrides(RunConfig(), {"distill.pseudo_query_words": "[4, 12]", "distill.lr_schedule": "constant"})
+    assert cfg.distill.pseudo_query_words == (4, 12) and cfg.distill.lr_schedule == "constant"
+    with pytest.raises(ConfigError, match="expected 2 values"):
+        apply_overrides(RunConfig(), {"distill.pseudo_query_words": "[4, 8, 12]"})
+    for key, value in (("distill.lr_schedule", "cosine"), ("distill.alpha", "1.5"),
+                       ("distill.pseudo_query_words", "[9, 3]"), ("distill.warmup_ratio", "1.0")):
+        with pytest.raises(ValueError):
+            apply_overrides(RunConfig(), {key: value})

@@ -55,6 +55,47 @@ def test_distillation_moves_student_towards_teacher(tiny_model_dir):
 
     before = gap()
     losses = distill_epochs(student, data, epochs=30, alpha=1.0, temperature=0.05, lr=3e-3, batch_size=4,
-                            max_length=16, seed=0, show_progress=False)
+                            max_length=16, seed=0, show_progress=False, lr_schedule="constant", warmup_ratio=0.0)
     assert len(losses) == 30
     assert gap() < 0.5 * before
+
+
+@pytest.mark.parametrize("schedule", ["linear", "constant"])
+def test_distillation_learning_rate_warms_up_then_follows_the_schedule(tiny_model_dir, monkeypatch, schedule):
+    student = BiEncoder.from_pretrained(str(tiny_model_dir))
+    texts = tuple(f"text {i}" for i in range(8))
+    data = DistillTexts(texts=texts, teacher=torch.nn.functional.normalize(torch.randn(8, 32), dim=-1))
+    seen: list[float] = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    # 8 texts / batch 4 = 2 steps per epoch, 5 epochs = 10 steps, warmup int(0.2 * 10) = 2 steps
+    distill_epochs(student, data, epochs=5, alpha=1.0, temperature=0.05, lr=1e-3, batch_size=4, max_length=8,
+                   seed=0, show_progress=False, lr_schedule=schedule, warmup_ratio=0.2)
+    warm = [0.0, 0.5]
+    rest = [(10 - i) / 8 for i in range(2, 10)] if schedule == "linear" else [1.0] * 8
+    assert seen == pytest.approx([1e-3 * f for f in warm + rest])
+    with pytest.raises(ValueError, match="lr_schedule"):
+        distill_epochs(student, data, epochs=1, alpha=1.0, temperature=0.05, lr=1e-3, batch_size=4, max_length=8,
+                       seed=0, show_progress=False, lr_schedule="cosine")
+
+
+def test_pseudo_queries_are_seeded_spans_of_their_documents():
+    from sma.distill import pseudo_queries
+
+    docs = [" ".join(f"w{i}" for i in range(30)), "short doc"]
+    spans = pseudo_queries(docs, per_doc=3, words=(4, 6), seed=7)
+    assert len(spans) == 6
+    assert spans == pseudo_queries(docs, per_doc=3, words=(4, 6), seed=7)
+    assert spans != pseudo_queries(docs, per_doc=3, words=(4, 6), seed=8)
+    for span in spans[:3]:  # consecutive words of the first document, 4 to 6 of them
+        words = span.split()
+        assert 4 <= len(words) <= 6
+        first = int(words[0][1:])
+        assert words == [f"w{i}" for i in range(first, first + len(words))]
+    assert spans[3:] == ["short doc"] * 3  # shorter than the minimum span: the whole document
+    assert pseudo_queries(docs, per_doc=0, words=(4, 6), seed=7) == []
