@@ -183,3 +183,27 @@ def test_json_round_trips():
     assert "PruningPlan(method=magnitude" in plan.summary()
     first = plan_for_sparsity(model, first_n_scores(model), 0.5, allocation="per_layer", split="proportional")
     assert all(ids == tuple(range(HEADS - len(ids), HEADS)) for ids in first.heads.values())
+
+
+def test_proportional_split_keeps_its_shape_when_protection_runs_out(minilm_shaped):
+    import copy
+
+    model = copy.deepcopy(minilm_shaped)
+    scores = random_scores(model, 4)
+    # protect 1,000 of each layer's 1,536 neurons: at 0.7 the neuron share cannot be met by the free ones
+    protected = [("neuron", layer, i) for layer in range(6) for i in range(1000)]
+    plan = plan_for_sparsity(model, scores, 0.7, allocation="per_layer", split="proportional", protected=protected)
+    assert all(len(plan.heads[i]) == 8 for i in range(6))  # 0.7 * 12 = 8.4 -> 8 whole heads, as unprotected
+    # by hand: each layer's neuron share is (0.7 * layer - 8 heads) / neuron, rounded up
+    need = (0.7 * MINI_LAYER - 8 * MINI_HEAD) / MINI_NEURON
+    assert all(len(plan.neurons[i]) in (int(need), int(need) + 1) for i in range(6))
+    for layer in range(6):  # the 536 free neurons all go, then the least important protected ones
+        gone = set(plan.neurons[layer])
+        assert set(range(1000, 1536)) <= gone
+        kept = [i for i in range(1000) if i not in gone]
+        removed = [i for i in range(1000) if i in gone]
+        assert max(scores.neurons[layer][i] for i in removed) <= min(scores.neurons[layer][i] for i in kept)
+    assert "protected units had to be removed" in plan.summary()
+    # the joint split meets the same target by taking more (unprotected) heads instead
+    joint = plan_for_sparsity(model, scores, 0.7, allocation="per_layer", split="joint", protected=protected)
+    assert joint.num_heads > 6 * 8

@@ -128,7 +128,8 @@ def _check_scores(model: nn.Module, scores: UnitScores, n_layers: int) -> None:
 def _reason(c: _Candidate, rank: int, n: int, scope: str, target: float) -> str:
     base = f"score {c.score:.4g} over {c.cost} params, rank {rank + 1} of {n} by importance per parameter ({scope})"
     if c.protected:
-        return f"protected unit removed: target {target:g} cannot be met otherwise; {base}"
+        return (f"protected unit removed: target {target:g} (with its head/neuron split) cannot be met "
+                f"otherwise; {base}")
     return f"low importance per parameter: {base}"
 
 
@@ -142,7 +143,8 @@ def plan_for_sparsity(model: nn.Module, scores: UnitScores, target: float, *, al
     ``"per_layer"`` makes every layer lose ``target`` of its own dense parameters. ``split="joint"`` lets
     heads and neurons compete; ``"proportional"`` removes ``target`` of the head parameters (rounded to
     whole heads) and fills the rest with neurons, which keeps layer shapes uniform. ``protected`` units
-    ``("head"|"neuron", layer, original id)`` go last, only if the target is unreachable without them.
+    ``("head"|"neuron", layer, original id)`` go last, only if the target is unreachable without them (with
+    ``"proportional"``: if their kind's share is unreachable without them, so layers keep the split).
     Raises ``ValueError`` if the target cannot be reached under ``min_heads_per_layer``.
     """
     if not 0.0 <= target < 1.0:
@@ -175,11 +177,14 @@ def plan_for_sparsity(model: nn.Module, scores: UnitScores, target: float, *, al
         free = [c for c in group if not c.protected]
         got = 0
         if split == "proportional":  # heads to their own share (whole heads), neurons fill the rest
+            # The shape is part of the target: each kind's pool lists its protected units last, so a
+            # protected unit goes only when its own kind's share cannot be met by unprotected ones (rather
+            # than the unprotected units of the other kind going instead, which would unbalance the layer).
             dense_heads = sum(c.dense_heads * c.head_cost for c in cnts)
             removed_heads = sum((c.dense_heads - c.heads) * c.head_cost for c in cnts)
-            got = _select([c for c in free if c.kind == "head"], target * dense_heads - removed_heads, state,
+            got = _select([c for c in group if c.kind == "head"], target * dense_heads - removed_heads, state,
                           nearest=True)
-            got += _select([c for c in free if c.kind == "neuron"], needed - got, state, nearest=False)
+            got += _select([c for c in group if c.kind == "neuron"], needed - got, state, nearest=False)
         if got < needed:
             got += _select(free, needed - got, state, nearest=False)
         if got < needed:  # last resort: protected units, least important first
