@@ -149,7 +149,7 @@ class PruneConfig:
     split: str = "proportional"
     """``proportional`` (each layer loses the target share of its heads, rounded to whole heads, and of its
     neurons) or ``joint`` (heads and neurons compete by score per parameter; on MiniLM this strips heads
-    first: 6 of 12 heads gone at 30% sparsity, and 3 test-retention points lost there)."""
+    first: 6 of 12 heads gone at 30% sparsity, 95.5% vs 97.2% test retention there, one seed)."""
     min_heads_per_layer: int = 0
     reestimate: bool = False
     """Re-score importance (attribution) on the pruned student before each later step."""
