@@ -34,8 +34,12 @@ class Baseline:
 
 
 def baseline_key(cfg: RunConfig, data: RetrievalData) -> str:
+    """Hash of what the baseline depends on. The seed only matters when the teacher is fine-tuned: runs that
+    differ only in ``--seed`` share an untouched pretrained teacher, its analysis and its distillation targets."""
+    trained = cfg.train.baseline_epochs > 0
     return content_hash(
-        "baseline-v1", cfg.model, cfg.train, cfg.eval.metrics, cfg.seed, cfg.deterministic,
+        "baseline-v1", cfg.model, cfg.train, cfg.eval.metrics, cfg.seed if trained else None,
+        cfg.deterministic if trained else None,
         data.name, sorted(data.corpus), {s: sorted(q) for s, q in data.qrels.items()},
     )
 

@@ -179,6 +179,14 @@ class DistillConfig:
     """Random word spans cut from each document and added as short, query-like texts (no labels used)."""
     pseudo_query_words: tuple[int, int] = (6, 20)
     """Length range (words) of those spans."""
+    neighbor_share: float = 0.5
+    """Share of each batch made of groups of a text and its nearest texts by teacher embedding (the rest
+    random): the in-batch KL then ranks hard neighbours as the teacher does. 0 = random batches."""
+    neighbors: int = 7
+    """Texts per group besides the anchor, drawn from its ``2 * neighbors`` nearest."""
+    hidden_weight: float = 0.0
+    """Weight of layer-wise distillation inside KD: every layer's token states pulled to the dense teacher's
+    (mean squared error per hidden unit). 0 = off; costs a teacher forward per batch."""
     eval_every_epoch: bool = False
     """Evaluate dev retention after every post-prune epoch (for schedulers); costs a corpus encoding each."""
 
@@ -187,6 +195,11 @@ class DistillConfig:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0.0 <= self.neighbor_share <= 1.0 or self.neighbors < 1:
+            raise ValueError(f"need 0 <= neighbor_share <= 1 and neighbors >= 1, got {self.neighbor_share}, "
+                             f"{self.neighbors}")
+        if self.hidden_weight < 0:
+            raise ValueError(f"hidden_weight must be >= 0, got {self.hidden_weight}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         lo, hi = self.pseudo_query_words

@@ -2,8 +2,11 @@
 
 KD needs no labels: the student's pooled embedding of a text is pulled to the teacher's (squared L2 on
 normalised embeddings) and the student's in-batch similarity distribution to the teacher's (KL with a
-temperature). The unlabeled texts are every corpus document plus the training queries (documents act as
-pseudo-queries when queries are few). The task loss is InfoNCE on (query, relevant document) training pairs.
+temperature); optionally every layer's token states are pulled to the teacher's too (``hidden_weight``,
+the layer distillation of TinyBERT and CoFi; width pruning keeps the hidden size, so no projection).
+The unlabeled texts are every corpus document plus the training queries (documents act as pseudo-queries
+when queries are few); by default half of each batch is groups of teacher nearest neighbours
+(:class:`BatchSampler`). The task loss is InfoNCE on (query, relevant document) training pairs.
 Teacher embeddings are computed once per (teacher, texts, max length) and reused.
 """
 
@@ -71,12 +74,111 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, *, temperature: float)
     return mse + kl
 
 
+def hidden_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
+                attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over layers (embeddings output excluded) of the squared error per hidden unit, averaged over the
+    real tokens of the batch (padding masked). Zero when the states are equal."""
+    if len(student) != len(teacher):
+        raise ValueError(f"student has {len(student)} hidden states, teacher {len(teacher)}: depth must match")
+    mask = attention_mask.unsqueeze(-1).to(student[-1].dtype)
+    tokens = mask.sum().clamp(min=1.0)
+    per_layer = [((s - t.to(s.dtype)).pow(2).mean(-1, keepdim=True) * mask).sum() / tokens
+                 for s, t in zip(student[1:], teacher[1:], strict=True)]
+    return torch.stack(per_layer).mean()
+
+
+def _tokenize(model: nn.Module, tokenizer, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def _embed(model: nn.Module, tokenizer, texts: Sequence[str], max_length: int) -> torch.Tensor:
     """One forward pass over ``texts`` (queries and documents alike: the encoder is shared and the max length
     is one). ``model`` is a BiEncoder or a DDP wrapper of one, so DDP sees exactly one forward per step."""
-    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    device = next(model.parameters()).device
-    return model(**{k: v.to(device) for k, v in batch.items()})
+    return model(**_tokenize(model, tokenizer, texts, max_length))
+
+
+def nearest_neighbors(emb: torch.Tensor, *, k: int, chunk: int = 2048) -> torch.Tensor:
+    """``[n, k]`` indices of each row's ``k`` most similar other rows (dot product, itself excluded),
+    most similar first; computed in chunks of rows so memory stays ``chunk * n``."""
+    n = emb.shape[0]
+    if not 1 <= k < n:
+        raise ValueError(f"need 1 <= k < number of texts ({n}), got {k}")
+    out = []
+    for start in range(0, n, chunk):
+        sims = emb[start:start + chunk] @ emb.T
+        rows = torch.arange(sims.shape[0])
+        sims[rows, rows + start] = float("-inf")
+        out.append(sims.topk(k, dim=-1).indices)
+    return torch.cat(out)
+
+
+class BatchSampler:
+    """The texts of each training step: ``world_size`` blocks of ``batch_size`` indices, one per rank.
+
+    With ``neighbor_share = 0`` a block is the next texts of a seeded shuffle. Otherwise ``neighbor_share``
+    of each block is filled with groups of an anchor text and ``neighbors`` texts drawn from its
+    ``2 * neighbors`` nearest by teacher embedding, the rest with shuffled texts as before. The in-batch KL
+    then has to order close neighbours the way the teacher does, as a top-10 ranking must (the topic-aware
+    batches of TAS-B, Hofstaetter et al. 2021, without the clustering).
+    """
+
+    def __init__(self, teacher: torch.Tensor, *, batch_size: int, rng: random.Random, world_size: int = 1,
+                 neighbor_share: float = 0.0, neighbors: int = 7) -> None:
+        if not 0.0 <= neighbor_share <= 1.0 or neighbors < 1:
+            raise ValueError(f"need 0 <= neighbor_share <= 1 and neighbors >= 1, got {neighbor_share}, {neighbors}")
+        self.n = teacher.shape[0]
+        self.batch_size, self.world_size, self.neighbors = batch_size, world_size, neighbors
+        self.rng = rng
+        self.size = min(batch_size, self.n)
+        fits = self.n > neighbors + 1
+        self.groups = int(neighbor_share * self.size) // (neighbors + 1) if fits else 0
+        self.near = nearest_neighbors(teacher, k=min(2 * neighbors, self.n - 1)).tolist() if self.groups else []
+        self._order: list[int] = []
+        self._anchors: list[int] = []
+        self.last_groups: list[list[int]] = []
+        """The neighbour groups of the last block (anchor first), for inspection."""
+
+    def _pop(self, pool: list[int]) -> int:
+        if not pool:
+            pool.extend(range(self.n))
+            self.rng.shuffle(pool)
+        return pool.pop()
+
+    def _block(self) -> list[int]:
+        block: list[int] = []
+        self.last_groups = []
+        for _ in range(self.groups):
+            anchor = self._pop(self._anchors)
+            for _ in range(self.n):  # an anchor already in the block would repeat a text: take the next
+                if anchor not in block:
+                    break
+                anchor = self._pop(self._anchors)
+            free = [j for j in self.near[anchor] if j not in block]
+            group = [anchor] + self.rng.sample(free, min(self.neighbors, len(free)))
+            self.last_groups.append(group)
+            block += group
+        del block[self.size:]
+        seen = set(block)
+        while len(block) < self.size:
+            i = self._pop(self._order)
+            if i not in seen:
+                block.append(i)
+                seen.add(i)
+        return block
+
+    def next(self) -> list[list[int]]:
+        """One block of indices per rank."""
+        if self.groups == 0:  # plain shuffled batches, exactly as without the sampler
+            k = self.batch_size * self.world_size
+            if len(self._order) < k:
+                perm = list(range(self.n))
+                self.rng.shuffle(perm)
+                self._order.extend(perm)
+            chunk, self._order = self._order[:k], self._order[k:]
+            return [chunk[r::self.world_size] for r in range(self.world_size)]
+        return [self._block() for _ in range(self.world_size)]
 
 
 @torch.inference_mode()
@@ -104,9 +206,15 @@ def distill_epochs(student: nn.Module, texts: DistillTexts, *, epochs: float, al
                    lr: float, batch_size: int, max_length: int, seed: int, task: TaskPairs | None = None,
                    task_temperature: float = 0.05, rank: int = 0, world_size: int = 1,
                    on_epoch: Callable[[int, float], None] | None = None, show_progress: bool = True,
-                   desc: str = "distill", lr_schedule: str = "linear", warmup_ratio: float = 0.1) -> list[float]:
+                   desc: str = "distill", lr_schedule: str = "linear", warmup_ratio: float = 0.1,
+                   teacher: BiEncoder | None = None, hidden_weight: float = 0.0, neighbor_share: float = 0.0,
+                   neighbors: int = 7) -> list[float]:
     """Train ``student`` (a BiEncoder, possibly DDP-wrapped) for ``epochs`` (fractions allowed) over the
     unlabeled texts; returns mean loss per (partial) epoch. A fresh AdamW each call: pruning changes shapes.
+
+    Batches come from :class:`BatchSampler` (``neighbor_share``, ``neighbors``). With ``hidden_weight > 0``
+    the KD term adds ``hidden_weight *`` :func:`hidden_loss` against ``teacher``
+    (run forward on the same batch, no gradients).
 
     The learning rate warms up linearly over ``warmup_ratio`` of the call's steps, then stays
     (``lr_schedule="constant"``) or decays linearly to zero at the last step (``"linear"``).
@@ -115,6 +223,8 @@ def distill_epochs(student: nn.Module, texts: DistillTexts, *, epochs: float, al
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
     if epochs <= 0:
         return []
+    if hidden_weight < 0 or (hidden_weight > 0 and teacher is None):
+        raise ValueError(f"hidden_weight must be >= 0 and needs the teacher model, got {hidden_weight}")
     bi: BiEncoder = student.module if hasattr(student, "module") else student  # type: ignore[assignment]
     use_task = alpha < 1.0 and task is not None and len(task.qids) > 0
     if alpha <= 0 and not use_task:
@@ -130,15 +240,11 @@ def distill_epochs(student: nn.Module, texts: DistillTexts, *, epochs: float, al
     losses: list[float] = []
     current: list[float] = []
     student.train()
-    order: list[int] = []
+    sampler = BatchSampler(texts.teacher, batch_size=batch_size, rng=rng, world_size=world_size,
+                           neighbor_share=neighbor_share, neighbors=neighbors)
     bar = tqdm(range(total), desc=desc, disable=not show_progress or rank != 0)
     for step in bar:
-        if len(order) < batch_size * world_size:
-            perm = list(range(n))
-            rng.shuffle(perm)
-            order.extend(perm)
-        chunk, order = order[:batch_size * world_size], order[batch_size * world_size:]
-        idx = chunk[rank::world_size]
+        idx = sampler.next()[rank]
         kd_texts = [texts.texts[i] for i in idx] if alpha > 0 else []
         qids: list[str] = []
         dids: list[str] = []
@@ -146,12 +252,25 @@ def distill_epochs(student: nn.Module, texts: DistillTexts, *, epochs: float, al
             pick = [rng.randrange(len(task.qids)) for _ in range(min(batch_size, len(task.qids)))]
             qids = [task.qids[i] for i in pick]
             dids = [task.dids[i] for i in pick]
-        emb = _embed(student, bi.tokenizer,
-                     kd_texts + [task.queries[x] for x in qids] + [task.docs[x] for x in dids], max_length)
+        batch = _tokenize(student, bi.tokenizer,
+                          kd_texts + [task.queries[x] for x in qids] + [task.docs[x] for x in dids], max_length)
+        layer_kd = hidden_weight > 0 and bool(kd_texts)
+        if layer_kd:
+            emb, s_hidden = student(**batch, output_hidden_states=True)
+        else:
+            emb = student(**batch)
         loss = torch.zeros((), device=emb.device)
         if kd_texts:
             s = emb[:len(kd_texts)]
-            loss = loss + alpha * kd_loss(s, texts.teacher[idx].to(s.device), temperature=temperature)
+            kd = kd_loss(s, texts.teacher[idx].to(s.device), temperature=temperature)
+            if layer_kd:
+                kd_batch = {k: v[:len(kd_texts)] for k, v in batch.items()}
+                with torch.no_grad():
+                    teacher.eval()
+                    _, t_hidden = teacher(**kd_batch, output_hidden_states=True)
+                kd = kd + hidden_weight * hidden_loss([h[:len(kd_texts)] for h in s_hidden], t_hidden,
+                                                      kd_batch["attention_mask"])
+            loss = loss + alpha * kd
         if qids:
             q = emb[len(kd_texts):len(kd_texts) + len(qids)]
             d = emb[len(kd_texts) + len(qids):]

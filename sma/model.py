@@ -108,12 +108,16 @@ class BiEncoder(nn.Module):
         return F.normalize(emb, p=2, dim=-1) if self.normalize else emb
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                token_type_ids: torch.Tensor | None = None, *, output_hidden_states: bool = False,
+                ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Pooled embeddings; with ``output_hidden_states`` also every layer's token states (embeddings
+        output first), for layer-wise distillation."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        hidden = self.encoder(**kwargs).last_hidden_state
-        return self.pool(hidden, attention_mask)
+        out = self.encoder(**kwargs, output_hidden_states=output_hidden_states)
+        pooled = self.pool(out.last_hidden_state, attention_mask)
+        return (pooled, tuple(out.hidden_states)) if output_hidden_states else pooled
 
     def embed(self, texts: Sequence[str], *, kind: str) -> torch.Tensor:
         """Embed one batch with gradients (training)."""

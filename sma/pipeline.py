@@ -91,8 +91,8 @@ def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None
         plans.append({"step": step, "target": target, "actual": report.sparsity, "plan": json.loads(plan.to_json())})
         log.info("s=%.2f step %d/%d: target %.4f actual %.4f", sparsity, step, len(schedule), target, report.sparsity)
         if step < len(schedule):
-            _distill(cfg, prep, wrapped, epochs=cfg.prune.step_epochs, rank=rank, world=world, seed_offset=step,
-                     desc=f"s={sparsity:.2f} step {step}")
+            _distill(cfg, prep, wrapped, teacher, epochs=cfg.prune.step_epochs, rank=rank, world=world,
+                     seed_offset=step, desc=f"s={sparsity:.2f} step {step}")
     metrics_by_epoch: Callable[[int, float], None] | None = None
     if reporter is not None or cfg.distill.eval_every_epoch:
         def metrics_by_epoch(epoch: int, loss: float) -> None:
@@ -102,8 +102,8 @@ def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None
             history.append(row)
             if reporter is not None:
                 reporter(row)
-    _distill(cfg, prep, wrapped, epochs=cfg.distill.post_prune_epochs, rank=rank, world=world, seed_offset=0,
-             desc=f"s={sparsity:.2f} post-prune", on_epoch=metrics_by_epoch)
+    _distill(cfg, prep, wrapped, teacher, epochs=cfg.distill.post_prune_epochs, rank=rank, world=world,
+             seed_offset=0, desc=f"s={sparsity:.2f} post-prune", on_epoch=metrics_by_epoch)
     result = _measure(cfg, prep, teacher, student, sparsity, rank, world)
     result["seconds"] = round(time.time() - started, 1)
     result["schedule"] = schedule
@@ -118,14 +118,15 @@ def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None
     return result
 
 
-def _distill(cfg: RunConfig, prep: Prepared, model: torch.nn.Module, *, epochs: float, rank: int, world: int,
+def _distill(cfg: RunConfig, prep: Prepared, model: torch.nn.Module, teacher, *, epochs: float, rank: int, world: int,
              seed_offset: int, desc: str, on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
     d = cfg.distill
     return distill_epochs(
         model, prep.texts, epochs=epochs, alpha=d.alpha, temperature=d.temperature, lr=d.learning_rate,
         batch_size=d.batch_size, max_length=d.max_length, seed=cfg.seed + 1000 * seed_offset, task=prep.task,
         rank=rank, world_size=world, on_epoch=on_epoch, show_progress=cfg.eval.show_progress, desc=desc,
-        lr_schedule=d.lr_schedule, warmup_ratio=d.warmup_ratio,
+        lr_schedule=d.lr_schedule, warmup_ratio=d.warmup_ratio, teacher=teacher, hidden_weight=d.hidden_weight,
+        neighbor_share=d.neighbor_share, neighbors=d.neighbors,
     )
 
 

@@ -72,6 +72,7 @@ def test_fixed_length_tuples_and_distill_checks():
     with pytest.raises(ConfigError, match="expected 2 values"):
         apply_overrides(RunConfig(), {"distill.pseudo_query_words": "[4, 8, 12]"})
     for key, value in (("distill.lr_schedule", "cosine"), ("distill.alpha", "1.5"),
-                       ("distill.pseudo_query_words", "[9, 3]"), ("distill.warmup_ratio", "1.0")):
+                       ("distill.pseudo_query_words", "[9, 3]"), ("distill.warmup_ratio", "1.0"),
+                       ("distill.hidden_weight", "-1")):
         with pytest.raises(ValueError):
             apply_overrides(RunConfig(), {key: value})

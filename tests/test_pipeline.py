@@ -51,6 +51,20 @@ def test_same_seed_gives_identical_results(tiny_model_dir, tiny_beir, tmp_path):
         assert a[k] == b[k]
 
 
+def test_another_seed_reuses_an_untouched_teacher_but_not_a_fine_tuned_one(tiny_model_dir, tiny_beir, tmp_path):
+    from dataclasses import replace
+
+    from sma.baseline import baseline_key
+    from sma.prepare import load_run_data
+
+    cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path)
+    data = load_run_data(cfg)
+    assert baseline_key(cfg, data) == baseline_key(replace(cfg, seed=cfg.seed + 1), data)
+    tuned = replace(cfg, train=replace(cfg.train, baseline_epochs=1))
+    assert baseline_key(tuned, data) != baseline_key(replace(tuned, seed=cfg.seed + 1), data)
+    assert baseline_key(tuned, data) != baseline_key(cfg, data)
+
+
 def test_reporter_gets_each_post_prune_epoch(tiny_model_dir, tiny_beir, tmp_path):
     cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path, **{"bench.enabled": False, "distill.post_prune_epochs": 2,
                                                        "distill.eval_every_epoch": True, "prune.gentleness": 0.0})

@@ -99,3 +99,101 @@ def test_pseudo_queries_are_seeded_spans_of_their_documents():
         assert words == [f"w{i}" for i in range(first, first + len(words))]
     assert spans[3:] == ["short doc"] * 3  # shorter than the minimum span: the whole document
     assert pseudo_queries(docs, per_doc=0, words=(4, 6), seed=7) == []
+
+
+def test_hidden_loss_by_hand():
+    from sma.distill import hidden_loss
+
+    emb = torch.zeros(1, 2, 2)  # the embeddings output (index 0) is not compared
+    student = [emb + 5, torch.zeros(1, 2, 2), torch.zeros(1, 2, 2)]
+    teacher = [emb, torch.tensor([[[1.0, 1.0], [3.0, 3.0]]]), torch.tensor([[[2.0, 2.0], [7.0, 7.0]]])]
+    mask = torch.tensor([[1, 0]])  # the second token is padding
+    # layer 1: token 0 error per unit (1 + 1) / 2 = 1; layer 2: (4 + 4) / 2 = 4; mean over layers 2.5
+    assert hidden_loss(student, teacher, mask).item() == pytest.approx(2.5)
+    both = torch.tensor([[1, 1]])  # layer 1: (1 + 9) / 2 = 5; layer 2: (4 + 49) / 2 = 26.5
+    assert hidden_loss(student, teacher, both).item() == pytest.approx((5 + 26.5) / 2)
+    assert hidden_loss(teacher, teacher, both).item() == 0.0
+    with pytest.raises(ValueError, match="depth"):
+        hidden_loss(student[:2], teacher, mask)
+
+
+def test_layer_distillation_pulls_hidden_states_to_the_teacher(tiny_model_dir):
+    from sma.distill import _tokenize, hidden_loss
+    from sma.prune import apply_plan, first_n_scores, plan_for_sparsity
+
+    teacher = BiEncoder.from_pretrained(str(tiny_model_dir))
+    texts = [f"wing lift {w} flow" for w in ("shock", "heat", "drag", "plate", "cone", "jet", "nozzle", "shell")]
+    data = DistillTexts(texts=tuple(texts), teacher=teacher_embeddings(teacher, texts, max_length=16,
+                                                                       show_progress=False))
+
+    def gap(student: BiEncoder) -> float:
+        batch = _tokenize(teacher, teacher.tokenizer, texts, 16)
+        with torch.no_grad():
+            return hidden_loss(student(**batch, output_hidden_states=True)[1],
+                               teacher(**batch, output_hidden_states=True)[1], batch["attention_mask"]).item()
+
+    gaps = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        student = BiEncoder.from_pretrained(str(tiny_model_dir))
+        apply_plan(student, plan_for_sparsity(student.encoder, first_n_scores(student.encoder), 0.5))
+        with torch.no_grad():  # a random tiny BERT barely notices pruning: move its layers away as well
+            for param in student.encoder.encoder.parameters():
+                param.add_(0.1 * torch.randn_like(param))
+        before = gap(student)
+        distill_epochs(student, data, epochs=20, alpha=1.0, temperature=0.05, lr=3e-3, batch_size=4, max_length=16,
+                       seed=0, show_progress=False, lr_schedule="constant", warmup_ratio=0.0, teacher=teacher,
+                       hidden_weight=weight)
+        gaps[weight] = gap(student)
+    assert before > 0
+    assert gaps[1.0] < 0.5 * before and gaps[1.0] < 0.5 * gaps[0.0]
+    with pytest.raises(ValueError, match="teacher"):
+        distill_epochs(student, data, epochs=1, alpha=1.0, temperature=0.05, lr=1e-3, batch_size=4, max_length=8,
+                       seed=0, show_progress=False, hidden_weight=1.0)
+
+
+def test_nearest_neighbors_in_chunks_equal_the_full_ranking():
+    from sma.distill import nearest_neighbors
+
+    emb = torch.nn.functional.normalize(torch.randn(50, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    sims = emb @ emb.T
+    sims.fill_diagonal_(float("-inf"))
+    assert torch.equal(nearest_neighbors(emb, k=6, chunk=7), sims.topk(6, dim=-1).indices)
+    with pytest.raises(ValueError):
+        nearest_neighbors(emb, k=50)
+
+
+def test_batch_sampler_random_batches_cover_every_text_once_per_epoch():
+    import random
+
+    from sma.distill import BatchSampler
+
+    sampler = BatchSampler(torch.randn(12, 4), batch_size=4, rng=random.Random(0))
+    for _ in range(2):  # two epochs of 3 batches: each a permutation of the 12 texts
+        seen = [i for _ in range(3) for i in sampler.next()[0]]
+        assert sorted(seen) == list(range(12))
+    two = BatchSampler(torch.randn(12, 4), batch_size=3, world_size=2, rng=random.Random(0)).next()
+    assert len(two) == 2 and not set(two[0]) & set(two[1])  # the ranks split one global batch
+
+
+def test_batch_sampler_neighbour_groups_come_from_the_teacher_neighbourhood():
+    import random
+
+    from sma.distill import BatchSampler
+
+    emb = torch.nn.functional.normalize(torch.randn(60, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    sims = emb @ emb.T
+    sims.fill_diagonal_(float("-inf"))
+    near = sims.topk(6, dim=-1).indices.tolist()  # 2 * neighbors nearest, computed independently
+    sampler = BatchSampler(emb, batch_size=16, rng=random.Random(0), neighbor_share=0.5, neighbors=3)
+    full = 0
+    for _ in range(20):
+        block = sampler.next()[0]
+        assert len(block) == 16 and len(set(block)) == 16
+        groups = sampler.last_groups  # 0.5 * 16 = 8 slots = 2 groups of an anchor and 3 of its 6 nearest
+        assert len(groups) == 2 and block[:sum(map(len, groups))] == groups[0] + groups[1]
+        for anchor, *rest in groups:
+            assert 1 <= len(rest) <= 3 and all(j in near[anchor] for j in rest)
+        full += sum(len(g) == 4 for g in groups)
+    assert full >= 30  # a group is short only when its anchor's neighbours are already in the batch
+    assert BatchSampler(emb, batch_size=16, rng=random.Random(0), neighbor_share=0.2, neighbors=3).groups == 0
