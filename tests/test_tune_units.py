@@ -188,3 +188,21 @@ def test_fresh_forgets_the_study_its_runs_and_its_ray_results(tmp_path):
     assert optuna.get_all_study_names(storage) == ["e-s0.30"]  # the other study is untouched
     assert [r.info.run_id for r in tr._find("tags.role = 'study'")] == [keep]
     assert sorted(p.name for p in root.iterdir()) == ["e-s0.30"]
+
+
+def test_searcher_skips_a_result_for_a_trial_the_study_already_finished(tmp_path):
+    """The restored Tuner of a killed driver can rerun a trial Optuna already holds COMPLETE; the trial reports
+    its stored result, which must not crash the driver (UpdateFinishedTrialError in the stock OptunaSearch)."""
+    from tune.searcher import StudySearch
+
+    storage, study = _study(tmp_path)
+    searcher = StudySearch(space=DefineSpace(SearchConfig().space), metric="dev_retention", mode="max",
+                           study_name=study.study_name, storage=storage, seed=0)
+    searcher.suggest("t0")
+    searcher.on_trial_result("t0", {"dev_retention": 0.8, "training_iteration": 1})  # running: reported
+    assert study.trials[0].intermediate_values == {1: 0.8}
+    study.tell(0, 0.9)  # what the killed driver had done
+    searcher.on_trial_result("t0", {"dev_retention": 0.9, "training_iteration": 2})  # no exception
+    searcher.on_trial_complete("t0", {"dev_retention": 0.9, "training_iteration": 2})
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE and trial.value == 0.9 and trial.intermediate_values == {1: 0.8}

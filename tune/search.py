@@ -149,9 +149,10 @@ def run_study(cfg: SearchConfig, ctx: TrialContext, *, storage) -> StudyResult:
 def _new_tuner(cfg: SearchConfig, trainable, *, name: str, path_name: str, num_samples: int, storage):
     import ray
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
-    searcher = OptunaSearch(space=DefineSpace(cfg.space), metric="dev_retention", mode="max",
+    from tune.searcher import StudySearch
+
+    searcher = StudySearch(space=DefineSpace(cfg.space), metric="dev_retention", mode="max",
                             study_name=name, storage=storage, seed=cfg.seed)
     scheduler = None
     if cfg.scheduler == "asha":
