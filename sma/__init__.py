@@ -32,6 +32,7 @@ from sma.data import (
     resolve_dataset,
     subsample,
 )
+from sma.device import resolve_device
 from sma.distill import BatchSampler, distill_epochs, hidden_loss, kd_loss
 from sma.evaluate import EvalResult, evaluate, metric_key, retrieve, score_run
 from sma.model import BiEncoder, ModelNotFoundError, resolve_model_path
@@ -55,7 +56,7 @@ __all__ = [
     "ModelNotFoundError", "PruneConfig", "PruningPlan", "RetrievalData", "RunConfig", "TrainConfig",
     "apply_overrides", "apply_plan", "benchmark", "distill_epochs", "doc_text", "encoder_sparsity",
     "evaluate", "from_dict", "hidden_loss", "kd_loss", "load_beir_folder", "load_config", "load_data",
-    "load_pruned", "masked", "metric_key", "plan_for_sparsity", "resolve_dataset", "resolve_model_path",
-    "retrieve", "run", "run_sparsity", "save_config", "save_pruned", "score_run", "sparsity_schedule",
+    "load_pruned", "masked", "metric_key", "plan_for_sparsity", "resolve_dataset", "resolve_device",
+    "resolve_model_path", "retrieve", "run", "run_sparsity", "save_config", "save_pruned", "score_run", "sparsity_schedule",
     "subsample", "to_dict",
 ]

@@ -11,6 +11,7 @@ from pathlib import Path
 from sma.cache import cache_root, content_hash, publish
 from sma.config import RunConfig
 from sma.data import RetrievalData
+from sma.device import resolve_device
 from sma.evaluate import EvalResult, encode_corpus, evaluate
 from sma.model import BiEncoder
 from sma.seeding import set_seed
@@ -30,7 +31,8 @@ class Baseline:
     cached: bool
 
     def load(self, cfg: RunConfig) -> BiEncoder:
-        return BiEncoder.from_config(cfg.model, name=self.model_path)
+        """The teacher's weights as a fresh model on the run's device."""
+        return BiEncoder.from_config(cfg.model, name=self.model_path).to(resolve_device(cfg.device))
 
 
 def baseline_key(cfg: RunConfig, data: RetrievalData) -> str:
@@ -72,7 +74,7 @@ def get_baseline(cfg: RunConfig, data: RetrievalData) -> Baseline:
             train_losses=tuple(meta["train_losses"]), cached=True,
         )
     set_seed(cfg.seed, deterministic=cfg.deterministic)
-    model = BiEncoder.from_config(cfg.model)
+    model = BiEncoder.from_config(cfg.model).to(resolve_device(cfg.device))
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=folder.parent))
     stats = None

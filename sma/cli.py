@@ -28,6 +28,7 @@ SEED_FLAGS = {
     "gentleness": "prune.gentleness",
     "alpha": "distill.alpha",
     "post_prune_epochs": "distill.post_prune_epochs",
+    "device": "device",
 }
 
 
@@ -51,6 +52,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hard-negatives", choices=["none", "bm25", "dense"])
     p.add_argument("--pooling", choices=["mean", "cls"])
     p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default: CUDA when torch sees it, else CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--deterministic", action="store_true", default=None)
     p.add_argument("--quick-test", action="store_true", default=None,
                    help="small, fast run: sparsities 0.3 0.5 and --max-samples 100 unless given")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,16 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+"""Accepted ``RunConfig.device`` / ``BenchConfig.device`` names (resolved by :func:`sma.device.resolve_device`)."""
+
+
+def check_device_name(name: str, *, key: str = "device") -> None:
+    """Raise ``ValueError`` unless ``name`` is a device name SMA can resolve."""
+    if not DEVICE_PATTERN.fullmatch(name):
+        raise ValueError(f"{key} must be auto, cpu, mps, cuda or cuda:N, got {name!r}")
 
 
 class ConfigError(ValueError):
@@ -215,6 +226,12 @@ class BenchConfig:
     batch_size: int = 32
     repeats: int = 5
     threads: int = 2
+    device: str = "cpu"
+    """Where dense and pruned are timed side by side: ``cpu`` (with ``threads``; the speedups the README
+    reports) or an accelerator (``auto``, ``cuda``, ...), independent of the device the run trains on."""
+
+    def __post_init__(self) -> None:
+        check_device_name(self.device, key="bench.device")
 
 
 @dataclass(frozen=True)
@@ -226,6 +243,8 @@ class RunConfig:
     quick_test: bool = False
     sparsity: tuple[float, ...] = (0.3, 0.5, 0.7)
     device: str = "auto"
+    """``auto`` (the CUDA device when torch sees one, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    Under Ray Train, ``auto`` is the device Ray assigned to the worker."""
     threads: int | None = None
     cache_dir: str | None = None
     """Where baselines and analyses are cached by content hash; default ``$SMA_CACHE_DIR`` or ~/.cache/sma."""
@@ -237,6 +256,9 @@ class RunConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+
+    def __post_init__(self) -> None:
+        check_device_name(self.device)
 
     @property
     def run_dir(self) -> Path:

@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from sma.baseline import Baseline, evaluate_splits, get_baseline
 from sma.config import RunConfig, save_config, to_dict
+from sma.device import resolve_device
 from sma.distill import distill_epochs
 from sma.prepare import Prepared, load_run_data, prepare
 from sma.prune import PruningPlan, apply_plan, encoder_sparsity, plan_for_sparsity, save_pruned, structure
@@ -157,7 +158,8 @@ def _measure(cfg: RunConfig, prep: Prepared, teacher, student, sparsity: float, 
             from sma.bench import benchmark
 
             b = benchmark(teacher.encoder, student.encoder, seq_len=cfg.bench.seq_len,
-                          batch_size=cfg.bench.batch_size, repeats=cfg.bench.repeats, threads=cfg.bench.threads)
+                          batch_size=cfg.bench.batch_size, repeats=cfg.bench.repeats, threads=cfg.bench.threads,
+                          device=resolve_device(cfg.bench.device))
             out.update({"speedup": b.speedup, "memory_ratio": b.encoder_weight_ratio,
                         "memory_ratio_with_embeddings": b.weight_ratio, "bench": b.to_dict()})
     return out

@@ -38,14 +38,15 @@ def contrastive_loss(q_emb: torch.Tensor, d_emb: torch.Tensor, *, qids: list[str
                      pos_index: torch.Tensor, qrels: Qrels, temperature: float) -> torch.Tensor:
     """InfoNCE over all documents in the batch; other positives of the same query are masked out."""
     scores = q_emb @ d_emb.T / temperature
-    mask = torch.zeros_like(scores, dtype=torch.bool)
+    positives = pos_index.tolist()
+    mask = torch.zeros(scores.shape, dtype=torch.bool)  # built on the CPU, moved once
     for i, q in enumerate(qids):
         rel = qrels.get(q, {})
         for j, d in enumerate(dids):
-            if j != int(pos_index[i]) and rel.get(d, 0) > 0:
+            if j != positives[i] and rel.get(d, 0) > 0:
                 mask[i, j] = True
-    scores = scores.masked_fill(mask, float("-inf"))
-    return F.cross_entropy(scores, pos_index)
+    scores = scores.masked_fill(mask.to(scores.device), float("-inf"))
+    return F.cross_entropy(scores, pos_index.to(scores.device))
 
 
 def _negatives(model: BiEncoder, corpus: Corpus, queries: Queries, qrels: Qrels, how: str) -> dict[str, list[str]]:

@@ -6,6 +6,7 @@ and in every worker process, and each second of import time there is paid by eve
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -38,6 +39,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     """Every worker runs the pipeline; rank 0 reports the final metrics with the trial's files."""
     worker_started_at = time.time()
     import ray.train
+    import ray.train.torch
     import torch
 
     from sma.config import RunConfig, from_dict
@@ -46,6 +48,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     setup_logging()
     rank = ray.train.get_context().get_world_rank()
     cfg = from_dict(RunConfig, config["run"])
+    if cfg.device == "auto":  # the GPU Ray assigned to this worker (its local rank's), else the CPU
+        cfg = dataclasses.replace(cfg, device=str(ray.train.torch.get_device()))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if config["fail"]:

@@ -43,6 +43,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                    help="proportional: every layer loses the same share of heads and of neurons")
     p.add_argument("--cache-dir", type=Path, default=None, help="default: $SMA_CACHE_DIR/analysis")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="auto", help="auto (CUDA when torch sees it), cpu, cuda, cuda:N or mps")
     p.add_argument("--smoke-test", action="store_true", help="tiny offline model and collection, small probe")
     p.set_defaults(func=run_cli)
     return p
@@ -71,6 +72,7 @@ def run_cli(args: argparse.Namespace) -> int:
     from sma.circuits.compare import compare_methods
     from sma.circuits.run import faithfulness_table, run_analysis
     from sma.data import load_data
+    from sma.device import resolve_device
     from sma.model import BiEncoder
 
     if args.threads:
@@ -88,6 +90,7 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.compare_sparsity is None:
             args.compare_sparsity = 0.5
     model = BiEncoder.from_pretrained(model_name, pooling=args.pooling, doc_max_length=args.doc_max_length)
+    model.to(resolve_device(args.device))
     data = load_data(dataset, seed=cfg.seed)
     if args.compare_sparsity is None:
         result = run_analysis(model, data, cfg, args.output_dir, cache_dir=args.cache_dir)
