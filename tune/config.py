@@ -4,7 +4,7 @@ Loadable from YAML/JSON with :func:`load_search_config`; unknown keys are errors
 Example (``cluster/search.yaml``)::
 
     trials_per_study: 20
-    space: {alpha: [0.0, 1.0], gentleness: [0.0, 1.0], post_prune_epochs: [0, 3]}
+    space: {alpha: [0.0, 1.0], gentleness: [0.0, 1.0], post_prune_epochs: [0, 8]}
     num_workers: 1
     gpus_per_worker: 1
     run: {experiment: nfcorpus-search, sparsity: [0.3, 0.5, 0.7], data: {dataset: nfcorpus}}
@@ -36,7 +36,7 @@ class SearchSpace:
     """Distillation weight: 1 = pure distillation from the dense teacher, 0 = task loss only."""
     gentleness: tuple[float, ...] = (0.0, 1.0)
     """Schedule gentleness: 0 = one-shot pruning, 1 = the most gradual schedule."""
-    post_prune_epochs: tuple[int, ...] = (0, 3)
+    post_prune_epochs: tuple[int, ...] = (0, 8)
     """Distillation epochs after the last pruning step: an integer in [low, high]."""
 
     def bounds(self) -> dict[str, tuple[float, float]]:
