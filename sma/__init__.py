@@ -5,6 +5,7 @@ The public API: configs (:mod:`sma.config`), data and models, IR evaluation, the
 Mechanistic analysis lives in :mod:`sma.circuits` (imported on demand: it pulls in plotting).
 """
 
+from sma.agreement import Agreement, agreement, top_k_overlap
 from sma.bench import BenchResult, benchmark
 from sma.config import (
     AnalysisConfig,
@@ -51,12 +52,12 @@ from sma.schedule import sparsity_schedule
 __version__ = "0.1.0"
 
 __all__ = [
-    "AnalysisConfig", "BatchSampler", "BenchConfig", "BenchResult", "BiEncoder", "ConfigError",
+    "Agreement", "AnalysisConfig", "BatchSampler", "BenchConfig", "BenchResult", "BiEncoder", "ConfigError",
     "DataConfig", "DataError", "DistillConfig", "EvalConfig", "EvalResult", "ModelConfig",
     "ModelNotFoundError", "PruneConfig", "PruningPlan", "RetrievalData", "RunConfig", "TrainConfig",
-    "apply_overrides", "apply_plan", "benchmark", "distill_epochs", "doc_text", "encoder_sparsity",
+    "agreement", "apply_overrides", "apply_plan", "benchmark", "distill_epochs", "doc_text", "encoder_sparsity",
     "evaluate", "from_dict", "hidden_loss", "kd_loss", "load_beir_folder", "load_config", "load_data",
     "load_pruned", "masked", "metric_key", "plan_for_sparsity", "resolve_dataset", "resolve_device",
-    "resolve_model_path", "retrieve", "run", "run_sparsity", "save_config", "save_pruned", "score_run", "sparsity_schedule",
-    "subsample", "to_dict",
+    "resolve_model_path", "retrieve", "run", "run_sparsity", "save_config", "save_pruned", "score_run",
+    "sparsity_schedule", "subsample", "to_dict", "top_k_overlap",
 ]

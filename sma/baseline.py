@@ -8,6 +8,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from sma.cache import cache_root, content_hash, publish
 from sma.config import RunConfig
 from sma.data import RetrievalData
@@ -46,11 +48,12 @@ def baseline_key(cfg: RunConfig, data: RetrievalData) -> str:
     )
 
 
-def evaluate_splits(model: BiEncoder, data: RetrievalData, cfg: RunConfig,
-                    splits: tuple[str, ...] | None = None) -> dict[str, EvalResult]:
-    """Dev and test metrics (or ``splits``) with one corpus encoding shared by the splits."""
-    corpus_emb = encode_corpus(model, data.corpus, batch_size=cfg.eval.batch_size,
-                               show_progress=cfg.eval.show_progress)
+def evaluate_splits(model: BiEncoder, data: RetrievalData, cfg: RunConfig, splits: tuple[str, ...] | None = None,
+                    *, corpus_embeddings: tuple[list[str], torch.Tensor] | None = None) -> dict[str, EvalResult]:
+    """Dev and test metrics (or ``splits``) with one corpus encoding shared by the splits (``corpus_embeddings``
+    when the caller already has it: document ids and their embeddings by ``model``)."""
+    corpus_emb = corpus_embeddings or encode_corpus(model, data.corpus, batch_size=cfg.eval.batch_size,
+                                                    show_progress=cfg.eval.show_progress)
     out = {}
     for split in splits or (cfg.data.dev_split, cfg.data.test_split):
         if split in data.qrels:

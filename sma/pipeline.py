@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from sma.agreement import eval_embeddings, split_agreement, teacher_eval_embeddings
 from sma.baseline import Baseline, evaluate_splits, get_baseline
 from sma.config import RunConfig, save_config, to_dict
 from sma.device import resolve_device
@@ -144,10 +145,18 @@ def _measure(cfg: RunConfig, prep: Prepared, teacher, student, sparsity: float, 
     out: dict[str, Any] = {}
     if rank == 0:
         report = encoder_sparsity(student.encoder)
-        res = evaluate_splits(student, prep.data, cfg)
+        splits = (cfg.data.dev_split, cfg.data.test_split)
+        mine = eval_embeddings(student, prep.data, splits, batch_size=cfg.eval.batch_size,
+                               show_progress=cfg.eval.show_progress)
+        res = evaluate_splits(student, prep.data, cfg, splits, corpus_embeddings=(list(mine.doc_ids), mine.docs))
         out = {"sparsity": sparsity, "actual_sparsity": report.sparsity,
                "actual_sparsity_with_embeddings": report.sparsity_with_embeddings,
                "per_query": {s: r.per_query for s, r in res.items()}}
+        dense = teacher_eval_embeddings(cfg, prep.data, prep.baseline.key, teacher, splits)
+        for split, agree in split_agreement(mine, dense).items():
+            out["corpus_cosine"] = agree.corpus_cosine
+            out[f"{split}_query_cosine"] = agree.query_cosine
+            out[f"{split}_top10_overlap"] = agree.top10_overlap
         for split, r in res.items():
             dense = prep.baseline.metrics[split].mean
             for k, v in r.mean.items():
@@ -234,4 +243,12 @@ def format_table(results: dict) -> str:
             lines.append(f"{100 * r['sparsity']:<11.0f}{100 * r['actual_sparsity']:<10.2f}{base:<11.4f}"
                          f"{r.get('test_ndcg_at_10', float('nan')):<9.4f}"
                          f"{100 * r.get('test_retention', float('nan')):<12.2f}{speed:<10}{mem:<8}")
+        agree = [r for r in results["sparsities"] if "corpus_cosine" in r]
+        if agree:
+            lines.append("Agreement with the dense teacher (no labels): mean cosine of document / dev query / test "
+                         "query embeddings, share of the teacher's top 10 kept (dev / test)")
+            for r in agree:
+                lines.append(f"{100 * r['sparsity']:<11.0f}" + "  ".join(
+                    f"{r.get(k, float('nan')):.4f}" for k in ("corpus_cosine", "dev_query_cosine", "test_query_cosine",
+                                                              "dev_top10_overlap", "test_top10_overlap")))
     return "\n".join(lines)

@@ -38,6 +38,8 @@ def test_pipeline_end_to_end_writes_table_and_files(tiny_model_dir, tiny_beir, t
         assert encoder_sparsity(model).sparsity == pytest.approx(row["actual_sparsity"], abs=1e-9)
         per_query = json.loads((folder / "metrics.json").read_text())["per_query"]
         assert set(per_query["test"]) == {"q9", "q10", "q11"}
+        for key in ("corpus_cosine", "dev_query_cosine", "test_query_cosine", "dev_top10_overlap"):
+            assert -1.0 <= row[key] <= 1.0 + 1e-6
     assert (out / "config.json").is_file()
 
 
@@ -84,3 +86,12 @@ def test_dense_only_run_reports_the_baseline_before_and_after_fine_tuning(tiny_m
     assert results["baseline"]["pretrained"] == pretrained
     assert results["baseline"]["metrics"] != pretrained and len(results["baseline"]["train_losses"]) > 0
     assert "after baseline fine-tuning; pretrained: dev" in capsys.readouterr().out
+
+
+def test_a_student_left_dense_and_untrained_agrees_with_the_teacher_exactly(tiny_model_dir, tiny_beir, tmp_path):
+    cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path, **{"bench.enabled": False, "prune.gentleness": 0.0,
+                                                       "distill.post_prune_epochs": 0})
+    res = run_sparsity(cfg, 0.0, out_dir=tmp_path / "dense")
+    assert res["actual_sparsity"] == 0.0 and res["test_retention"] == pytest.approx(1.0)
+    for key in ("corpus_cosine", "dev_query_cosine", "test_query_cosine", "dev_top10_overlap", "test_top10_overlap"):
+        assert res[key] == pytest.approx(1.0, abs=1e-5)

@@ -153,7 +153,7 @@ def _new_tuner(cfg: SearchConfig, trainable, *, name: str, path_name: str, num_s
     from tune.searcher import StudySearch
 
     searcher = StudySearch(space=DefineSpace(cfg.space), metric="dev_retention", mode="max",
-                            study_name=name, storage=storage, seed=cfg.seed)
+                          study_name=name, storage=storage, seed=cfg.seed)
     scheduler = None
     if cfg.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
