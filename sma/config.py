@@ -92,8 +92,9 @@ METHODS = ("ablation", "attribution", "magnitude", "random")
 
 @dataclass(frozen=True)
 class AnalysisConfig:
-    probe_splits: tuple[str, ...] = ("train", "dev")
-    """Splits the probe queries come from. Never the test split."""
+    probe_splits: tuple[str, ...] = ("train",)
+    """Splits the probe queries come from: training queries only by default, so that dev stays an unbiased
+    estimate for choosing hyperparameters (the units kept are chosen on the probe). Never the test split."""
     probe_queries: int = 125
     """Probe queries sampled (seeded) from ``probe_splits``; fewer if the splits hold fewer."""
     positives_per_query: int = 4

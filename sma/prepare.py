@@ -84,6 +84,10 @@ def prepare(cfg: RunConfig, *, analysis_dir: Path | None = None, data: Retrieval
     data = data if data is not None else load_run_data(cfg)
     baseline = baseline if baseline is not None else get_baseline(cfg, data)
     teacher = baseline.load(cfg)
+    if cfg.data.dev_split in cfg.analysis.probe_splits:
+        log.warning("the analysis probe uses the %s split: units are chosen on it, so %s retention is biased "
+                    "upwards and should not be used to choose hyperparameters", cfg.data.dev_split,
+                    cfg.data.dev_split)
     importance = get_importance(cfg, data, baseline, teacher, out_dir=analysis_dir)
     texts = distill_texts(cfg, data, baseline, teacher)
     return Prepared(cfg=cfg, data=data, baseline=baseline, baseline_computed=not baseline.cached,

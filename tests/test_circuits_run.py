@@ -30,11 +30,13 @@ def first_run(tmp_path_factory):
     return run_analysis(tiny_biencoder(), tiny_collection(), CFG, out, cache_dir=cache), out, cache
 
 
-def test_probe_is_seeded_and_never_uses_test_queries():
+def test_probe_is_seeded_and_uses_training_queries_only_by_default():
     data = tiny_collection()
     a, b = build_probe(data, cfg=CFG), build_probe(data, cfg=CFG)
     assert a == b
-    assert set(a.query_ids) <= set(data.qrels["train"]) | set(data.qrels["dev"])
+    assert set(a.query_ids) == set(data.qrels["train"])  # all 12, none of dev (kept unbiased) or test
+    with_dev = build_probe(data, cfg=AnalysisConfig(probe_queries=18, probe_splits=("train", "dev")))
+    assert set(with_dev.query_ids) == set(data.qrels["train"]) | set(data.qrels["dev"])
     for qi, negatives in enumerate(a.negatives):
         relevant = {i for i, _ in a.relevant[qi]}
         assert len(negatives) == 2 and not relevant & set(negatives)
