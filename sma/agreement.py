@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -77,9 +78,10 @@ class EvalEmbeddings:
 def eval_embeddings(model: BiEncoder, data: RetrievalData, splits: tuple[str, ...], *, batch_size: int = 64,
                     show_progress: bool = True, docs: tuple[tuple[str, ...], torch.Tensor] | None = None,
                     ) -> EvalEmbeddings:
-    """Encode the corpus (unless ``docs`` is given) and the judged queries of ``splits`` at eval lengths."""
+    """Encode the corpus (unless ``docs`` is given; documents in corpus order) and the judged queries of
+    ``splits`` at eval lengths."""
     if docs is None:
-        dids = tuple(sorted(data.corpus))
+        dids = tuple(data.corpus)
         emb = model.encode([doc_text(data.corpus[d]) for d in dids], kind="doc", batch_size=batch_size,
                            show_progress=show_progress, desc="encode corpus")
         docs = (dids, emb)
@@ -89,27 +91,38 @@ def eval_embeddings(model: BiEncoder, data: RetrievalData, splits: tuple[str, ..
     return EvalEmbeddings(doc_ids=docs[0], docs=docs[1], query_ids=qids, queries=queries)
 
 
-def teacher_eval_embeddings(cfg: RunConfig, data: RetrievalData, baseline_key: str, teacher: BiEncoder,
-                            splits: tuple[str, ...]) -> EvalEmbeddings:
-    """The teacher's :func:`eval_embeddings`, cached by (teacher, lengths, pooling, texts)."""
-    dids = sorted(data.corpus)
+def _teacher_eval_path(cfg: RunConfig, data: RetrievalData, baseline_key: str, splits: tuple[str, ...]) -> Path:
     qids = {s: sorted(data.qrels[s]) for s in splits if s in data.qrels}
-    key = content_hash("teacher-eval-emb-v1", baseline_key, cfg.model, [doc_text(data.corpus[d]) for d in dids],
+    key = content_hash("teacher-eval-emb-v1", baseline_key, cfg.model, [doc_text(d) for d in data.corpus.values()],
                        {s: [data.queries[q] for q in ids] for s, ids in qids.items()})
-    path = cache_root(cfg.cache_dir) / "teacher" / f"eval-{key}.pt"
-    if path.is_file():
-        stored = torch.load(path)
-        return EvalEmbeddings(doc_ids=tuple(stored["doc_ids"]), docs=stored["docs"],
-                              query_ids={s: tuple(v) for s, v in stored["query_ids"].items()},
-                              queries=stored["queries"])
-    log.info("teacher embeddings of the corpus and the %s queries (for student agreement)", "/".join(qids))
-    emb = eval_embeddings(teacher, data, splits, batch_size=cfg.eval.batch_size,
-                          show_progress=cfg.eval.show_progress)
+    return cache_root(cfg.cache_dir) / "teacher" / f"eval-{key}.pt"
+
+
+def store_teacher_eval_embeddings(cfg: RunConfig, data: RetrievalData, baseline_key: str,
+                                  emb: EvalEmbeddings) -> None:
+    """Cache the teacher's :func:`eval_embeddings` (the baseline evaluation computes them anyway)."""
+    path = _teacher_eval_path(cfg, data, baseline_key, tuple(emb.query_ids))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{id(emb)}.tmp")
     torch.save({"doc_ids": list(emb.doc_ids), "docs": emb.docs,
                 "query_ids": {s: list(v) for s, v in emb.query_ids.items()}, "queries": emb.queries}, tmp)
     tmp.replace(path)
+
+
+def teacher_eval_embeddings(cfg: RunConfig, data: RetrievalData, baseline_key: str, teacher: BiEncoder,
+                            splits: tuple[str, ...]) -> EvalEmbeddings:
+    """The teacher's :func:`eval_embeddings`, cached by (teacher, lengths, pooling, texts)."""
+    splits = tuple(s for s in splits if s in data.qrels)
+    path = _teacher_eval_path(cfg, data, baseline_key, splits)
+    if path.is_file():
+        stored = torch.load(path)
+        return EvalEmbeddings(doc_ids=tuple(stored["doc_ids"]), docs=stored["docs"],
+                              query_ids={s: tuple(v) for s, v in stored["query_ids"].items()},
+                              queries=stored["queries"])
+    log.info("teacher embeddings of the corpus and the %s queries (for student agreement)", "/".join(splits))
+    emb = eval_embeddings(teacher, data, splits, batch_size=cfg.eval.batch_size,
+                          show_progress=cfg.eval.show_progress)
+    store_teacher_eval_embeddings(cfg, data, baseline_key, emb)
     return emb
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from sma.agreement import eval_embeddings, store_teacher_eval_embeddings
 from sma.cache import cache_root, content_hash, publish
 from sma.config import RunConfig
 from sma.data import RetrievalData
@@ -87,7 +88,9 @@ def get_baseline(cfg: RunConfig, data: RetrievalData) -> Baseline:
                                show_progress=cfg.eval.show_progress)
         model.encoder.save_pretrained(tmp / "model")
         model.tokenizer.save_pretrained(tmp / "model")
-    metrics = evaluate_splits(model, data, cfg)
+    splits = (cfg.data.dev_split, cfg.data.test_split)
+    emb = eval_embeddings(model, data, splits, batch_size=cfg.eval.batch_size, show_progress=cfg.eval.show_progress)
+    metrics = evaluate_splits(model, data, cfg, splits, corpus_embeddings=(list(emb.doc_ids), emb.docs))
     meta = {
         "key": key,
         "model_path": None if stats else cfg.model.name,
@@ -97,5 +100,6 @@ def get_baseline(cfg: RunConfig, data: RetrievalData) -> Baseline:
     }
     (tmp / "baseline.json").write_text(json.dumps(meta, indent=1))
     publish(tmp, folder)
+    store_teacher_eval_embeddings(cfg, data, key, emb)  # the students' agreement is measured against these
     return Baseline(key=key, model_path=meta["model_path"] or str(folder / "model"), metrics=metrics,
                     train_losses=tuple(meta["train_losses"]), cached=False)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from sma.agreement import eval_embeddings, split_agreement, teacher_eval_embeddings
+from sma.agreement import eval_embeddings, split_agreement
 from sma.baseline import Baseline, evaluate_splits, get_baseline
 from sma.config import RunConfig, save_config, to_dict
 from sma.device import resolve_device
@@ -152,8 +152,7 @@ def _measure(cfg: RunConfig, prep: Prepared, teacher, student, sparsity: float, 
         out = {"sparsity": sparsity, "actual_sparsity": report.sparsity,
                "actual_sparsity_with_embeddings": report.sparsity_with_embeddings,
                "per_query": {s: r.per_query for s, r in res.items()}}
-        dense = teacher_eval_embeddings(cfg, prep.data, prep.baseline.key, teacher, splits)
-        for split, agree in split_agreement(mine, dense).items():
+        for split, agree in split_agreement(mine, prep.teacher_eval).items():
             out["corpus_cosine"] = agree.corpus_cosine
             out[f"{split}_query_cosine"] = agree.query_cosine
             out[f"{split}_top10_overlap"] = agree.top10_overlap

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from sma.agreement import EvalEmbeddings, teacher_eval_embeddings
 from sma.baseline import Baseline, get_baseline
 from sma.cache import cache_root, content_hash
 from sma.config import RunConfig
@@ -31,6 +32,8 @@ class Prepared:
     importance: Importance
     texts: DistillTexts
     task: TaskPairs
+    teacher_eval: EvalEmbeddings
+    """The teacher's dev/test query and corpus embeddings at evaluation lengths (student agreement)."""
 
     def teacher(self) -> BiEncoder:
         return self.baseline.load(self.cfg)
@@ -90,5 +93,7 @@ def prepare(cfg: RunConfig, *, analysis_dir: Path | None = None, data: Retrieval
                     cfg.data.dev_split)
     importance = get_importance(cfg, data, baseline, teacher, out_dir=analysis_dir)
     texts = distill_texts(cfg, data, baseline, teacher)
+    teacher_eval = teacher_eval_embeddings(cfg, data, baseline.key, teacher,
+                                           (cfg.data.dev_split, cfg.data.test_split))
     return Prepared(cfg=cfg, data=data, baseline=baseline, baseline_computed=not baseline.cached,
-                    importance=importance, texts=texts, task=task_pairs(cfg, data))
+                    importance=importance, texts=texts, task=task_pairs(cfg, data), teacher_eval=teacher_eval)
