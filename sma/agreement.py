@@ -36,10 +36,6 @@ class Agreement:
     top10_overlap: float
     """Mean over queries of |student top 10 & teacher top 10| / 10 (exact retrieval over the corpus)."""
 
-    def to_dict(self, prefix: str = "") -> dict[str, float]:
-        return {f"{prefix}corpus_cosine": self.corpus_cosine, f"{prefix}query_cosine": self.query_cosine,
-                f"{prefix}top10_overlap": self.top10_overlap}
-
 
 def top_k_overlap(student_q: torch.Tensor, student_d: torch.Tensor, teacher_q: torch.Tensor,
                   teacher_d: torch.Tensor, *, k: int = 10) -> float:

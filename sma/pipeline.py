@@ -153,7 +153,7 @@ def _measure(cfg: RunConfig, prep: Prepared, teacher, student, sparsity: float, 
                "actual_sparsity_with_embeddings": report.sparsity_with_embeddings,
                "per_query": {s: r.per_query for s, r in res.items()}}
         for split, agree in split_agreement(mine, prep.teacher_eval).items():
-            out["corpus_cosine"] = agree.corpus_cosine
+            out["corpus_cosine"] = agree.corpus_cosine  # the same corpus for every split
             out[f"{split}_query_cosine"] = agree.query_cosine
             out[f"{split}_top10_overlap"] = agree.top10_overlap
         for split, r in res.items():
