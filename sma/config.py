@@ -189,6 +189,9 @@ class DistillConfig:
     max_length: int = 128
     train_queries: bool = True
     """Add the training queries to the unlabeled distillation texts (documents are always used)."""
+    max_texts: int | None = None
+    """Seeded subset of that many distillation texts (documents, training queries and pseudo-queries drawn
+    together); ``None`` = all. Bounds the cost of an epoch on a large corpus; the quick test uses it."""
     pseudo_queries: int = 0
     """Random word spans cut from each document and added as short, query-like texts (no labels used)."""
     pseudo_query_words: tuple[int, int] = (6, 20)
@@ -216,6 +219,8 @@ class DistillConfig:
             raise ValueError(f"hidden_weight must be >= 0, got {self.hidden_weight}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.max_texts is not None and self.max_texts < 1:
+            raise ValueError(f"max_texts must be at least 1 (or null for all), got {self.max_texts}")
         lo, hi = self.pseudo_query_words
         if self.pseudo_queries < 0 or not 1 <= lo <= hi:
             raise ValueError(f"need pseudo_queries >= 0 and 1 <= pseudo_query_words[0] <= [1], got "

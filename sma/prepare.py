@@ -4,6 +4,7 @@ data, the dense teacher (baseline), unit importance + circuits, and the teacher'
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,9 @@ def distill_texts(cfg: RunConfig, data: RetrievalData, baseline: Baseline, teach
                             seed=cfg.seed)
     if cfg.distill.train_queries and cfg.data.train_split in data.qrels:
         texts += [data.queries[q] for q in sorted(data.qrels[cfg.data.train_split])]
+    if cfg.distill.max_texts is not None and cfg.distill.max_texts < len(texts):
+        keep = sorted(random.Random(cfg.seed).sample(range(len(texts)), cfg.distill.max_texts))
+        texts = [texts[i] for i in keep]
     key = content_hash("teacher-emb-v1", baseline.key, cfg.distill.max_length, texts)
     path = cache_root(cfg.cache_dir) / "teacher" / f"{key}.pt"
     if path.is_file():

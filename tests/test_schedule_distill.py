@@ -197,3 +197,32 @@ def test_batch_sampler_neighbour_groups_come_from_the_teacher_neighbourhood():
         full += sum(len(g) == 4 for g in groups)
     assert full >= 30  # a group is short only when its anchor's neighbours are already in the batch
     assert BatchSampler(emb, batch_size=16, rng=random.Random(0), neighbor_share=0.2, neighbors=3).groups == 0
+
+
+def test_max_texts_distills_on_a_seeded_subset_of_the_texts(tiny_model_dir, tiny_beir, tmp_path):
+    from types import SimpleNamespace
+
+    from sma.config import RunConfig, apply_overrides
+    from sma.data import load_data
+    from sma.prepare import distill_texts
+
+    data = load_data(str(tiny_beir))
+    teacher = BiEncoder.from_pretrained(str(tiny_model_dir))
+    baseline = SimpleNamespace(key="tiny-teacher")
+    base = apply_overrides(RunConfig(), {"cache_dir": str(tmp_path / "cache"), "distill.max_length": 16})
+    every = distill_texts(base, data, baseline, teacher)
+    assert len(every.texts) == len(data.corpus) + len(data.qrels["train"])
+    cfg = apply_overrides(base, {"distill.max_texts": 5})
+    subset = distill_texts(cfg, data, baseline, teacher)
+    assert len(subset.texts) == 5 and subset.teacher.shape[0] == 5
+    at = {t: i for i, t in enumerate(every.texts)}
+    rows = [at[t] for t in subset.texts]
+    assert rows == sorted(rows)  # drawn from the full list, order kept
+    torch.testing.assert_close(subset.teacher, every.teacher[rows], atol=1e-5, rtol=0)
+    assert distill_texts(cfg, data, baseline, teacher).texts == subset.texts  # seeded
+    other = distill_texts(apply_overrides(cfg, {"seed": 7}), data, baseline, teacher)
+    assert other.texts != subset.texts
+    big = distill_texts(apply_overrides(base, {"distill.max_texts": 10_000}), data, baseline, teacher)
+    assert big.texts == every.texts
+    with pytest.raises(ValueError, match="max_texts"):
+        apply_overrides(base, {"distill.max_texts": 0})
