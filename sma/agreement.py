@@ -123,12 +123,16 @@ def teacher_eval_embeddings(cfg: RunConfig, data: RetrievalData, baseline_key: s
 
 
 def split_agreement(student: EvalEmbeddings, teacher: EvalEmbeddings, *, k: int = 10) -> dict[str, Agreement]:
-    """:func:`agreement` per split both embeddings cover."""
+    """:func:`agreement` per split both embeddings cover (the teacher's documents matched by id)."""
+    teacher_docs = teacher.docs
     if student.doc_ids != teacher.doc_ids:
-        raise ValueError("student and teacher embeddings cover different documents")
+        at = {d: i for i, d in enumerate(teacher.doc_ids)}
+        if len(at) != len(student.doc_ids) or any(d not in at for d in student.doc_ids):
+            raise ValueError("student and teacher embeddings cover different documents")
+        teacher_docs = teacher.docs[[at[d] for d in student.doc_ids]]
     out = {}
     for split, qids in student.query_ids.items():
         if teacher.query_ids.get(split) != qids:
             continue
-        out[split] = agreement(student.queries[split], student.docs, teacher.queries[split], teacher.docs, k=k)
+        out[split] = agreement(student.queries[split], student.docs, teacher.queries[split], teacher_docs, k=k)
     return out

@@ -36,12 +36,17 @@ def test_agreement_cosines_by_hand():
     assert (same.corpus_cosine, same.query_cosine, same.top10_overlap) == pytest.approx((1.0, 1.0, 1.0))
 
 
-def test_split_agreement_needs_the_same_documents_and_skips_other_queries():
+def test_split_agreement_matches_documents_by_id_and_skips_other_queries():
     d = _unit([1, 0], [0, 1])
     q = _unit([1, 0.2])
     a = EvalEmbeddings(doc_ids=("a", "b"), docs=d, query_ids={"dev": ("q1",)}, queries={"dev": q})
     other_queries = EvalEmbeddings(doc_ids=("a", "b"), docs=d, query_ids={"dev": ("q2",)}, queries={"dev": q})
     assert split_agreement(a, a)["dev"].top10_overlap == 1.0
     assert split_agreement(a, other_queries) == {}
-    with pytest.raises(ValueError):
-        split_agreement(a, EvalEmbeddings(doc_ids=("b", "a"), docs=d, query_ids={}, queries={}))
+    # the same documents in another order are matched by id: rows swapped back, the same agreement
+    swapped = EvalEmbeddings(doc_ids=("b", "a"), docs=d[[1, 0]], query_ids={"dev": ("q1",)}, queries={"dev": q})
+    assert split_agreement(a, swapped)["dev"] == split_agreement(a, a)["dev"]
+    wrong = EvalEmbeddings(doc_ids=("b", "a"), docs=d, query_ids={"dev": ("q1",)}, queries={"dev": q})
+    assert split_agreement(a, wrong)["dev"].corpus_cosine == pytest.approx(0.0, abs=1e-7)  # a<->b: orthogonal
+    with pytest.raises(ValueError, match="different documents"):
+        split_agreement(a, EvalEmbeddings(doc_ids=("a", "c"), docs=d, query_ids={}, queries={}))
