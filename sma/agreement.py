@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sma.cache import cache_root, content_hash
+from sma.cache import cache_root, content_hash, save_atomic
 from sma.config import RunConfig
 from sma.data import RetrievalData, doc_text
 from sma.model import BiEncoder
@@ -97,12 +97,9 @@ def _teacher_eval_path(cfg: RunConfig, data: RetrievalData, baseline_key: str, s
 def store_teacher_eval_embeddings(cfg: RunConfig, data: RetrievalData, baseline_key: str,
                                   emb: EvalEmbeddings) -> None:
     """Cache the teacher's :func:`eval_embeddings` (the baseline evaluation computes them anyway)."""
-    path = _teacher_eval_path(cfg, data, baseline_key, tuple(emb.query_ids))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{id(emb)}.tmp")
-    torch.save({"doc_ids": list(emb.doc_ids), "docs": emb.docs,
-                "query_ids": {s: list(v) for s, v in emb.query_ids.items()}, "queries": emb.queries}, tmp)
-    tmp.replace(path)
+    save_atomic({"doc_ids": list(emb.doc_ids), "docs": emb.docs,
+                 "query_ids": {s: list(v) for s, v in emb.query_ids.items()}, "queries": emb.queries},
+                _teacher_eval_path(cfg, data, baseline_key, tuple(emb.query_ids)))
 
 
 def teacher_eval_embeddings(cfg: RunConfig, data: RetrievalData, baseline_key: str, teacher: BiEncoder,

@@ -1,4 +1,4 @@
-"""Content-hash keyed cache folders for work that trials share (baseline, analysis)."""
+"""Content-hash keyed cache folders and files for work that trials share (baseline, analysis, teacher targets)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from sma.config import to_dict
 
@@ -33,3 +35,12 @@ def publish(tmp: Path, final: Path) -> Path:
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def save_atomic(obj: Any, path: Path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename: readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.{id(obj)}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path

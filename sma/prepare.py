@@ -12,7 +12,7 @@ import torch
 
 from sma.agreement import EvalEmbeddings, teacher_eval_embeddings
 from sma.baseline import Baseline, get_baseline
-from sma.cache import cache_root, content_hash
+from sma.cache import cache_root, content_hash, save_atomic
 from sma.config import RunConfig
 from sma.data import RetrievalData, doc_text, load_data
 from sma.distill import DistillTexts, TaskPairs, pseudo_queries, teacher_embeddings
@@ -58,10 +58,7 @@ def distill_texts(cfg: RunConfig, data: RetrievalData, baseline: Baseline, teach
     else:
         emb = teacher_embeddings(teacher, texts, max_length=cfg.distill.max_length,
                                  show_progress=cfg.eval.show_progress)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{id(emb)}.tmp")
-        torch.save(emb, tmp)
-        tmp.replace(path)
+        save_atomic(emb, path)
     return DistillTexts(texts=tuple(texts), teacher=emb)
 
 

@@ -226,3 +226,13 @@ def test_max_texts_distills_on_a_seeded_subset_of_the_texts(tiny_model_dir, tiny
     assert big.texts == every.texts
     with pytest.raises(ValueError, match="max_texts"):
         apply_overrides(base, {"distill.max_texts": 0})
+
+
+def test_save_atomic_round_trips_and_leaves_no_temporary_file(tmp_path):
+    from sma.cache import save_atomic
+
+    path = save_atomic({"x": torch.arange(3)}, tmp_path / "teacher" / "k.pt")
+    torch.testing.assert_close(torch.load(path)["x"], torch.arange(3))
+    save_atomic({"x": torch.arange(4)}, path)  # replaces an existing file
+    assert torch.load(path)["x"].tolist() == [0, 1, 2, 3]
+    assert [p.name for p in (tmp_path / "teacher").iterdir()] == ["k.pt"]
