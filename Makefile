@@ -2,10 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SHARED_DATA := $(wildcard ../shared/data)
-ifneq ($(SHARED_DATA),)
-export SMA_DATA_DIR ?= $(abspath $(SHARED_DATA))
-endif
+# Data: the default dataset (cranfield) ships inside the package; set SMA_DATA_DIR for other BEIR folders.
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -23,7 +20,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: install
-	$(BIN)/sma run --quick-test --max-samples 100 --experiment demo
+	$(BIN)/sma run --quick-test --experiment demo
 
 test: install
 	$(BIN)/pytest -q

@@ -13,17 +13,14 @@ Peak memory is measured apart from timing, per model:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import ctypes
 import gc
-import json
 import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -31,12 +28,7 @@ import torch
 from torch import nn
 
 from sma.prune import (
-    apply_plan,
     encoder_sparsity,
-    first_n_scores,
-    magnitude_scores,
-    plan_for_sparsity,
-    structure,
     unwrap,
 )
 from sma.prune.units import encoder_stack
@@ -169,6 +161,24 @@ def _bytes(params: Sequence[torch.Tensor]) -> int:
     return sum(p.numel() * p.element_size() for p in params)
 
 
+def _time_interleaved(forwards: list[Callable[[], object]], *, repeats: int, device: torch.device | None,
+                      ) -> tuple[list[list[float]], list[list[float]]]:
+    """Wall and CPU seconds of each forward per repeat; the order flips every repeat (``device``: CUDA to sync)."""
+    times: list[list[float]] = [[] for _ in forwards]
+    cpu: list[list[float]] = [[] for _ in forwards]
+    for r in range(repeats):
+        for i in (range(len(forwards)) if r % 2 == 0 else reversed(range(len(forwards)))):
+            if device is not None:
+                torch.cuda.synchronize(device)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            forwards[i]()
+            if device is not None:
+                torch.cuda.synchronize(device)
+            times[i].append(time.perf_counter() - start)
+            cpu[i].append(time.process_time() - start_cpu)
+    return times, cpu
+
+
 def benchmark(dense: nn.Module, pruned: nn.Module, *, seq_len: int = 256, batch_size: int = 32, repeats: int = 10,
               warmup: int = 2, threads: int = 2, dtype: torch.dtype = torch.float32,
               device: str | torch.device = "cpu", memory_repeats: int = 3, seed: int = 0) -> BenchResult:
@@ -195,28 +205,15 @@ def benchmark(dense: nn.Module, pruned: nn.Module, *, seq_len: int = 256, batch_
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            def forward(model: nn.Module) -> Callable[[], object]:
-                return lambda: model(**batch).last_hidden_state
-
+            forwards = [(lambda m=m: m(**batch).last_hidden_state) for m in models]
             for _ in range(warmup):
-                for m in models:
-                    forward(m)()
+                for forward in forwards:
+                    forward()
             peaks: list[list[int]] = [[], []]
             for _ in range(memory_repeats):
-                for i, m in enumerate(models):
-                    peaks[i].append(_peak_cuda(forward(m), device) if cuda else _peak_rss_delta(forward(m)))
-            times: list[list[float]] = [[], []]
-            cpu: list[list[float]] = [[], []]
-            for r in range(repeats):
-                for i in ((0, 1) if r % 2 == 0 else (1, 0)):
-                    if cuda:
-                        torch.cuda.synchronize(device)
-                    start, start_cpu = time.perf_counter(), time.process_time()
-                    forward(models[i])()
-                    if cuda:
-                        torch.cuda.synchronize(device)
-                    times[i].append(time.perf_counter() - start)
-                    cpu[i].append(time.process_time() - start_cpu)
+                for i, forward in enumerate(forwards):
+                    peaks[i].append(_peak_cuda(forward, device) if cuda else _peak_rss_delta(forward))
+            times, cpu = _time_interleaved(forwards, repeats=repeats, device=device if cuda else None)
     finally:
         torch.set_num_threads(old_threads)
         for m, training in zip(models, was_training, strict=True):
@@ -235,102 +232,3 @@ def benchmark(dense: nn.Module, pruned: nn.Module, *, seq_len: int = 256, batch_
         dtype=str(dtype).removeprefix("torch."), seq_len=seq_len, batch_size=batch_size, threads=threads,
         repeats=repeats, warmup=warmup, peak_memory_kind="cuda_max_allocated_delta" if cuda else "rss_delta",
         dense=runs[0], pruned=runs[1])
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-BUILTIN_CONFIGS = {
-    "tiny": {"vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "intermediate_size": 128},
-    "bert-base": {},
-}
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``sma bench``; the handler is ``run_cli`` (also set as ``func`` default)."""
-    p = subparsers.add_parser("bench", help="dense vs pruned latency, throughput and memory",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2",
-                   help="HF name or directory; 'tiny' and 'bert-base' are built-in random-weight configs")
-    p.add_argument("--sparsity", type=float, nargs="+", default=[0.3, 0.5, 0.7])
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--scores", choices=("magnitude", "first_n"), default="magnitude")
-    p.add_argument("--allocation", choices=("per_layer", "global"), default="per_layer")
-    p.add_argument("--split", choices=("proportional", "joint"), default="proportional")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
-    p.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16", "float16"), default=None,
-                   help="default: float32 on CPU; float32 bfloat16 float16 on CUDA")
-    p.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
-    p.add_argument("--random-weights", action="store_true", help="the model's config with random weights")
-    p.add_argument("--smoke-test", action="store_true",
-                   help="tiny random model, short sequences, few repeats, one thread")
-    p.set_defaults(func=run_cli)
-    return p
-
-
-def _dense_model(name: str, *, random_weights: bool) -> nn.Module:
-    from transformers import AutoConfig, AutoModel, BertConfig
-
-    from sma.model import resolve_model_path
-
-    if name in BUILTIN_CONFIGS:
-        return AutoModel.from_config(BertConfig(**BUILTIN_CONFIGS[name])).eval()
-    path = resolve_model_path(name)
-    if random_weights:
-        return AutoModel.from_config(AutoConfig.from_pretrained(path)).eval()
-    return AutoModel.from_pretrained(path).eval()
-
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    cols = ("target", "actual", "dtype", "dense ms", "pruned ms", "speedup", "(min)", "(paired)", "(cpu s)",
-            "docs/s d", "docs/s p", "enc MB d", "enc MB p", "ratio", "peak MB d", "peak MB p")
-    lines = [" ".join(f"{c:>9}" for c in cols)]
-    mb = 2.0**20
-    for r in rows:
-        d, p = r["dense"], r["pruned"]
-        cells = (f"{r['target']:.2f}", f"{p['encoder_sparsity']:.4f}", r["dtype"], f"{1e3 * d['latency_s']:.1f}",
-                 f"{1e3 * p['latency_s']:.1f}", f"{r['speedup']:.2f}x", f"{r['speedup_min']:.2f}x",
-                 f"{r['speedup_paired']:.2f}x", f"{r['speedup_cpu']:.2f}x",
-                 f"{d['docs_per_s']:.1f}", f"{p['docs_per_s']:.1f}", f"{d['encoder_weight_bytes'] / mb:.2f}",
-                 f"{p['encoder_weight_bytes'] / mb:.2f}", f"{r['encoder_weight_ratio']:.3f}",
-                 f"{d['peak_memory_bytes'] / mb:.1f}", f"{p['peak_memory_bytes'] / mb:.1f}")
-        lines.append(" ".join(f"{c:>9}" for c in cells))
-    return "\n".join(lines)
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    if args.smoke_test:
-        args.model, args.random_weights = "tiny", True
-        args.seq_len, args.batch_size = min(args.seq_len, 32), min(args.batch_size, 4)
-        args.repeats, args.warmup, args.threads = min(args.repeats, 3), min(args.warmup, 1), 1
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtypes = args.dtypes or (["float32", "bfloat16", "float16"] if device == "cuda" else ["float32"])
-    dense = _dense_model(args.model, random_weights=args.random_weights)
-    scorer = magnitude_scores if args.scores == "magnitude" else first_n_scores
-    rows = []
-    for target in args.sparsity:
-        pruned = copy.deepcopy(dense)
-        plan = plan_for_sparsity(pruned, scorer(pruned), target, allocation=args.allocation, split=args.split)
-        apply_plan(pruned, plan)
-        for dt in dtypes:
-            res = benchmark(dense, pruned, seq_len=args.seq_len, batch_size=args.batch_size, repeats=args.repeats,
-                            warmup=args.warmup, threads=args.threads, dtype=getattr(torch, dt), device=device)
-            rows.append({"target": target, "sparsity_report": encoder_sparsity(pruned).to_dict(),
-                         "plan": {"heads": plan.num_heads, "neurons": plan.num_neurons,
-                                  "allocation": plan.allocation, "method": plan.method},
-                         "structure": structure(pruned),
-                         **res.to_dict()})
-            print(f"sparsity {target:.2f} {dt}: speedup {res.speedup:.2f}x (medians), {res.speedup_min:.2f}x (min), "
-                  f"{res.speedup_paired:.2f}x (paired), {res.speedup_cpu:.2f}x (cpu s)", flush=True)
-    print(_table(rows))
-    if args.output is not None:
-        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
-        payload = {"settings": settings, "torch": torch.__version__, "results": rows}
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(payload, indent=2))
-        print(f"wrote {args.output}")
-    return 0

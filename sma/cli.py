@@ -1,148 +1,104 @@
-"""The ``sma`` command line: one parser, one subcommand per stage."""
+"""The ``sma`` command line: one subcommand per stage, each built from the config front door
+(:mod:`sma.config.options`). Subcommands are registered without importing their stage: ``sma --help`` and a
+rejected flag cost no torch import; the handler's module is imported when the command runs."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from sma.config import ConfigError, RunConfig, apply_overrides, load_config
-
-# Seed flag -> dotted config key.
-SEED_FLAGS = {
-    "model": "model.name",
-    "dataset": "data.dataset",
-    "sparsity": "sparsity",
-    "epochs": "train.baseline_epochs",
-    "baseline_batches_per_epoch": "train.baseline_batches_per_epoch",
-    "batch_size": "train.batch_size",
-    "gradient_accumulation": "train.gradient_accumulation",
-    "hard_negatives": "train.hard_negatives",
-    "seed": "seed",
-    "max_samples": "data.max_samples",
-    "experiment": "experiment",
-    "output_dir": "output_dir",
-    "pooling": "model.pooling",
-    "criterion": "prune.criterion",
-    "gentleness": "prune.gentleness",
-    "alpha": "distill.alpha",
-    "post_prune_epochs": "distill.post_prune_epochs",
-    "device": "device",
-}
+from sma.config.options import add_config_options
 
 
-# --quick-test: the whole pipeline, small: one-shot pruning, one recovery epoch over 768 of the distillation
-# texts, documents cut to 128 tokens (as distillation sees them), a small probe. Under 10 min on 2 cores.
-QUICK_TEST: dict[str, object] = {
-    "quick_test": True, "sparsity": (0.3, 0.5), "prune.gentleness": 0.0, "distill.post_prune_epochs": 1,
-    "distill.max_texts": 768, "model.doc_max_length": 128,
-    "analysis.probe_queries": 48, "analysis.attribution_steps": 1, "bench.repeats": 3,
-}
+def _run_extras(p: argparse.ArgumentParser) -> None:
+    pass
 
 
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    """Flags shared by every command that builds a :class:`RunConfig` (the seed's names)."""
-    p.add_argument("--config", help="JSON or YAML config file (a results/<exp>/config.json reruns exactly)")
-    p.add_argument("--model", help="HF hub name or local directory of a BERT-family encoder")
-    p.add_argument("--dataset", help="BEIR folder, folder name under $SMA_DATA_DIR, or BeIR hub name")
-    p.add_argument("--sparsity", type=float, nargs="+", help="target encoder sparsities, e.g. 0.3 0.5 0.7")
-    p.add_argument("--epochs", type=int, help="baseline fine-tuning epochs (0 = pretrained as is)")
-    p.add_argument("--baseline-batches-per-epoch", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--gradient-accumulation", type=int)
-    p.add_argument("--hard-negatives", choices=["none", "bm25", "dense"])
-    p.add_argument("--pooling", choices=["mean", "cls"])
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto (default: CUDA when torch sees it, else CPU), cpu, cuda, cuda:N or mps")
-    p.add_argument("--deterministic", action="store_true", default=None)
-    p.add_argument("--quick-test", action="store_true", default=None,
-                   help="small, fast run: sparsities 0.3 0.5 and --max-samples 100 unless given")
-    p.add_argument("--max-samples", type=int, help="seeded subset of queries per split (and their documents)")
-    p.add_argument("--experiment", help="results/<experiment>/ and the MLflow experiment name")
-    p.add_argument("--output-dir", help="results root (default: results)")
-    p.add_argument("--criterion", choices=["mechanistic", "attribution", "ablation", "magnitude", "random"],
-                   help="how units are chosen for removal (default: mechanistic)")
-    p.add_argument("--gentleness", type=float, help="0 = one shot, 1 = most gradual schedule")
-    p.add_argument("--alpha", type=float, help="distillation weight: alpha*KD + (1-alpha)*contrastive task loss")
-    p.add_argument("--post-prune-epochs", type=int, help="recovery epochs after the last pruning step")
-    p.add_argument("--no-distill", action="store_true", default=None,
-                   help="recover with the contrastive task loss on train qrels only (alpha=0)")
-    p.add_argument("--no-protect-circuits", action="store_true", default=None,
-                   help="let the plan remove units of the named circuits")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set train.learning_rate=3e-5 (repeatable)")
+def _analyze_extras(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compare-sparsity", type=float, default=None,
+                   help="also prune one-shot to this sparsity by each method and evaluate on the test split")
+    p.add_argument("--random-seeds", type=int, default=3, help="seeds of the random control in the comparison")
 
 
-def build_config(args: argparse.Namespace, extra: dict[str, str] | None = None) -> RunConfig:
-    """Defaults <- config file <- quick-test defaults <- explicit flags <- --set overrides."""
-    cfg = load_config(args.config) if args.config else RunConfig()
-    if args.quick_test:
-        cfg = apply_overrides(cfg, QUICK_TEST)
-        if cfg.data.max_samples is None:
-            cfg = apply_overrides(cfg, {"data.max_samples": 100})
-    overrides: dict[str, object] = {}
-    for flag, key in SEED_FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides[key] = value
-    if args.deterministic:
-        overrides["deterministic"] = True
-    if getattr(args, "no_distill", None):
-        overrides["distill.alpha"] = 0.0
-    if getattr(args, "no_protect_circuits", None):
-        overrides["prune.protect_circuits"] = False
-    overrides.update(extra or {})
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = value
-    return apply_overrides(cfg, overrides)
+def _bench_extras(p: argparse.ArgumentParser) -> None:
+    from sma.config.choices import BENCH_SCORES
+
+    p.add_argument("--scores", choices=BENCH_SCORES, default="magnitude", help="which units go (shapes only)")
+    p.add_argument("--random-weights", action="store_true", help="the model's config with random weights")
+    p.add_argument("--output", default=None, help="write the results as JSON here")
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from sma.pipeline import run
+def _tune_extras(p: argparse.ArgumentParser) -> None:
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_const", const="resume", dest="mode",
+                      help="continue the experiment's studies (an error if none exists)")
+    mode.add_argument("--fresh", action="store_const", const="fresh", dest="mode",
+                      help="delete the experiment's studies, MLflow runs and Ray results, then start over")
+    p.set_defaults(mode="auto")
 
-    run(build_config(args))
-    return 0
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    handler: str
+    """``module:function`` taking the parsed args and returning an exit code (imported when run)."""
+    extras: Callable[[argparse.ArgumentParser], None]
+    description: str = ""
+
+
+COMMANDS = (
+    Command("run", "evaluate the dense model, prune it to each sparsity, recover, measure, report",
+            "sma.pipeline:run_cli", _run_extras),
+    Command("analyze", "mechanistic analysis: unit importance, circuits, faithfulness", "sma.circuits.cli:run_cli",
+            _analyze_extras,
+            "writes <output-dir>/<experiment>/phase1/ (scores, circuits, plots, the one-shot comparison)"),
+    Command("bench", "dense vs pruned latency, throughput and memory, side by side", "sma.bench_cli:run_cli",
+            _bench_extras),
+    Command("tune", "Ray Tune + Optuna search of the searched hyperparameters per sparsity (MLflow)",
+            "tune.cli:run_cli", _tune_extras,
+            "Per sparsity an Optuna study searched through Ray Tune; each trial fits a Ray Train TorchTrainer "
+            "running the pipeline; everything is logged to MLflow. Rerun the same command to resume. --set "
+            "takes keys of the search config (trials_per_study=5, space.alpha=[0.5,1], run.distill.batch_size=16)."),
+)
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sma", description="Sparse Mechanistic Analysis: prune retrieval encoders, keep their quality.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run_p = sub.add_parser("run", help="evaluate the dense model (train the baseline if asked), prune, report")
-    add_run_options(run_p)
-    run_p.set_defaults(func=_cmd_run)
-    for module in _subcommand_modules():
-        module.add_cli(sub)
+    for c in COMMANDS:
+        p = sub.add_parser(c.name, help=c.help, description=c.description or c.help)
+        add_config_options(p, c.name)
+        c.extras(p)
+        p.set_defaults(handler=c.handler)
     return parser
 
 
-def _subcommand_modules() -> list:
-    """Modules that add their own subcommand through ``add_cli(subparsers)`` (imported lazily)."""
-    import importlib
-
-    return [importlib.import_module(name) for name in _SUBCOMMANDS]
-
-
-_SUBCOMMANDS: tuple[str, ...] = ("sma.circuits.cli", "sma.bench", "tune.cli")
+def _handler(spec: str) -> Callable[[argparse.Namespace], int]:
+    module, _, func = spec.partition(":")
+    return getattr(importlib.import_module(module), func)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from sma.config import ConfigError
+
     parser = make_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        return int(args.func(args) or 0)
+        return int(_handler(args.handler)(args) or 0)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
         from sma.data import DataError
         from sma.model import ModelNotFoundError
 
-        if isinstance(exc, (ConfigError, DataError, ModelNotFoundError, FileNotFoundError)):
+        if isinstance(exc, (ConfigError, DataError, ModelNotFoundError, FileNotFoundError)) and not args.verbose:
             print(f"sma: error: {exc}", file=sys.stderr)
             return 2
         raise

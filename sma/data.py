@@ -1,16 +1,19 @@
-"""BEIR-layout retrieval data: ``(corpus, queries, qrels)`` dicts, from a folder or the HF hub.
+"""BEIR-layout retrieval data: ``(corpus, queries, qrels)`` dicts, from a folder, the package or the HF hub.
 
 Shapes follow BEIR: ``corpus[doc_id] = {"title": str, "text": str}``, ``queries[qid] = str``,
-``qrels[qid][doc_id] = int``.
+``qrels[qid][doc_id] = int``. Every file may also be gzip-compressed (``corpus.jsonl.gz``...).
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import logging
 import os
 import random
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,9 @@ Qrels = dict[str, dict[str, int]]
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
+
+EMBEDDED_DIR = Path(__file__).resolve().parent / "datasets"
+"""Collections shipped inside the package (``sma/datasets/<name>/``, BEIR layout, gzip-compressed)."""
 
 
 class DataError(ValueError):
@@ -53,23 +59,45 @@ def doc_text(doc: dict[str, str]) -> str:
     return f"{title} {text}".strip() if title else text
 
 
-def _read_jsonl(path: Path, kind: str) -> dict[str, dict]:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+def _find(folder: Path, name: str) -> Path | None:
+    """``folder/name``, else its gzip-compressed ``folder/name.gz``, else ``None``."""
+    for path in (folder / name, folder / f"{name}.gz"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _lines(path: Path, *, newline: str | None = None) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a UTF-8 text file, plain or ``.gz``; unreadable data is a :class:`DataError`."""
+    lineno = 0
+    try:
+        with (gzip.open(path, "rt", encoding="utf-8", newline=newline) if path.suffix == ".gz"
+              else path.open(encoding="utf-8", newline=newline)) as fh:
+            for lineno, line in enumerate(fh, start=1):
+                yield lineno, line
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}:{lineno + 1}: not UTF-8 text ({exc.reason})") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}:{lineno + 1}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
+def _read_jsonl(folder: Path, name: str, kind: str) -> dict[str, dict]:
+    path = _find(folder, name)
+    if path is None:
+        raise DataError(f"{folder / name}: file not found (nor {name}.gz)")
     records: dict[str, dict] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: malformed {kind} record: {exc.msg}") from None
-            if not isinstance(rec, dict) or "_id" not in rec:
-                raise DataError(f"{path}:{lineno}: {kind} record has no '_id' field")
-            if "text" not in rec or not isinstance(rec["text"], str):
-                raise DataError(f"{path}:{lineno}: {kind} record {rec['_id']!r} has no string 'text' field")
-            records[str(rec["_id"])] = rec
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: malformed {kind} record: {exc.msg}") from None
+        if not isinstance(rec, dict) or "_id" not in rec:
+            raise DataError(f"{path}:{lineno}: {kind} record has no '_id' field")
+        if "text" not in rec or not isinstance(rec["text"], str):
+            raise DataError(f"{path}:{lineno}: {kind} record {rec['_id']!r} has no string 'text' field")
+        records[str(rec["_id"])] = rec
     if not records:
         raise DataError(f"{path}: no {kind} records")
     return records
@@ -77,21 +105,20 @@ def _read_jsonl(path: Path, kind: str) -> dict[str, dict]:
 
 def _read_qrels(path: Path) -> Qrels:
     qrels: Qrels = {}
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh, delimiter="\t")
-        for lineno, row in enumerate(reader, start=1):
-            if not row or not "".join(row).strip():
-                continue
-            if lineno == 1 and row[0] == "query-id":
-                continue
-            if len(row) != 3:
-                raise DataError(f"{path}:{lineno}: expected 3 tab-separated fields, got {len(row)}")
-            qid, did, score = row
-            try:
-                rel = int(float(score))
-            except ValueError:
-                raise DataError(f"{path}:{lineno}: relevance {score!r} is not a number") from None
-            qrels.setdefault(qid, {})[did] = rel
+    reader = csv.reader((line for _, line in _lines(path, newline="")), delimiter="\t")
+    for lineno, row in enumerate(reader, start=1):
+        if not row or not "".join(row).strip():
+            continue
+        if lineno == 1 and row[0] == "query-id":
+            continue
+        if len(row) != 3:
+            raise DataError(f"{path}:{lineno}: expected 3 tab-separated fields, got {len(row)}")
+        qid, did, score = row
+        try:
+            rel = int(float(score))
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: relevance {score!r} is not a number") from None
+        qrels.setdefault(qid, {})[did] = rel
     return qrels
 
 
@@ -113,18 +140,19 @@ def _drop_unknown(name: str, split: str, qrels: Qrels, corpus: Corpus, queries: 
 
 
 def load_beir_folder(folder: str | Path, *, splits: tuple[str, ...] = SPLITS) -> RetrievalData:
-    """Load a BEIR folder; splits whose qrels file is absent are skipped, an empty one is an error."""
+    """Load a BEIR folder (plain or ``.gz`` files); splits whose qrels file is absent are skipped, an empty
+    one is an error."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a directory")
-    corpus_raw = _read_jsonl(folder / "corpus.jsonl", "corpus")
-    queries_raw = _read_jsonl(folder / "queries.jsonl", "query")
+    corpus_raw = _read_jsonl(folder, "corpus.jsonl", "corpus")
+    queries_raw = _read_jsonl(folder, "queries.jsonl", "query")
     corpus = {k: {"title": str(v.get("title") or ""), "text": v["text"]} for k, v in corpus_raw.items()}
     queries = {k: v["text"] for k, v in queries_raw.items()}
     qrels: dict[str, Qrels] = {}
     for split in splits:
-        path = folder / "qrels" / f"{split}.tsv"
-        if not path.is_file():
+        path = _find(folder / "qrels", f"{split}.tsv")
+        if path is None:
             continue
         raw = _read_qrels(path)
         if not raw:
@@ -139,23 +167,33 @@ def load_beir_folder(folder: str | Path, *, splits: tuple[str, ...] = SPLITS) ->
 
 
 def data_dir() -> Path | None:
-    """``$SMA_DATA_DIR`` if set, else ``../shared/data`` relative to the working directory if present."""
+    """``$SMA_DATA_DIR`` if set (a folder of BEIR folders), else ``None``."""
     env = os.environ.get("SMA_DATA_DIR")
-    if env:
-        return Path(env)
-    default = Path("..") / "shared" / "data"
-    return default if default.is_dir() else None
+    return Path(env) if env else None
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("SMA_CACHE_DIR", Path.home() / ".cache" / "sma"))
+def embedded_datasets() -> list[str]:
+    """Names of the collections shipped inside the package (see :data:`EMBEDDED_DIR`)."""
+    if not EMBEDDED_DIR.is_dir():
+        return []
+    return sorted(d.name for d in EMBEDDED_DIR.iterdir() if _find(d, "corpus.jsonl") is not None)
 
 
-def load_beir_hub(name: str, *, cache: Path | None = None) -> RetrievalData:
-    """Download ``BeIR/<name>`` and ``BeIR/<name>-qrels`` through ``datasets``; cache as a BEIR folder."""
-    target = (cache or cache_dir() / "beir") / name
-    if (target / "corpus.jsonl").is_file():
-        return load_beir_folder(target)
+def embedded_dir(name: str) -> Path | None:
+    """The folder of the embedded collection ``name``, or ``None`` when the package ships none so named."""
+    return EMBEDDED_DIR / name if name in embedded_datasets() else None
+
+
+def load_beir_hub(name: str, *, cache: str | Path | None = None) -> RetrievalData:
+    """Download ``BeIR/<name>`` and ``BeIR/<name>-qrels`` through ``datasets``; keep them as a BEIR folder in the
+    project cache rooted at ``cache`` (``RunConfig.cache_dir``; default ``$SMA_CACHE_DIR``, see :mod:`sma.cache`)."""
+    from sma.cache import Cache
+
+    store = Cache(cache)
+    key = store.key("beir", name)
+    found = store.folder("beir", key)
+    if found is not None:
+        return load_beir_folder(found)
     import datasets  # heavy import; only on this path
 
     try:
@@ -167,33 +205,40 @@ def load_beir_hub(name: str, *, cache: Path | None = None) -> RetrievalData:
             f"cannot load BEIR dataset {name!r} from the HF hub ({type(exc).__name__}: {exc}). "
             f"Offline, give a BEIR folder path or put one named {name!r} under $SMA_DATA_DIR."
         ) from None
-    tmp = target.with_name(target.name + ".partial")
-    (tmp / "qrels").mkdir(parents=True, exist_ok=True)
-    with (tmp / "corpus.jsonl").open("w") as fh:
-        for rec in corpus:
-            fh.write(json.dumps({"_id": str(rec["_id"]), "title": rec.get("title", ""), "text": rec["text"]}) + "\n")
-    with (tmp / "queries.jsonl").open("w") as fh:
-        for rec in queries:
-            fh.write(json.dumps({"_id": str(rec["_id"]), "text": rec["text"]}) + "\n")
-    for split_name, rows in qrels.items():
-        split = "dev" if split_name == "validation" else split_name
-        with (tmp / "qrels" / f"{split}.tsv").open("w") as fh:
-            fh.write("query-id\tcorpus-id\tscore\n")
-            for r in rows:
-                fh.write(f"{r['query-id']}\t{r['corpus-id']}\t{int(r['score'])}\n")
-    tmp.rename(target)
-    return load_beir_folder(target)
+
+    def write(tmp: Path) -> None:
+        (tmp / "qrels").mkdir(parents=True, exist_ok=True)
+        with (tmp / "corpus.jsonl").open("w") as fh:
+            for rec in corpus:
+                fh.write(json.dumps({"_id": str(rec["_id"]), "title": rec.get("title", ""), "text": rec["text"]})
+                         + "\n")
+        with (tmp / "queries.jsonl").open("w") as fh:
+            for rec in queries:
+                fh.write(json.dumps({"_id": str(rec["_id"]), "text": rec["text"]}) + "\n")
+        for split_name, rows in qrels.items():
+            split = "dev" if split_name == "validation" else split_name
+            with (tmp / "qrels" / f"{split}.tsv").open("w") as fh:
+                fh.write("query-id\tcorpus-id\tscore\n")
+                for r in rows:
+                    fh.write(f"{r['query-id']}\t{r['corpus-id']}\t{int(r['score'])}\n")
+
+    return load_beir_folder(store.build_folder("beir", key, write))
 
 
-def resolve_dataset(dataset: str) -> RetrievalData:
-    """A path, else a folder named so under ``$SMA_DATA_DIR``, else ``BeIR/<name>`` on the hub."""
+def resolve_dataset(dataset: str, *, cache_dir: str | Path | None = None) -> RetrievalData:
+    """An existing folder path, else a folder named so under ``$SMA_DATA_DIR``, else the collection of that
+    name shipped inside the package (:func:`embedded_datasets`), else ``BeIR/<name>`` on the HF hub (downloads
+    kept in the cache rooted at ``cache_dir``)."""
     path = Path(dataset).expanduser()
     if path.is_dir():
         return load_beir_folder(path)
     root = data_dir()
     if root is not None and (root / dataset).is_dir():
         return load_beir_folder(root / dataset)
-    return load_beir_hub(dataset)
+    embedded = embedded_dir(dataset)
+    if embedded is not None:
+        return load_beir_folder(embedded)
+    return load_beir_hub(dataset, cache=cache_dir)
 
 
 def subsample(data: RetrievalData, *, max_queries: int, seed: int, distractor_ratio: float = 4.0) -> RetrievalData:
@@ -215,8 +260,8 @@ def subsample(data: RetrievalData, *, max_queries: int, seed: int, distractor_ra
 
 
 def load_data(dataset: str, *, max_samples: int | None = None, seed: int = 42,
-              distractor_ratio: float = 4.0) -> RetrievalData:
-    data = resolve_dataset(dataset)
+              distractor_ratio: float = 4.0, cache_dir: str | Path | None = None) -> RetrievalData:
+    data = resolve_dataset(dataset, cache_dir=cache_dir)
     if max_samples is not None:
         data = subsample(data, max_queries=max_samples, seed=seed, distractor_ratio=distractor_ratio)
     return data

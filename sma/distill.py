@@ -12,6 +12,7 @@ Teacher embeddings are computed once per (teacher, texts, max length) and reused
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
-from sma.config import LR_SCHEDULES
+from sma.config import DistillConfig
 from sma.model import BiEncoder
 from sma.train import contrastive_loss
 
@@ -202,86 +203,100 @@ class TaskPairs:
     qrels: dict[str, dict[str, int]]
 
 
-def distill_epochs(student: nn.Module, texts: DistillTexts, *, epochs: float, alpha: float, temperature: float,
-                   lr: float, batch_size: int, max_length: int, seed: int, task: TaskPairs | None = None,
-                   task_temperature: float = 0.05, rank: int = 0, world_size: int = 1,
-                   on_epoch: Callable[[int, float], None] | None = None, show_progress: bool = True,
-                   desc: str = "distill", lr_schedule: str = "linear", warmup_ratio: float = 0.1,
-                   teacher: BiEncoder | None = None, hidden_weight: float = 0.0, neighbor_share: float = 0.0,
-                   neighbors: int = 7) -> list[float]:
+def _lr_scheduler(optimizer: torch.optim.Optimizer, cfg: DistillConfig, updates: int):
+    warmup = int(cfg.warmup_ratio * updates)
+    if cfg.lr_schedule == "linear":
+        return get_linear_schedule_with_warmup(optimizer, warmup, updates)
+    return get_constant_schedule_with_warmup(optimizer, warmup)
+
+
+def _batch_loss(student: nn.Module, texts: DistillTexts, idx: list[int], cfg: DistillConfig, *,
+                task: TaskPairs | None, rng: random.Random, teacher: BiEncoder | None,
+                task_temperature: float) -> torch.Tensor:
+    """``alpha * KD`` on the texts ``idx`` (+ layer KD) ``+ (1 - alpha) *`` InfoNCE on sampled task pairs."""
+    bi: BiEncoder = student.module if hasattr(student, "module") else student  # type: ignore[assignment]
+    alpha = cfg.alpha
+    kd_texts = [texts.texts[i] for i in idx] if alpha > 0 else []
+    qids: list[str] = []
+    dids: list[str] = []
+    if task is not None:
+        pick = [rng.randrange(len(task.qids)) for _ in range(min(cfg.batch_size, len(task.qids)))]
+        qids = [task.qids[i] for i in pick]
+        dids = [task.dids[i] for i in pick]
+    batch = _tokenize(student, bi.tokenizer,
+                      kd_texts + [task.queries[x] for x in qids] + [task.docs[x] for x in dids], cfg.max_length)
+    layer_kd = cfg.hidden_weight > 0 and bool(kd_texts)
+    if layer_kd:
+        emb, s_hidden = student(**batch, output_hidden_states=True)
+    else:
+        emb = student(**batch)
+    loss = torch.zeros((), device=emb.device)
+    if kd_texts:
+        s = emb[:len(kd_texts)]
+        kd = kd_loss(s, texts.teacher[idx].to(s.device), temperature=cfg.temperature)
+        if layer_kd:
+            kd_batch = {k: v[:len(kd_texts)] for k, v in batch.items()}
+            with torch.no_grad():
+                teacher.eval()
+                _, t_hidden = teacher(**kd_batch, output_hidden_states=True)
+            kd = kd + cfg.hidden_weight * hidden_loss([h[:len(kd_texts)] for h in s_hidden], t_hidden,
+                                                      kd_batch["attention_mask"])
+        loss = loss + alpha * kd
+    if qids:
+        q = emb[len(kd_texts):len(kd_texts) + len(qids)]
+        d = emb[len(kd_texts) + len(qids):]
+        loss = loss + (1 - alpha) * contrastive_loss(q, d, qids=qids, dids=dids,
+                                                     pos_index=torch.arange(len(qids), device=q.device),
+                                                     qrels=task.qrels, temperature=task_temperature)
+    return loss
+
+
+def distill_epochs(student: nn.Module, texts: DistillTexts, cfg: DistillConfig, *, epochs: float, seed: int,
+                   task: TaskPairs | None = None, teacher: BiEncoder | None = None, rank: int = 0,
+                   world_size: int = 1, on_epoch: Callable[[int, float], None] | None = None,
+                   show_progress: bool = True, desc: str = "distill", task_temperature: float = 0.05) -> list[float]:
     """Train ``student`` (a BiEncoder, possibly DDP-wrapped) for ``epochs`` (fractions allowed) over the
-    unlabeled texts; returns mean loss per (partial) epoch. A fresh AdamW each call: pruning changes shapes.
+    unlabeled texts as ``cfg`` says; returns the mean loss per (partial) epoch. A fresh AdamW each call:
+    pruning changes shapes.
 
-    Batches come from :class:`BatchSampler` (``neighbor_share``, ``neighbors``). With ``hidden_weight > 0``
-    the KD term adds ``hidden_weight *`` :func:`hidden_loss` against ``teacher``
-    (run forward on the same batch, no gradients).
-
-    The learning rate warms up linearly over ``warmup_ratio`` of the call's steps, then stays
-    (``lr_schedule="constant"``) or decays linearly to zero at the last step (``"linear"``).
+    Batches come from :class:`BatchSampler` (``cfg.neighbor_share``, ``cfg.neighbors``); every
+    ``cfg.gradient_accumulation`` batches make one optimizer step. With ``cfg.hidden_weight > 0`` the KD term
+    adds :func:`hidden_loss` against ``teacher`` (run forward on the same batch, no gradients). The learning
+    rate warms up linearly over ``cfg.warmup_ratio`` of the call's optimizer steps, then stays
+    (``constant``) or decays linearly to zero at the last step (``linear``).
     """
-    if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
     if epochs <= 0:
         return []
-    if hidden_weight < 0 or (hidden_weight > 0 and teacher is None):
-        raise ValueError(f"hidden_weight must be >= 0 and needs the teacher model, got {hidden_weight}")
-    bi: BiEncoder = student.module if hasattr(student, "module") else student  # type: ignore[assignment]
-    use_task = alpha < 1.0 and task is not None and len(task.qids) > 0
-    if alpha <= 0 and not use_task:
+    if cfg.hidden_weight > 0 and teacher is None:
+        raise ValueError("distill.hidden_weight > 0 needs the teacher model")
+    use_task = cfg.alpha < 1.0 and task is not None and len(task.qids) > 0
+    if cfg.alpha <= 0 and not use_task:
         return []
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.learning_rate)
     rng = random.Random(seed)
-    n = len(texts.texts)
-    batches_per_epoch = max(1, math.ceil(n / batch_size / world_size))
+    batches_per_epoch = max(1, math.ceil(len(texts.texts) / cfg.batch_size / world_size))
     total = max(1, round(epochs * batches_per_epoch))
-    warmup = int(warmup_ratio * total)
-    scheduler = (get_linear_schedule_with_warmup(optimizer, warmup, total) if lr_schedule == "linear"
-                 else get_constant_schedule_with_warmup(optimizer, warmup))
+    accumulate = cfg.gradient_accumulation
+    scheduler = _lr_scheduler(optimizer, cfg, math.ceil(total / accumulate))
     losses: list[float] = []
     current: list[float] = []
     student.train()
-    sampler = BatchSampler(texts.teacher, batch_size=batch_size, rng=rng, world_size=world_size,
-                           neighbor_share=neighbor_share, neighbors=neighbors)
+    optimizer.zero_grad(set_to_none=True)
+    sampler = BatchSampler(texts.teacher, batch_size=cfg.batch_size, rng=rng, world_size=world_size,
+                           neighbor_share=cfg.neighbor_share, neighbors=cfg.neighbors)
     bar = tqdm(range(total), desc=desc, disable=not show_progress or rank != 0)
     for step in bar:
-        idx = sampler.next()[rank]
-        kd_texts = [texts.texts[i] for i in idx] if alpha > 0 else []
-        qids: list[str] = []
-        dids: list[str] = []
-        if use_task:
-            pick = [rng.randrange(len(task.qids)) for _ in range(min(batch_size, len(task.qids)))]
-            qids = [task.qids[i] for i in pick]
-            dids = [task.dids[i] for i in pick]
-        batch = _tokenize(student, bi.tokenizer,
-                          kd_texts + [task.queries[x] for x in qids] + [task.docs[x] for x in dids], max_length)
-        layer_kd = hidden_weight > 0 and bool(kd_texts)
-        if layer_kd:
-            emb, s_hidden = student(**batch, output_hidden_states=True)
-        else:
-            emb = student(**batch)
-        loss = torch.zeros((), device=emb.device)
-        if kd_texts:
-            s = emb[:len(kd_texts)]
-            kd = kd_loss(s, texts.teacher[idx].to(s.device), temperature=temperature)
-            if layer_kd:
-                kd_batch = {k: v[:len(kd_texts)] for k, v in batch.items()}
-                with torch.no_grad():
-                    teacher.eval()
-                    _, t_hidden = teacher(**kd_batch, output_hidden_states=True)
-                kd = kd + hidden_weight * hidden_loss([h[:len(kd_texts)] for h in s_hidden], t_hidden,
-                                                      kd_batch["attention_mask"])
-            loss = loss + alpha * kd
-        if qids:
-            q = emb[len(kd_texts):len(kd_texts) + len(qids)]
-            d = emb[len(kd_texts) + len(qids):]
-            loss = loss + (1 - alpha) * contrastive_loss(q, d, qids=qids, dids=dids,
-                                                         pos_index=torch.arange(len(qids), device=q.device),
-                                                         qrels=task.qrels, temperature=task_temperature)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
+        update = (step + 1) % accumulate == 0 or step + 1 == total
+        sync = contextlib.nullcontext() if update or not hasattr(student, "no_sync") else student.no_sync()
+        with sync:
+            loss = _batch_loss(student, texts, sampler.next()[rank], cfg, task=task if use_task else None,
+                               rng=rng, teacher=teacher, task_temperature=task_temperature)
+            (loss / accumulate).backward()
+        if update:
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
         current.append(loss.item())
         bar.set_postfix(loss=f"{current[-1]:.4f}")
         if (step + 1) % batches_per_epoch == 0 or step + 1 == total:

@@ -1,4 +1,4 @@
-"""Unit importance for the pruning criterion, from the mechanistic analysis (cached there)."""
+"""Unit importance for the pruning criterion, from the mechanistic analysis (its parts in the project cache)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,11 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from sma.baseline import Baseline
 from sma.cache import cache_root
 from sma.config import RunConfig
 from sma.data import RetrievalData
 from sma.model import BiEncoder
 from sma.prune import UnitScores
-
-CRITERIA = ("mechanistic", "attribution", "ablation", "magnitude", "random")
 
 
 @dataclass(frozen=True)
@@ -33,20 +30,17 @@ MECHANISTIC_SOURCE = "attribution"
 """The analysis method behind the ``mechanistic`` criterion (its scores and its circuit)."""
 
 
-def get_importance(cfg: RunConfig, data: RetrievalData, baseline: Baseline, teacher: BiEncoder, *,
+def get_importance(cfg: RunConfig, data: RetrievalData, teacher: BiEncoder, *,
                    out_dir: Path | None = None) -> Importance:
-    """Run (or load from cache) the mechanistic analysis of the teacher on the train/dev probe.
+    """Run (or load from cache) the mechanistic analysis of the teacher on the probe (``cfg.analysis``).
 
     ``out_dir`` receives ``phase1/`` (scores, circuits, plots)."""
     from sma.circuits import run_analysis
 
-    if cfg.prune.criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {cfg.prune.criterion!r}")
-    cache = cache_root(cfg.cache_dir) / "analysis"
     # Analyse only what the criterion needs: one-unit-at-a-time ablation is the expensive method.
     wanted = MECHANISTIC_SOURCE if cfg.prune.criterion == "mechanistic" else cfg.prune.criterion
     acfg = dataclasses.replace(cfg.analysis, methods=(wanted,)) if wanted in cfg.analysis.methods else cfg.analysis
-    result = run_analysis(teacher, data, acfg, out_dir, cache_dir=cache)
+    result = run_analysis(teacher, data, acfg, out_dir, cache_dir=cache_root(cfg.cache_dir))  # the project cache
     scores = dict(result.scores)
     source = MECHANISTIC_SOURCE if MECHANISTIC_SOURCE in scores else next(iter(scores))
     scores.setdefault("mechanistic", scores[source])

@@ -8,6 +8,7 @@ corpus, a side-by-side speed/memory benchmark against the dense teacher, and the
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -17,17 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
-from sma.agreement import eval_embeddings, split_agreement
-from sma.baseline import Baseline, evaluate_splits, get_baseline
 from sma.config import RunConfig, save_config, to_dict
 from sma.device import resolve_device
 from sma.distill import distill_epochs
+from sma.distributed import broadcast, rank_and_world, wrap_ddp
+from sma.evaluate import evaluate_model, evaluate_splits, split_agreement
 from sma.prepare import Prepared, load_run_data, prepare
 from sma.prune import PruningPlan, apply_plan, encoder_sparsity, plan_for_sparsity, save_pruned, structure
 from sma.schedule import sparsity_schedule
 from sma.seeding import set_seed
+from sma.teacher import Teacher, get_teacher
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +41,6 @@ def setup_runtime(cfg: RunConfig) -> None:
     set_seed(cfg.seed, deterministic=cfg.deterministic)
 
 
-def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _broadcast(obj: Any, world_size: int) -> Any:
-    if world_size == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _wrap(model: torch.nn.Module, world_size: int) -> torch.nn.Module:
-    if world_size == 1:
-        return model
-    return torch.nn.parallel.DistributedDataParallel(model)
-
-
 def sparsity_dir(cfg: RunConfig, sparsity: float) -> Path:
     return cfg.run_dir / "phase2" / f"s{sparsity:.2f}"
 
@@ -68,27 +49,27 @@ def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None
                  reporter: Reporter | None = None) -> dict[str, Any]:
     """Prune a copy of the teacher to ``sparsity``, recover it, measure it. Returns flat metrics."""
     started = time.time()
-    rank, world = _dist()
+    rank, world = rank_and_world()
     setup_runtime(cfg)
     prep = prepared or prepare(cfg)
     out_dir = Path(out_dir) if out_dir is not None else sparsity_dir(cfg, sparsity)
-    teacher = prep.teacher()
-    student = prep.teacher()
+    teacher = prep.load_teacher()
+    student = copy.deepcopy(teacher)  # the same weights as a second load, without reading them again
     scores = prep.importance.scores_for(cfg.prune.criterion)
     protected = prep.importance.circuit if cfg.prune.protect_circuits else frozenset()
     schedule = sparsity_schedule(sparsity, cfg.prune.gentleness, max_steps=cfg.prune.max_steps)
     plans: list[dict] = []
     history: list[dict[str, float]] = []
-    wrapped = _wrap(student, world)
+    wrapped = wrap_ddp(student, world)
     for step, target in enumerate(schedule, start=1):
         plan: PruningPlan | None = None
         if rank == 0:
             plan = plan_for_sparsity(student.encoder, scores, target, allocation=cfg.prune.allocation,
                                      split=cfg.prune.split, min_heads_per_layer=cfg.prune.min_heads_per_layer,
                                      protected=sorted(protected))
-        plan = _broadcast(plan, world)
+        plan = broadcast(plan, world)
         apply_plan(student, plan)
-        wrapped = _wrap(student, world)  # shapes changed: DDP must be rebuilt
+        wrapped = wrap_ddp(student, world)  # shapes changed: DDP must be rebuilt
         report = encoder_sparsity(student.encoder)
         plans.append({"step": step, "target": target, "actual": report.sparsity, "plan": json.loads(plan.to_json())})
         log.info("s=%.2f step %d/%d: target %.4f actual %.4f", sparsity, step, len(schedule), target, report.sparsity)
@@ -113,7 +94,7 @@ def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None
     result["history"] = history
     if rank == 0:
         result["artifacts"] = _write(out_dir, cfg, student, plans, result)
-    result = _broadcast(result, world)
+    result = broadcast(result, world)
     if reporter is not None and not history:
         reporter({"epoch": cfg.distill.post_prune_epochs, "dev_retention": result["dev_retention"],
                   "dev_ndcg_at_10": result["dev_ndcg_at_10"]})
@@ -122,33 +103,25 @@ def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None
 
 def _distill(cfg: RunConfig, prep: Prepared, model: torch.nn.Module, teacher, *, epochs: float, rank: int, world: int,
              seed_offset: int, desc: str, on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
-    d = cfg.distill
-    return distill_epochs(
-        model, prep.texts, epochs=epochs, alpha=d.alpha, temperature=d.temperature, lr=d.learning_rate,
-        batch_size=d.batch_size, max_length=d.max_length, seed=cfg.seed + 1000 * seed_offset, task=prep.task,
-        rank=rank, world_size=world, on_epoch=on_epoch, show_progress=cfg.eval.show_progress, desc=desc,
-        lr_schedule=d.lr_schedule, warmup_ratio=d.warmup_ratio, teacher=teacher, hidden_weight=d.hidden_weight,
-        neighbor_share=d.neighbor_share, neighbors=d.neighbors,
-    )
+    return distill_epochs(model, prep.texts, cfg.distill, epochs=epochs, seed=cfg.seed + 1000 * seed_offset,
+                          task=prep.task, teacher=teacher, rank=rank, world_size=world, on_epoch=on_epoch,
+                          show_progress=cfg.eval.show_progress, desc=desc)
 
 
 def _dev_row(cfg: RunConfig, prep: Prepared, student, rank: int, world: int) -> dict[str, float]:
     row: dict[str, float] = {}
     if rank == 0:
         res = evaluate_splits(student, prep.data, cfg, splits=(cfg.data.dev_split,))[cfg.data.dev_split]
-        dense = prep.baseline.metrics[cfg.data.dev_split].mean["ndcg_at_10"]
+        dense = prep.teacher.metrics[cfg.data.dev_split].mean["ndcg_at_10"]
         row = {"dev_ndcg_at_10": res.mean["ndcg_at_10"], "dev_retention": res.mean["ndcg_at_10"] / dense}
-    return _broadcast(row, world)
+    return broadcast(row, world)
 
 
 def _measure(cfg: RunConfig, prep: Prepared, teacher, student, sparsity: float, rank: int, world: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if rank == 0:
         report = encoder_sparsity(student.encoder)
-        splits = (cfg.data.dev_split, cfg.data.test_split)
-        mine = eval_embeddings(student, prep.data, splits, batch_size=cfg.eval.batch_size,
-                               show_progress=cfg.eval.show_progress)
-        res = evaluate_splits(student, prep.data, cfg, splits, corpus_embeddings=(list(mine.doc_ids), mine.docs))
+        res, mine = evaluate_model(student, prep.data, cfg)
         out = {"sparsity": sparsity, "actual_sparsity": report.sparsity,
                "actual_sparsity_with_embeddings": report.sparsity_with_embeddings,
                "per_query": {s: r.per_query for s, r in res.items()}}
@@ -157,7 +130,7 @@ def _measure(cfg: RunConfig, prep: Prepared, teacher, student, sparsity: float, 
             out[f"{split}_query_cosine"] = agree.query_cosine
             out[f"{split}_top10_overlap"] = agree.top10_overlap
         for split, r in res.items():
-            dense = prep.baseline.metrics[split].mean
+            dense = prep.teacher.metrics[split].mean
             for k, v in r.mean.items():
                 out[f"{split}_{k}"] = v
                 out[f"{split}_dense_{k}"] = dense[k]
@@ -190,7 +163,7 @@ def run(cfg: RunConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.json")
     data = load_run_data(cfg)
-    baseline = get_baseline(cfg, data)
+    baseline = get_teacher(cfg, data)
     results: dict[str, Any] = {
         "experiment": cfg.experiment, "model": cfg.model.name, "dataset": data.name,
         "num_documents": len(data.corpus), "config": to_dict(cfg),
@@ -204,7 +177,7 @@ def run(cfg: RunConfig) -> dict:
         json.dumps({s: r.per_query for s, r in baseline.metrics.items()}, indent=1))
     print(format_table(results), flush=True)  # the dense numbers now; the pruning rows when they are done
     # analysis and teacher targets only when something is pruned
-    prep = prepare(cfg, analysis_dir=out, data=data, baseline=baseline) if cfg.sparsity else None
+    prep = prepare(cfg, analysis_dir=out, data=data, dense=baseline) if cfg.sparsity else None
     for s in cfg.sparsity:
         r = run_sparsity(cfg, s, prepared=prep)
         results["sparsities"].append({k: v for k, v in r.items() if k not in ("per_query", "bench", "history")})
@@ -216,16 +189,16 @@ def run(cfg: RunConfig) -> dict:
     return results
 
 
-def _pretrained_metrics(cfg: RunConfig, data, baseline: Baseline) -> dict[str, dict[str, float]]:
-    """Dev/test metrics of the encoder before baseline fine-tuning (cached like any baseline)."""
+def _pretrained_metrics(cfg: RunConfig, data, baseline: Teacher) -> dict[str, dict[str, float]]:
+    """Dev/test metrics of the encoder before baseline fine-tuning (cached like any teacher)."""
     if cfg.train.baseline_epochs == 0:
         return {s: r.mean for s, r in baseline.metrics.items()}
-    pretrained = get_baseline(replace(cfg, train=replace(cfg.train, baseline_epochs=0)), data)
+    pretrained = get_teacher(replace(cfg, train=replace(cfg.train, baseline_epochs=0)), data)
     return {s: r.mean for s, r in pretrained.metrics.items()}
 
 
 def format_table(results: dict) -> str:
-    """The seed's table: Sparsity | Actual | Baseline | Pruned | Retention | Speedup | Memory (test split)."""
+    """The results table: Sparsity | Actual | Baseline | Pruned | Retention | Speedup | Memory (test split)."""
     base = results["baseline"]["metrics"].get("test", {}).get("ndcg_at_10", float("nan"))
     lines = [f"\nDense {results['model']} on {results['dataset']} ({results['num_documents']} documents): "
              + ", ".join(f"{s} nDCG@10 {m['ndcg_at_10']:.4f}" for s, m in results["baseline"]["metrics"].items())]
@@ -251,3 +224,11 @@ def format_table(results: dict) -> str:
                     f"{r.get(k, float('nan')):.4f}" for k in ("corpus_cosine", "dev_query_cosine", "test_query_cosine",
                                                               "dev_top10_overlap", "test_top10_overlap")))
     return "\n".join(lines)
+
+
+def run_cli(args) -> int:
+    """``sma run``: the config from the front door, then :func:`run`."""
+    from sma.config.options import run_config
+
+    run(run_config(args, "run"))
+    return 0

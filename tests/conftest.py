@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny BEIR collection and a tiny randomly initialised BERT with its tokenizer."""
+"""Shared fixtures: the tiny BEIR collection and the tiny randomly initialised BERT of :mod:`sma.tiny`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-from sma.smoke import TINY_CORPUS, TINY_QRELS, TINY_QUERIES, WORDS, make_tiny_model_dir, write_beir  # noqa: F401, E402
+# the tiny collection's parts are importable from here too (``from conftest import TINY_CORPUS``)
+from sma.tiny import TINY_CORPUS, TINY_QRELS, TINY_QUERIES, WORDS, make_tiny_model_dir, write_beir  # noqa: F401, E402
 
 
 @pytest.fixture(scope="session")
@@ -23,13 +24,3 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_beir(tmp_path_factory) -> Path:
     return write_beir(tmp_path_factory.mktemp("beir") / "tiny")
-
-
-def shared_data_dir() -> Path | None:
-    env = os.environ.get("SMA_DATA_DIR")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[1].parent / "shared" / "data")
-    for c in candidates:
-        if (c / "cranfield" / "corpus.jsonl").is_file():
-            return c
-    return None

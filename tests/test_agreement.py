@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sma.agreement import EvalEmbeddings, agreement, split_agreement, top_k_overlap
+from sma.evaluate import EvalEmbeddings, agreement, split_agreement, top_k_overlap
 
 
 def _unit(*rows):

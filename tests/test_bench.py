@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 
-from sma.bench import BenchResult, add_cli, benchmark
+from sma.bench import BenchResult, benchmark
+from sma.bench_cli import run_cli
+from sma.cli import make_parser
 from sma.prune import PruningPlan, apply_plan
-from sma.prune.testing import FFN, HEADS, HIDDEN, LAYERS, tiny_model
+from sma.tiny import FFN, HEADS, HIDDEN, LAYERS, tiny_model
 
 HEAD_PARAMS = 4 * HIDDEN * (HIDDEN // HEADS) + 3 * (HIDDEN // HEADS)
 NEURON_PARAMS = 2 * HIDDEN + 1
@@ -37,11 +38,9 @@ def test_benchmark_fields_add_up():
 
 
 def test_smoke_cli_writes_json(tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="sma")
-    add_cli(parser.add_subparsers(dest="command"))
     out = tmp_path / "bench.json"
-    args = parser.parse_args(["bench", "--smoke-test", "--sparsity", "0.5", "0.7", "--output", str(out)])
-    assert args.func(args) == 0
+    args = make_parser().parse_args(["bench", "--smoke-test", "--sparsity", "0.5", "0.7", "--output", str(out)])
+    assert run_cli(args) == 0
     printed = capsys.readouterr().out
     assert "speedup" in printed and "0.50" in printed
     data = json.loads(out.read_text())

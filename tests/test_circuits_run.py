@@ -125,17 +125,14 @@ def test_compare_prunes_by_each_method_and_reports_retention(tmp_path):
 
 
 def test_cli_smoke_test_writes_phase1(tmp_path):
-    import argparse
+    from sma.circuits.cli import run_cli
+    from sma.cli import make_parser
 
-    from sma.circuits.cli import add_cli
-
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers())
-    args = parser.parse_args(["analyze", "--smoke-test", "--output-dir", str(tmp_path / "out"),
+    args = make_parser().parse_args(["analyze", "--smoke-test", "--output-dir", str(tmp_path / "out"),
                               "--cache-dir", str(tmp_path / "cache"), "--methods", "attribution", "random",
                               "--set", "analysis.attribution_steps=1"])
-    assert args.func(args) == 0
-    phase1 = tmp_path / "out" / "phase1"
+    assert run_cli(args) == 0
+    phase1 = tmp_path / "out" / "smoke-test" / "phase1"
     scores = json.loads((phase1 / "importance_scores.json").read_text())
     assert set(scores["methods"]) == {"attribution", "random"}
     assert scores["config"]["attribution_steps"] == 1
@@ -148,10 +145,10 @@ def test_each_part_is_cached_on_its_own(tmp_path):
     cache = tmp_path / "cache"
     only = replace(CFG, methods=("attribution",))
     a = run_analysis(tiny_biencoder(), tiny_collection(), only, None, cache_dir=cache)
-    assert len(list(cache.glob("*.json"))) == 2  # activation statistics + attribution
+    assert len(list((cache / "analysis").glob("*.json"))) == 2  # activation statistics + attribution
     b = run_analysis(tiny_biencoder(), tiny_collection(), replace(CFG, methods=("attribution", "random")), None,
                      cache_dir=cache)
-    assert not b.from_cache and len(list(cache.glob("*.json"))) == 3
+    assert not b.from_cache and len(list((cache / "analysis").glob("*.json"))) == 3
     assert b.scores["attribution"] == a.scores["attribution"]
     # attribution does not depend on the ablation method's neuron groups: still a cache hit
     c = run_analysis(tiny_biencoder(), tiny_collection(), replace(only, neuron_group_size=2), None, cache_dir=cache)

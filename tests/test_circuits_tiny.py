@@ -10,8 +10,8 @@ import torch
 
 from sma.circuits.ablation import ablation_scores
 from sma.circuits.attribution import attribution_scores
-from sma.circuits.baselines import magnitude_scores, random_scores
 from sma.circuits.config import AnalysisConfig
+from sma.circuits.controls import magnitude_scores, random_scores
 from sma.circuits.objective import evaluate_probe, tokenize_probe
 from sma.circuits.patching import collecting_stats, local_effects
 from sma.circuits.probe import build_probe

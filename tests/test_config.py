@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from sma.cli import build_config, make_parser
+from sma.cli import make_parser
 from sma.config import ConfigError, RunConfig, apply_overrides, from_dict, load_config, save_config, to_dict
+from sma.config.options import run_config
 
 
 def test_defaults_roundtrip(tmp_path):
@@ -18,7 +19,7 @@ def test_unknown_key_is_an_error(tmp_path):
     (tmp_path / "c.yaml").write_text("model:\n  name: x\nbogus: 1\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: unknown config key\(s\) bogus"):
         load_config(tmp_path / "c.yaml")
-    with pytest.raises(ConfigError, match="unknown config key 'nope'"):
+    with pytest.raises(ConfigError, match="unknown config key 'train.nope'"):
         apply_overrides(RunConfig(), {"train.nope": 1})
 
 
@@ -31,24 +32,26 @@ def test_overrides_coerce_types():
         apply_overrides(cfg, {"train.batch_size": "2.5"})
 
 
-def test_cli_seed_flags_map_to_config(tmp_path):
+def test_cli_flags_map_to_config(tmp_path):
     (tmp_path / "paper.json").write_text(json.dumps({"seed": 7, "train": {"learning_rate": 1e-5}}))
     args = make_parser().parse_args([
         "run", "--config", str(tmp_path / "paper.json"), "--model", "m", "--dataset", "nfcorpus",
         "--sparsity", "0.3", "0.5", "0.7", "--epochs", "4", "--batch-size", "8", "--gradient-accumulation", "2",
         "--seed", "42", "--deterministic", "--max-samples", "50", "--set", "eval.batch_size=16",
     ])
-    cfg = build_config(args)
+    cfg = run_config(args)
     assert (cfg.model.name, cfg.data.dataset, cfg.sparsity) == ("m", "nfcorpus", (0.3, 0.5, 0.7))
     assert (cfg.train.baseline_epochs, cfg.train.batch_size, cfg.train.gradient_accumulation) == (4, 8, 2)
+    # the training flags reach every training phase: recovery too
+    assert (cfg.distill.batch_size, cfg.distill.gradient_accumulation) == (8, 2)
     assert (cfg.seed, cfg.deterministic, cfg.data.max_samples, cfg.eval.batch_size) == (42, True, 50, 16)
     assert cfg.train.learning_rate == 1e-5  # from the file
 
 
 def test_quick_test_defaults_yield_to_explicit_flags():
-    cfg = build_config(make_parser().parse_args(["run", "--quick-test"]))
-    assert cfg.quick_test and cfg.sparsity == (0.3, 0.5) and cfg.data.max_samples == 100
-    cfg = build_config(make_parser().parse_args(["run", "--quick-test", "--max-samples", "10"]))
+    cfg = run_config(make_parser().parse_args(["run", "--quick-test"]))
+    assert cfg.sparsity == (0.3, 0.5) and cfg.data.max_samples == 100 and cfg.distill.post_prune_epochs == 1
+    cfg = run_config(make_parser().parse_args(["run", "--quick-test", "--max-samples", "10"]))
     assert cfg.data.max_samples == 10
 
 
@@ -57,12 +60,12 @@ def test_to_dict_is_json():
 
 
 def test_pruning_flags_map_to_config():
-    cfg = build_config(make_parser().parse_args([
+    cfg = run_config(make_parser().parse_args([
         "run", "--criterion", "magnitude", "--gentleness", "0.25", "--alpha", "0.7", "--post-prune-epochs", "2",
         "--no-protect-circuits"]))
     assert (cfg.prune.criterion, cfg.prune.gentleness, cfg.prune.protect_circuits) == ("magnitude", 0.25, False)
     assert (cfg.distill.alpha, cfg.distill.post_prune_epochs) == (0.7, 2)
-    cfg = build_config(make_parser().parse_args(["run", "--no-distill"]))
+    cfg = run_config(make_parser().parse_args(["run", "--no-distill"]))
     assert cfg.distill.alpha == 0.0 and cfg.prune.protect_circuits
 
 
@@ -76,3 +79,57 @@ def test_fixed_length_tuples_and_distill_checks():
                        ("distill.hidden_weight", "-1")):
         with pytest.raises(ValueError):
             apply_overrides(RunConfig(), {key: value})
+
+
+@pytest.mark.parametrize("argv, key", [
+    (["--sparsity", "1.5"], "sparsity"), (["--sparsity", "-0.1"], "sparsity"), (["--gentleness", "-1"], "gentleness"),
+    (["--post-prune-epochs", "-3"], "post_prune_epochs"), (["--alpha", "2"], "alpha"),
+    (["--set", "prune.split=diagonal"], "prune.split"), (["--batch-size", "0"], "batch_size"),
+    (["--set", "model.pooling=max"], "model.pooling"), (["--set", "bench.repeats=0"], "bench.repeats"),
+])
+def test_bad_values_fail_in_the_front_door_naming_the_key(argv, key):
+    with pytest.raises(ConfigError, match=key):
+        run_config(make_parser().parse_args(["run", *argv]))
+
+
+def test_every_command_is_built_by_the_front_door_from_one_table():
+    from sma.config.options import FLAGS
+
+    parse = make_parser().parse_args
+    bench = run_config(parse(["bench", "--batch-size", "4", "--repeats", "7", "--sparsity", "0.5"]), "bench")
+    assert (bench.bench.batch_size, bench.bench.repeats, bench.sparsity) == (4, 7, (0.5,))
+    assert bench.train.batch_size == RunConfig().train.batch_size  # bench's --batch-size is the benchmark's
+    analyze = run_config(parse(["analyze", "--methods", "attribution", "--doc-max-length", "64"]), "analyze")
+    assert analyze.analysis.methods == ("attribution",) and analyze.model.doc_max_length == 64
+    # the defaults of a command are the RunConfig's: one place
+    assert run_config(parse(["bench"]), "bench").bench == RunConfig().bench
+    for f in FLAGS:  # every flag sets real keys
+        target = __import__("sma.config", fromlist=["SearchConfig"]).SearchConfig() if f.commands == ("tune",) else RunConfig()
+        for key in f.keys:
+            apply_overrides(target, {key: f.const if f.const is not None else _example(f, key)})
+
+
+def _example(flag, key):
+    if key.endswith("device"):
+        return "cpu"
+    if flag.choices:
+        return [flag.choices[0]] if flag.nargs else flag.choices[0]
+    value = {int: 1, float: 0.5, str: "x"}[flag.type]
+    return [value] if flag.nargs else value
+
+
+def test_small_modes_have_one_name_on_every_command():
+    parse = make_parser().parse_args
+    for command in ("run", "analyze", "bench", "tune"):
+        assert parse([command, "--quick-test"]).preset == "quick"
+        assert parse([command, "--smoke-test"]).preset == "smoke"
+
+
+def test_the_command_line_imports_no_torch_until_a_command_runs():
+    import subprocess
+    import sys
+
+    code = ("import sys; from sma.cli import make_parser; make_parser().parse_args(['run', '--sparsity', '0.5']); "
+            "print('torch' in sys.modules, 'ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

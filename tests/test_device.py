@@ -34,11 +34,11 @@ def test_an_accelerator_that_is_not_there_is_an_error_not_a_silent_cpu_run(monke
 
 @pytest.mark.parametrize("name", ["gpu", "cuda:x", "CUDA", "", "cpu:0:1"])
 def test_unknown_device_names_are_rejected_by_the_config(name):
-    with pytest.raises(ValueError, match="device must be"):
+    with pytest.raises(ValueError, match="device: must be"):
         RunConfig(device=name)
-    with pytest.raises(ValueError, match="device must be"):
+    with pytest.raises(ValueError, match="device: must be"):
         BenchConfig(device=name)
-    with pytest.raises(ValueError, match="device must be"):
+    with pytest.raises(ValueError, match="device: must be"):
         resolve_device(name)
 
 
@@ -88,7 +88,7 @@ def test_the_whole_pipeline_runs_on_cuda(tiny_model_dir, tiny_beir, tmp_path):
         "train.baseline_epochs": 1, "distill.alpha": 0.7, "distill.hidden_weight": 1.0,
         "distill.neighbor_share": 0.5, "distill.neighbors": 2})
     results = run(cfg)
-    assert prepare(cfg).teacher().device.type == "cuda"
+    assert prepare(cfg).load_teacher().device.type == "cuda"
     row = results["sparsities"][0]
     assert abs(row["actual_sparsity"] - 0.5) <= 0.005 + 1e-9
     assert 0.0 <= row["test_retention"] < 10.0
@@ -113,7 +113,7 @@ def test_analysis_scores_on_cuda_match_the_cpu(tiny_model_dir, tiny_beir, tmp_pa
 @cuda
 def test_pruned_model_on_cuda_equals_the_masked_dense_model():
     from sma.prune import apply_plan, masked
-    from sma.prune.testing import inputs, random_plan, run, tiny_model
+    from sma.tiny import inputs, random_plan, run, tiny_model
 
     for seed in range(3):
         dense = tiny_model("bert", seed=seed).cuda()
@@ -127,9 +127,10 @@ def test_pruned_model_on_cuda_equals_the_masked_dense_model():
 
 
 def test_the_device_flag_reaches_the_config():
-    from sma.cli import build_config, make_parser
+    from sma.cli import make_parser
+    from sma.config.options import run_config
 
-    assert build_config(make_parser().parse_args(["run"])).device == "auto"
-    assert build_config(make_parser().parse_args(["run", "--device", "cuda:0"])).device == "cuda:0"
-    with pytest.raises(ValueError, match="device must be"):
-        build_config(make_parser().parse_args(["run", "--device", "gpu0"]))
+    assert run_config(make_parser().parse_args(["run"])).device == "auto"
+    assert run_config(make_parser().parse_args(["run", "--device", "cuda:0"])).device == "cuda:0"
+    with pytest.raises(ValueError, match="device: must be"):
+        run_config(make_parser().parse_args(["run", "--device", "gpu0"]))

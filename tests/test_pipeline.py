@@ -48,7 +48,7 @@ def test_same_seed_gives_identical_results(tiny_model_dir, tiny_beir, tmp_path):
     prep = prepare(cfg)
     a = run_sparsity(cfg, 0.5, prepared=prep, out_dir=tmp_path / "a")
     b = run_sparsity(cfg, 0.5, prepared=prepare(cfg), out_dir=tmp_path / "b")
-    assert not prepare(cfg).baseline_computed  # cached: trials never retrain the teacher
+    assert not prepare(cfg).teacher_computed  # cached: trials never retrain the teacher
     for k in ("dev_ndcg_at_10", "test_ndcg_at_10", "actual_sparsity", "per_query", "structure"):
         assert a[k] == b[k]
 
@@ -56,15 +56,15 @@ def test_same_seed_gives_identical_results(tiny_model_dir, tiny_beir, tmp_path):
 def test_another_seed_reuses_an_untouched_teacher_but_not_a_fine_tuned_one(tiny_model_dir, tiny_beir, tmp_path):
     from dataclasses import replace
 
-    from sma.baseline import baseline_key
     from sma.prepare import load_run_data
+    from sma.teacher import teacher_key
 
     cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path)
     data = load_run_data(cfg)
-    assert baseline_key(cfg, data) == baseline_key(replace(cfg, seed=cfg.seed + 1), data)
+    assert teacher_key(cfg, data) == teacher_key(replace(cfg, seed=cfg.seed + 1), data)
     tuned = replace(cfg, train=replace(cfg.train, baseline_epochs=1))
-    assert baseline_key(tuned, data) != baseline_key(replace(tuned, seed=cfg.seed + 1), data)
-    assert baseline_key(tuned, data) != baseline_key(cfg, data)
+    assert teacher_key(tuned, data) != teacher_key(replace(tuned, seed=cfg.seed + 1), data)
+    assert teacher_key(tuned, data) != teacher_key(cfg, data)
 
 
 def test_reporter_gets_each_post_prune_epoch(tiny_model_dir, tiny_beir, tmp_path):

@@ -15,7 +15,7 @@ from sma.prune import (
     structure,
     unit_ids,
 )
-from sma.prune.testing import FFN, HEAD_SIZE, HEADS, HIDDEN, LAYERS, inputs, random_plan, run, tiny_model
+from sma.tiny import FFN, HEAD_SIZE, HEADS, HIDDEN, LAYERS, inputs, random_plan, run, tiny_model
 
 FAMILIES = ["bert", "roberta", "distilbert"]
 

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sma.prune import PruningPlan, apply_plan, masked, unit_ids
-from sma.prune.testing import FFN, HEADS, inputs, run, tiny_model
+from sma.tiny import FFN, HEADS, inputs, run, tiny_model
 
 PLAN = PruningPlan(heads={0: tuple(range(HEADS)), 1: (1, 2)}, neurons={1: tuple(range(FFN)), 2: (0, 5, 9)})
 

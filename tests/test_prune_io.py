@@ -21,7 +21,7 @@ from sma.prune import (
     save_pruned,
     unit_ids,
 )
-from sma.prune.testing import HEADS, inputs, random_plan, run, tiny_model
+from sma.tiny import HEADS, inputs, random_plan, run, tiny_model
 
 
 @pytest.fixture(autouse=True)

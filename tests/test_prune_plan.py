@@ -6,7 +6,6 @@ import random
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
 from sma.prune import (
     PruningPlan,
@@ -18,7 +17,7 @@ from sma.prune import (
     plan_for_sparsity,
     unit_ids,
 )
-from sma.prune.testing import FFN, HEADS, LAYERS, tiny_model
+from sma.tiny import FFN, HEADS, LAYERS, tiny_model
 
 # all-MiniLM-L6-v2 shape: per layer 12 heads of 32 dims, 1536 neurons, hidden 384. By hand:
 MINI_HEAD = 4 * 384 * 32 + 3 * 32  # 49,248
@@ -37,10 +36,8 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def minilm_shaped():
     """Random-free MiniLM-shaped encoder on the meta device: shapes and counts only, no weights."""
-    cfg = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                     intermediate_size=1536)
     with torch.device("meta"):
-        return BertModel(cfg)
+        return tiny_model(layers=6, heads=12, hidden=384, intermediate=1536, vocab_size=30522, perturb=0.0)
 
 
 def random_scores(model, seed: int) -> UnitScores:

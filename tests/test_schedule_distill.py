@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from sma.config import DistillConfig
 from sma.distill import DistillTexts, distill_epochs, kd_loss, teacher_embeddings
 from sma.model import BiEncoder
 from sma.schedule import num_steps, sparsity_schedule
@@ -38,6 +39,12 @@ def test_kd_mse_part_by_hand():
     assert kd_loss(s, t, temperature=1.0).item() == pytest.approx(2.0)  # |s - t|^2, one row: no KL term
 
 
+def _dcfg(**kw) -> DistillConfig:
+    """Distillation settings of these tests: batches of 4 random texts, short texts, lr 1e-3."""
+    base = {"batch_size": 4, "max_length": 8, "learning_rate": 1e-3, "neighbor_share": 0.0}
+    return DistillConfig(**{**base, **kw})
+
+
 def test_distillation_moves_student_towards_teacher(tiny_model_dir):
     from sma.prune import apply_plan, first_n_scores, plan_for_sparsity
 
@@ -54,8 +61,8 @@ def test_distillation_moves_student_towards_teacher(tiny_model_dir):
                            temperature=0.05).item()
 
     before = gap()
-    losses = distill_epochs(student, data, epochs=30, alpha=1.0, temperature=0.05, lr=3e-3, batch_size=4,
-                            max_length=16, seed=0, show_progress=False, lr_schedule="constant", warmup_ratio=0.0)
+    losses = distill_epochs(student, data, _dcfg(learning_rate=3e-3, max_length=16, lr_schedule="constant",
+                                                 warmup_ratio=0.0), epochs=30, seed=0, show_progress=False)
     assert len(losses) == 30
     assert gap() < 0.5 * before
 
@@ -74,14 +81,13 @@ def test_distillation_learning_rate_warms_up_then_follows_the_schedule(tiny_mode
 
     monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
     # 8 texts / batch 4 = 2 steps per epoch, 5 epochs = 10 steps, warmup int(0.2 * 10) = 2 steps
-    distill_epochs(student, data, epochs=5, alpha=1.0, temperature=0.05, lr=1e-3, batch_size=4, max_length=8,
-                   seed=0, show_progress=False, lr_schedule=schedule, warmup_ratio=0.2)
+    distill_epochs(student, data, _dcfg(lr_schedule=schedule, warmup_ratio=0.2), epochs=5, seed=0,
+                   show_progress=False)
     warm = [0.0, 0.5]
     rest = [(10 - i) / 8 for i in range(2, 10)] if schedule == "linear" else [1.0] * 8
     assert seen == pytest.approx([1e-3 * f for f in warm + rest])
     with pytest.raises(ValueError, match="lr_schedule"):
-        distill_epochs(student, data, epochs=1, alpha=1.0, temperature=0.05, lr=1e-3, batch_size=4, max_length=8,
-                       seed=0, show_progress=False, lr_schedule="cosine")
+        _dcfg(lr_schedule="cosine")
 
 
 def test_pseudo_queries_are_seeded_spans_of_their_documents():
@@ -141,15 +147,14 @@ def test_layer_distillation_pulls_hidden_states_to_the_teacher(tiny_model_dir):
             for param in student.encoder.encoder.parameters():
                 param.add_(0.1 * torch.randn_like(param))
         before = gap(student)
-        distill_epochs(student, data, epochs=20, alpha=1.0, temperature=0.05, lr=3e-3, batch_size=4, max_length=16,
-                       seed=0, show_progress=False, lr_schedule="constant", warmup_ratio=0.0, teacher=teacher,
-                       hidden_weight=weight)
+        distill_epochs(student, data, _dcfg(learning_rate=3e-3, max_length=16, lr_schedule="constant",
+                                            warmup_ratio=0.0, hidden_weight=weight),
+                       epochs=20, seed=0, show_progress=False, teacher=teacher)
         gaps[weight] = gap(student)
     assert before > 0
     assert gaps[1.0] < 0.5 * before and gaps[1.0] < 0.5 * gaps[0.0]
     with pytest.raises(ValueError, match="teacher"):
-        distill_epochs(student, data, epochs=1, alpha=1.0, temperature=0.05, lr=1e-3, batch_size=4, max_length=8,
-                       seed=0, show_progress=False, hidden_weight=1.0)
+        distill_epochs(student, data, _dcfg(hidden_weight=1.0), epochs=1, seed=0, show_progress=False)
 
 
 def test_nearest_neighbors_in_chunks_equal_the_full_ranking():
@@ -236,3 +241,38 @@ def test_save_atomic_round_trips_and_leaves_no_temporary_file(tmp_path):
     save_atomic({"x": torch.arange(4)}, path)  # replaces an existing file
     assert torch.load(path)["x"].tolist() == [0, 1, 2, 3]
     assert [p.name for p in (tmp_path / "teacher").iterdir()] == ["k.pt"]
+
+
+def test_gradient_accumulation_steps_on_the_mean_gradient_of_its_batches(tiny_model_dir, monkeypatch):
+    import copy
+    import random
+
+    from sma.distill import BatchSampler, _batch_loss
+
+    student = BiEncoder.from_pretrained(str(tiny_model_dir))
+    reference = copy.deepcopy(student)
+    texts = tuple(f"wing lift {w} flow" for w in ("shock", "heat", "drag", "plate", "cone", "jet", "nozzle", "shell"))
+    data = DistillTexts(texts=texts, teacher=torch.nn.functional.normalize(
+        torch.randn(8, 32, generator=torch.Generator().manual_seed(0)), dim=-1))
+    probe = "encoder.embeddings.word_embeddings.weight"
+    grads: list[torch.Tensor] = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(params, *args, **kwargs):  # the summed gradient, before clipping, at each optimizer step
+        grads.append(dict(student.named_parameters())[probe].grad.clone())
+        return clip(params, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    cfg = _dcfg(gradient_accumulation=2, max_length=16)
+    # 8 texts / batch 4 = 2 batches an epoch; 3 epochs = 6 batches = 3 optimizer steps
+    torch.manual_seed(0)  # dropout: the same draws in both computations
+    losses = distill_epochs(student, data, cfg, epochs=3, seed=0, show_progress=False)
+    assert len(losses) == 3 and len(grads) == 3
+    # by hand: the first two batches of the same seeded sampler, the mean of their losses
+    sampler = BatchSampler(data.teacher, batch_size=4, rng=random.Random(0))
+    reference.train()
+    torch.manual_seed(0)
+    loss = sum(_batch_loss(reference, data, sampler.next()[0], cfg, task=None, rng=random.Random(0), teacher=None,
+                           task_temperature=0.05) for _ in range(2)) / 2
+    loss.backward()
+    assert torch.allclose(grads[0], dict(reference.named_parameters())[probe].grad, atol=1e-6)

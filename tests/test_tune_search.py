@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from sma.config import RunConfig, apply_overrides
-from tune.cli import smoke_run
-from tune.config import SearchConfig
+from sma.config import RunConfig, SearchConfig, apply_overrides
+from sma.config.options import smoke_run
 from tune.search import search
 from tune.studies import INTERRUPTED_ATTR, rdb_storage, study_name, trials
 
@@ -44,7 +43,7 @@ def ray_address():
 
 def smoke_search(tmp: Path, *, experiment: str, sparsity: tuple[float, ...], trials_per_study: int,
                  **overrides) -> SearchConfig:
-    run = smoke_run(RunConfig(output_dir=str(tmp / "results"), cache_dir=str(tmp / "cache")), experiment=experiment)
+    run = smoke_run(RunConfig(output_dir=str(tmp / "results"), cache_dir=str(tmp / "cache"), experiment=experiment))
     cfg = SearchConfig(run=apply_overrides(run, {"sparsity": sparsity}), trials_per_study=trials_per_study)
     return apply_overrides(cfg, {"space.post_prune_epochs": "0 1", **overrides})
 
@@ -80,7 +79,7 @@ def test_two_studies_of_three_trials_share_one_baseline(ray_address, tmp_path):
     assert [p["baseline_computed"] for p in prepared] == [True]
     assert [m["baseline_computed"] for m in per_trial] == [0.0] * 6
     cached = [f for f in (tmp_path / "cache").rglob("*") if f.is_file() and "smoke" not in f.parts]
-    assert {f.parts[len((tmp_path / "cache").parts)] for f in cached} >= {"baselines", "analysis"}
+    assert {f.parts[len((tmp_path / "cache").parts)] for f in cached} >= {"teacher", "analysis"}
     assert max(f.stat().st_mtime for f in cached) <= prepared[0]["finished_at"]  # trials wrote nothing there
     overhead = [m["ray_overhead_seconds"] for m in per_trial]
     pipeline = [m["pipeline_seconds"] for m in per_trial]

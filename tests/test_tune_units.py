@@ -9,9 +9,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sma.config import ConfigError, apply_overrides
-from tune.cli import add_cli, build_search_config
-from tune.config import SearchConfig, load_search_config
+from sma.cli import make_parser
+from sma.config import ConfigError, SearchConfig, apply_overrides, load_config
+from sma.config.options import search_config
 from tune.search import concurrency
 from tune.studies import finished_trial, mark_interrupted, progress, rdb_storage, study_name, trials
 from tune.trainable import TRIAL_KEY, DefineSpace
@@ -26,12 +26,12 @@ def test_study_names_are_experiment_and_sparsity():
 def test_search_config_rejects_unknown_keys_everywhere(tmp_path):
     path = tmp_path / "search.yaml"
     path.write_text("trials_per_study: 3\nrun: {experiment: x, distill: {alpha: 0.5}}\n")
-    cfg = load_search_config(path)
+    cfg = load_config(path, SearchConfig)
     assert cfg.trials_per_study == 3 and cfg.run.experiment == "x" and cfg.run.distill.alpha == 0.5
     for bad in ("trials: 3\n", "run: {distil: {alpha: 1}}\n", "space: {beta: [0, 1]}\n"):
         path.write_text(bad)
         with pytest.raises(ConfigError, match="unknown config key"):
-            load_search_config(path)
+            load_config(path, SearchConfig)
 
 
 @pytest.mark.parametrize("override", [
@@ -107,27 +107,25 @@ def test_define_by_run_space_respects_bounds_and_passes_the_trial_number(tmp_pat
 
 
 def _args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["tune", *argv])
+    return make_parser().parse_args(["tune", *argv])
 
 
 def test_cli_precedence_file_then_flags_then_set(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("trials_per_study: 7\nnum_workers: 2\nrun: {experiment: from-file, seed: 1}\n")
-    cfg = build_search_config(_args("--config", str(path), "--seed", "5", "--trials", "9",
+    cfg = search_config(_args("--config", str(path), "--seed", "5", "--trials", "9",
                                     "--set", "run.distill.batch_size=4", "--set", "num_workers=3"))
     assert (cfg.trials_per_study, cfg.num_workers, cfg.run.seed, cfg.run.experiment) == (9, 3, 5, "from-file")
     assert cfg.run.distill.batch_size == 4
     with pytest.raises(ConfigError, match="unknown config key"):
-        build_search_config(_args("--set", "run.distill.nope=1"))
+        search_config(_args("--set", "run.distill.nope=1"))
     args = _args("--fresh")
     assert args.mode == "fresh" and _args().mode == "auto"
 
 
 @pytest.mark.slow  # builds a tiny BERT or an MLflow SQLite store (10-20 s on 2 busy cores)
 def test_smoke_test_uses_the_tiny_offline_assets(tmp_path):
-    cfg = build_search_config(_args("--smoke-test", "--set", f"run.cache_dir={tmp_path}"))
+    cfg = search_config(_args("--smoke-test", "--set", f"run.cache_dir={tmp_path}"))
     assert cfg.trials_per_study == 2 and cfg.run.experiment == "smoke-test"
     assert cfg.run.sparsity == (0.3, 0.5) and cfg.space.post_prune_epochs == (0, 1)
     assert cfg.run.model.name.startswith(str(tmp_path)) and cfg.run.data.dataset.startswith(str(tmp_path))
@@ -206,3 +204,36 @@ def test_searcher_skips_a_result_for_a_trial_the_study_already_finished(tmp_path
     searcher.on_trial_complete("t0", {"dev_retention": 0.9, "training_iteration": 2})
     (trial,) = study.trials
     assert trial.state == TrialState.COMPLETE and trial.value == 0.9 and trial.intermediate_values == {1: 0.8}
+
+
+def test_searched_keys_cannot_be_fixed_by_run_flags_and_no_distill_narrows_the_space():
+    with pytest.raises(ConfigError, match=r"distill.alpha is searched as 'alpha'.*space.alpha"):
+        search_config(_args("--alpha", "0.3"))
+    with pytest.raises(ConfigError, match=r"prune.gentleness is searched"):
+        search_config(_args("--set", "run.prune.gentleness=0.3"))
+    cfg = search_config(_args("--no-distill", "--no-protect-circuits"))
+    assert cfg.space.alpha == (0.0, 0.0) and cfg.run.prune.protect_circuits is False
+    cfg = search_config(_args("--set", "space.alpha=[0.3,0.3]"))
+    assert cfg.space.alpha == (0.3, 0.3)
+
+
+def test_the_search_space_and_sampling_derive_from_the_table(tmp_path):
+    import dataclasses
+
+    from sma.config import SEARCHED, SearchSpace, params_of, with_params
+
+    assert [f.name for f in dataclasses.fields(SearchSpace)] == [p.name for p in SEARCHED]
+    _, study = _study(tmp_path)
+    trial = study.ask()
+    DefineSpace(SearchConfig().space)(trial)
+    assert set(trial.params) == {p.name for p in SEARCHED}
+    assert all(isinstance(trial.params[p.name], p.kind) for p in SEARCHED)
+    run = with_params(SearchConfig().run, trial.params)
+    assert params_of(run) == trial.params
+
+
+def test_the_shipped_search_config_loads():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "cluster" / "search.yaml", SearchConfig)
+    assert cfg.run.sparsity == (0.3, 0.5, 0.7) and cfg.scheduler == "asha" and cfg.space.post_prune_epochs == (0, 8)

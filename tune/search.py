@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from sma.cache import cache_root
-from sma.config import ConfigError, RunConfig, save_config, to_dict
-from tune.config import SearchConfig
+from sma.config import SEARCHED, ConfigError, RunConfig, SearchConfig, save_config, to_dict
+from sma.config.search import space_bounds
+from sma.layout import PHASE1_DIR
+from sma.metrics import OBJECTIVE, RETENTION, direction
 from tune.studies import StudyProgress, delete, mark_interrupted, progress, rdb_storage, study_name, trials
 from tune.tracking import Tracking, resolve_tracking_uri
 from tune.trainable import DefineSpace, TrialContext, run_trial
@@ -66,8 +68,8 @@ def search(cfg: SearchConfig, *, mode: str = "auto") -> list[StudyResult]:
     started = time.time()
     from sma.pipeline import prepare
 
-    prepared = prepare(run, analysis_dir=run.run_dir / "phase1")
-    prep_info = {"baseline_computed": prepared.baseline_computed, "baseline_key": prepared.baseline.key,
+    prepared = prepare(run, analysis_dir=run.run_dir / PHASE1_DIR)
+    prep_info = {"baseline_computed": prepared.teacher_computed, "baseline_key": prepared.teacher.key,
                  "seconds": round(time.time() - started, 1), "finished_at": time.time()}
     log.info("shared work (data, baseline, importance): %s", prep_info)
     with (tune_dir / "prepare.jsonl").open("a") as fh:
@@ -76,7 +78,7 @@ def search(cfg: SearchConfig, *, mode: str = "auto") -> list[StudyResult]:
     results = []
     for sparsity, name in zip(run.sparsity, names, strict=True):
         ctx = TrialContext(
-            run=to_dict(run), study=name, sparsity=sparsity, optuna_url=cfg.optuna_url(), tracking=tracking,
+            run=run, study=name, sparsity=sparsity, optuna_url=cfg.optuna_url(), tracking=tracking,
             parent_run_id="", train_storage=f"{cfg.ray_storage()}/{name}-train", num_workers=cfg.num_workers,
             cpus_per_worker=cfg.cpus_per_worker, gpus_per_worker=cfg.gpus_per_worker,
             fail_on_trial=cfg.fail_on_trial, tags={**tags, "study": name})
@@ -114,7 +116,7 @@ def run_study(cfg: SearchConfig, ctx: TrialContext, *, storage) -> StudyResult:
     parent_id = tracking.parent_run(
         study=name, tags=ctx.tags | {"sparsity": ctx.sparsity},
         params={"sparsity": ctx.sparsity, "trials_per_study": cfg.trials_per_study,
-                **{f"space.{k}": list(v) for k, v in cfg.space.bounds().items()},
+                **{f"space.{k}": list(v) for k, v in space_bounds(cfg.space).items()},
                 "model": cfg.run.model.name, "dataset": cfg.run.data.dataset, "num_workers": cfg.num_workers})
     tracking.client.log_dict(parent_id, to_dict(cfg), "search.json")
     ctx = replace(ctx, parent_run_id=parent_id)
@@ -152,13 +154,13 @@ def _new_tuner(cfg: SearchConfig, trainable, *, name: str, path_name: str, num_s
 
     from tune.searcher import StudySearch
 
-    searcher = StudySearch(space=DefineSpace(cfg.space), metric="dev_retention", mode="max",
+    searcher = StudySearch(space=DefineSpace(cfg.space), metric=OBJECTIVE, mode=direction(OBJECTIVE),
                           study_name=name, storage=storage, seed=cfg.seed)
     scheduler = None
     if cfg.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
-        scheduler = ASHAScheduler(metric="dev_retention", mode="max", grace_period=cfg.asha_grace_period,
+        scheduler = ASHAScheduler(metric=OBJECTIVE, mode=direction(OBJECTIVE), grace_period=cfg.asha_grace_period,
                                   max_t=cfg.space.post_prune_epochs[1] + 1)
     return tune.Tuner(
         trainable,
@@ -213,7 +215,7 @@ def _finish_parent(tracking: Tracking, parent_id: str, storage, name: str) -> di
         tracking.client.set_terminated(parent_id, status="FAILED")
         return None
     best = max(done, key=lambda t: t.value)
-    metrics = best.user_attrs.get("metrics", {"dev_retention": best.value})
+    metrics = best.user_attrs.get("metrics", {OBJECTIVE: best.value})
     tracking.log_metrics(parent_id, {f"best_{k}": v for k, v in metrics.items()})
     tracking.client.set_tag(parent_id, "best_trial", str(best.number))
     tracking.client.set_tag(parent_id, "best_params", json.dumps(best.params))
@@ -278,14 +280,21 @@ def _summary_row(r: StudyResult) -> dict[str, Any]:
 
 
 def format_summary(results: list[StudyResult]) -> str:
+    """Per study: trials done, the best trial's dev and test retention, speedup and searched values."""
+    names = [p.name for p in SEARCHED]
+    widths = [max(8, len(n) + 2) for n in names]
     lines = [f"\n{'Study':<28}{'Done':<7}{'Failed':<8}{'Best dev ret.':<15}{'Test ret.':<11}{'Speedup':<9}"
-             f"{'alpha':<7}{'gentle':<8}{'epochs':<6}"]
+             + "".join(f"{n:<{w}}" for n, w in zip(names, widths, strict=True))]
     for r in results:
         b = r.best or {}
         p = b.get("params", {})
         lines.append(
             f"{r.study:<28}{r.progress.complete:<7}{r.progress.failed:<8}"
-            f"{b.get('dev_retention', float('nan')):<15.4f}{b.get('test_retention', float('nan')):<11.4f}"
-            f"{b.get('speedup', float('nan')):<9.3f}{p.get('alpha', float('nan')):<7.2f}"
-            f"{p.get('gentleness', float('nan')):<8.2f}{p.get('post_prune_epochs', '-')!s:<6}")
+            f"{b.get(OBJECTIVE, float('nan')):<15.4f}{b.get(RETENTION, float('nan')):<11.4f}"
+            f"{b.get('speedup', float('nan')):<9.3f}"
+            + "".join(f"{_cell(p.get(n)):<{w}}" for n, w in zip(names, widths, strict=True)))
     return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else (f"{value:.2f}" if isinstance(value, float) else str(value))

@@ -22,11 +22,12 @@ from typing import Any
 
 import optuna
 
-from sma.config import RunConfig, apply_overrides, from_dict, to_dict
-from tune.config import SEARCHED_KEYS, SearchSpace
+from sma.config import SEARCHED, RunConfig, SearchSpace, sample, with_params
+from sma.layout import TRIAL_ARTIFACTS, TRIAL_CHECKPOINT_DIR, TRIAL_EPOCHS_FILE, TRIAL_RESULT_FILE
+from sma.metrics import OBJECTIVE
 from tune.studies import finished_trial, rdb_storage
 from tune.tracking import Tracking
-from tune.worker import CHECKPOINT_NAME, EPOCHS_FILE, RESULT_FILE, STRUCTURES_FILE, setup_logging, worker_loop
+from tune.worker import setup_logging, worker_loop
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +38,10 @@ TRIAL_KEY = "optuna_trial"
 class DefineSpace:
     """Optuna define-by-run space: samples the hyperparameters and hands the trial number to the trial."""
 
-    space: SearchSpace
+    space: SearchSpace  # type: ignore[valid-type]
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
-        s = self.space
-        trial.suggest_float("alpha", s.alpha[0], s.alpha[1])
-        trial.suggest_float("gentleness", s.gentleness[0], s.gentleness[1])
-        trial.suggest_int("post_prune_epochs", s.post_prune_epochs[0], s.post_prune_epochs[1])
+        sample(self.space, trial)
         return {TRIAL_KEY: trial.number}
 
 
@@ -51,8 +49,8 @@ class DefineSpace:
 class TrialContext:
     """What every trial of one study needs besides its hyperparameters (passed with ``tune.with_parameters``)."""
 
-    run: dict[str, Any]
-    """The trial's base :class:`RunConfig` as a dict (absolute paths)."""
+    run: RunConfig
+    """The trial's base run config (absolute paths); the searched values are set per trial."""
     study: str
     sparsity: float
     optuna_url: str
@@ -68,8 +66,7 @@ class TrialContext:
 
 
 def trial_config(ctx: TrialContext, params: dict[str, Any]) -> RunConfig:
-    cfg = from_dict(RunConfig, ctx.run)
-    return apply_overrides(cfg, {key: params[name] for name, key in SEARCHED_KEYS.items()})
+    return with_params(ctx.run, params)
 
 
 def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
@@ -79,13 +76,13 @@ def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
     entered = time.time()
     setup_logging()
     number = int(config[TRIAL_KEY])
-    params = {name: config[name] for name in SEARCHED_KEYS}
+    params = {p.name: config[p.name] for p in SEARCHED}
     storage = rdb_storage(ctx.optuna_url)
     done = finished_trial(storage, ctx.study, number)
     if done is not None:
         # Ray re-runs a trial whose result reached Optuna just before the driver died: never rerun it.
         log.info("%s trial %d is already COMPLETE in Optuna: reporting its stored result", ctx.study, number)
-        tune.report({**done.user_attrs.get("metrics", {}), "dev_retention": done.value, "rerun_skipped": True})
+        tune.report({**done.user_attrs.get("metrics", {}), OBJECTIVE: done.value, "rerun_skipped": True})
         return
     cfg = trial_config(ctx, params)
     tracking = ctx.tracking
@@ -99,20 +96,20 @@ def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
         result = _fit(ctx, cfg, number)
         fitted = time.time()
         files = _checkpoint_files(result)
-        final = json.loads((files / RESULT_FILE).read_text())
+        final = json.loads((files / TRIAL_RESULT_FILE).read_text())
         final.update(_timings(final, entered=entered, fit_started=fit_started, fitted=fitted))
         for key in [k for k in final if k.endswith("_at")]:
             del final[key]  # wall-clock stamps, not metrics
         log.info("%s trial %d: dev retention %.4f; %.1f s in the trial, %.1f s of them in the pipeline",
-                 ctx.study, number, final.get("dev_retention", float("nan")), final["trial_seconds"],
+                 ctx.study, number, final.get(OBJECTIVE, float("nan")), final["trial_seconds"],
                  final["pipeline_seconds"])
-        tracking.log_epochs(run_id, json.loads((files / EPOCHS_FILE).read_text()))
-        tracking.log_metrics(run_id, final, step=int(params["post_prune_epochs"]))
-        for name in ("plan.json", "metrics.json", STRUCTURES_FILE):
+        tracking.log_epochs(run_id, json.loads((files / TRIAL_EPOCHS_FILE).read_text()))
+        tracking.log_metrics(run_id, final, step=cfg.distill.post_prune_epochs)
+        for name in TRIAL_ARTIFACTS:
             if (files / name).is_file():
                 tracking.client.log_artifact(run_id, str(files / name))
         _store_in_optuna(storage, ctx.study, number, final, run_id=run_id,
-                         checkpoint=f"{ctx.train_storage}/{_run_name(number)}/{CHECKPOINT_NAME}")
+                         checkpoint=f"{ctx.train_storage}/{_run_name(number)}/{TRIAL_CHECKPOINT_DIR}")
     except BaseException as exc:
         tracking.fail(run_id, exc)
         raise
@@ -129,7 +126,7 @@ def _fit(ctx: TrialContext, cfg: RunConfig, number: int):
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={
-            "run": to_dict(cfg), "sparsity": ctx.sparsity,
+            "run": cfg, "sparsity": ctx.sparsity,
             "fail": ctx.fail_on_trial == number, "trial": number,
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),

@@ -15,13 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from sma.layout import TRIAL_CHECKPOINT_DIR, TRIAL_EPOCHS_FILE, TRIAL_RESULT_FILE, TRIAL_STRUCTURES_FILE
+from sma.metrics import OBJECTIVE
 
-CHECKPOINT_NAME = "result"
-"""The final report's checkpoint folder: ``<storage_path>/<study>-train/trial-0003/result/``."""
-RESULT_FILE = "result.json"
-EPOCHS_FILE = "epochs.json"
-STRUCTURES_FILE = "structures.json"
+log = logging.getLogger(__name__)
 
 
 class InjectedTrialFailure(RuntimeError):
@@ -42,12 +39,12 @@ def worker_loop(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from sma.config import RunConfig, from_dict
+    from sma.distributed import gather
     from sma.pipeline import prepare, run_sparsity
 
     setup_logging()
     rank = ray.train.get_context().get_world_rank()
-    cfg = from_dict(RunConfig, config["run"])
+    cfg = config["run"]
     if cfg.device == "auto":  # the GPU Ray assigned to this worker (its local rank's), else the CPU
         cfg = dataclasses.replace(cfg, device=str(ray.train.torch.get_device()))
     if cfg.threads:
@@ -60,17 +57,17 @@ def worker_loop(config: dict[str, Any]) -> None:
 
     def reporter(row: dict[str, Any]) -> None:
         epochs.append(dict(row))
-        if "dev_retention" in row:  # Tune rejects results without the objective (rows are the same on all ranks)
+        if OBJECTIVE in row:  # Tune rejects results without the objective (rows are the same on all ranks)
             ray.train.report(_numeric(row))
 
     prepared = prepare(cfg)
     out_dir = Path(tempfile.mkdtemp(prefix=f"sma-trial-{config['trial']}-"))
     try:
         result = run_sparsity(cfg, config["sparsity"], out_dir=out_dir, prepared=prepared, reporter=reporter)
-        structures = _gather(result.get("structure"))
+        structures = gather(result.get("structure"))
         final = {
             **_numeric(result),
-            "baseline_computed": float(prepared.baseline_computed),
+            "baseline_computed": float(prepared.teacher_computed),
             "ranks_agree": float(all(s == structures[0] for s in structures)),
             "world_size": float(len(structures)),
             "pipeline_seconds": time.time() - started,
@@ -80,25 +77,14 @@ def worker_loop(config: dict[str, Any]) -> None:
         }
         checkpoint = None
         if rank == 0:
-            (out_dir / RESULT_FILE).write_text(json.dumps(final, indent=1))
-            (out_dir / EPOCHS_FILE).write_text(json.dumps([_numeric(r) | {"epoch": r.get("epoch", 0)}
+            (out_dir / TRIAL_RESULT_FILE).write_text(json.dumps(final, indent=1))
+            (out_dir / TRIAL_EPOCHS_FILE).write_text(json.dumps([_numeric(r) | {"epoch": r.get("epoch", 0)}
                                                            for r in epochs], indent=1))
-            (out_dir / STRUCTURES_FILE).write_text(json.dumps(structures, indent=1))
+            (out_dir / TRIAL_STRUCTURES_FILE).write_text(json.dumps(structures, indent=1))
             checkpoint = ray.train.Checkpoint.from_directory(str(out_dir))
-        ray.train.report(final, checkpoint=checkpoint, checkpoint_dir_name=CHECKPOINT_NAME)
+        ray.train.report(final, checkpoint=checkpoint, checkpoint_dir_name=TRIAL_CHECKPOINT_DIR)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
-
-
-def _gather(obj: Any) -> list[Any]:
-    """``obj`` from every rank (a one-element list without torch.distributed)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def _numeric(row: dict[str, Any]) -> dict[str, float]:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from sma.circuits.baselines import UnitScores, to_scores
+from sma.circuits.controls import UnitScores, to_scores
 from sma.circuits.objective import ProbeBatches, ProbeScore, analysis_mode, contrastive_loss, pool_ndcg
 from sma.circuits.patching import UnitMeans, patched
 from sma.circuits.probe import negative_mask

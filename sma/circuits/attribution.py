@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sma.circuits.baselines import UnitScores, to_scores
+from sma.circuits.controls import UnitScores, to_scores
 from sma.circuits.objective import ProbeBatches, attribute
 from sma.circuits.patching import UnitMeans
 
@@ -110,15 +110,3 @@ def attribution_scores(model, batches: ProbeBatches, *, temperature: float, mean
         signed=to_scores(*signed, method=f"{method}:signed"),
         rounds=tuple(rounds),
     )
-
-
-def per_layer_normalised(scores: UnitScores) -> UnitScores:
-    """Each layer's heads and neurons divided by that layer's mean score of the kind (for global allocation)."""
-    def norm(table: Sequence[Sequence[float]]) -> tuple[tuple[float, ...], ...]:
-        out = []
-        for values in table:
-            mean = sum(values) / len(values) if values else 0.0
-            out.append(tuple(v / mean if mean > 0 else v for v in values))
-        return tuple(out)
-
-    return UnitScores(heads=norm(scores.heads), neurons=norm(scores.neurons), method=scores.method)

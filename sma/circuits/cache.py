@@ -1,26 +1,24 @@
-"""Content-addressed cache of analysis parts: key = (model weights, probe, part, its settings, code version)."""
+"""Analysis parts in the project cache (:mod:`sma.cache`, kind ``analysis``): key = (model weights, probe,
+part, its settings). ``cache_dir`` arguments are cache roots: parts live in ``<root>/analysis/<key>.json``."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from sma.cache import cache_root
+from sma.cache import Cache, cache_root, entry_key
 from sma.circuits.probe import ProbeSet
 
-CACHE_VERSION = 1
-"""Bump when a change alters the numbers an analysis produces."""
+KIND = "analysis"
 
 
 def default_cache_dir() -> Path:
-    """``$SMA_CACHE_DIR/analysis`` (default ``~/.cache/sma/analysis``)."""
-    return cache_root() / "analysis"
+    """The project cache root (``$SMA_CACHE_DIR``, default ``~/.cache/sma``)."""
+    return cache_root()
 
 
 def model_digest(model: nn.Module) -> str:
@@ -35,25 +33,13 @@ def model_digest(model: nn.Module) -> str:
 
 def cache_key(*, model_id: str, probe: ProbeSet, part: str, settings: dict[str, Any]) -> str:
     """Key of one cached part of an analysis (``part``: ``stats`` or a method) under ``settings``."""
-    payload = {"version": CACHE_VERSION, "model": model_id, "probe": probe.digest(), "part": part,
-               "settings": settings}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+    return entry_key(KIND, model_id, probe.digest(), part, settings)
 
 
 def load(cache_dir: Path, key: str) -> dict[str, Any] | None:
-    path = cache_dir / f"{key}.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None  # a torn write: recompute
+    """The part stored under ``key`` in the cache rooted at ``cache_dir`` (``None``: absent or corrupt)."""
+    return Cache(cache_dir).load(KIND, key, "json")
 
 
 def store(cache_dir: Path, key: str, value: dict[str, Any]) -> Path:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"{key}.json"
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(value))
-    tmp.replace(path)
-    return path
+    return Cache(cache_dir).save(KIND, key, value, "json")

@@ -15,8 +15,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sma.circuits.baselines import UnitScores, random_scores
 from sma.circuits.config import AnalysisConfig
+from sma.circuits.controls import UnitScores, random_scores
 from sma.circuits.run import run_analysis
 from sma.data import RetrievalData
 from sma.evaluate import encode_corpus, evaluate

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from sma.circuits.baselines import UnitScores
+from sma.circuits.controls import UnitScores
 
 
 def _safe(name: str) -> str:

@@ -19,9 +19,9 @@ import torch
 from sma.circuits import cache as cache_mod
 from sma.circuits.ablation import ablation_scores
 from sma.circuits.attribution import attribution_scores
-from sma.circuits.baselines import UnitScores, magnitude_scores, random_scores
-from sma.circuits.circuits import Unit, find_circuit, reference_scores
+from sma.circuits.circuit_search import Unit, find_circuit, reference_scores
 from sma.circuits.config import AnalysisConfig
+from sma.circuits.controls import UnitScores, magnitude_scores, random_scores
 from sma.circuits.objective import ProbeBatches, ProbeScore, embed_probe, score_embeddings, tokenize_probe
 from sma.circuits.patching import UnitMeans, collecting_stats, local_effects
 from sma.circuits.plots import plot_all
@@ -37,7 +37,7 @@ class AnalysisResult:
     scores: dict[str, UnitScores]
     """Importance of every unit, per method (``random`` uses ``cfg.seed``)."""
     circuits: dict[str, dict[str, Any]]
-    """Per method: :meth:`sma.circuits.circuits.Circuit.to_dict` (units, share, faithfulness, top units)."""
+    """Per method: :meth:`sma.circuits.circuit_search.Circuit.to_dict` (units, share, faithfulness, top units)."""
     details: dict[str, Any]
     probe: dict[str, Any]
     cache_key: str

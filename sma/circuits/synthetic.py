@@ -5,11 +5,14 @@ Collection: ``topics`` topic words (``t0``, ``t1``...) and filler words (``f0``.
 query holds one topic word among fillers; a query is relevant to the documents of its topic.
 
 Model: hidden size 16, 4 heads of size 4, 2 layers. Topic words embed as a small one-hot in dims 0..3
-(balanced by its negative in dims 4..7);every word has a large zero-mean random part in dims 8..15. In layer 0, head ``KEY_HEAD`` attends uniformly and its
-value path copies dims 0..3 with gain ``gain`` into dims 0..3 of the residual stream, so the pooled
-embedding's topic component comes from that head; the other heads copy random mixtures of the filler dims
-(noise). Layer 1's attention and both FFNs are small random weights. Without the key head the embedding
-is dominated by filler noise and retrieval collapses.
+(balanced by its negative in dims 4..7); every word has a large zero-mean random part in dims 8..15. In
+layer 0, head ``KEY_HEAD`` attends uniformly and its value path copies dims 0..3 with gain ``gain`` into
+dims 0..3 of the residual stream, so the pooled embedding's topic component comes from that head; the
+other heads copy random mixtures of the filler dims (noise). Layer 1's attention and both FFNs are small
+random weights. Without the key head the embedding is dominated by filler noise and retrieval collapses.
+
+Both models here take their architecture from :func:`sma.tiny.tiny_model` (no pooler, eager attention, no
+dropout, one token type) and overwrite every weight from their own seeded generator.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import random
 import torch
 
 from sma.data import RetrievalData
+from sma.tiny import tiny_model
 
 KEY_HEAD = (0, 1)
 """``(layer, head)`` that carries the relevance signal in :func:`tiny_biencoder`."""
@@ -30,22 +34,30 @@ def _vocab(topics: int, fillers: int) -> dict[str, int]:
     return {w: i for i, w in enumerate(words)}
 
 
-def tiny_biencoder(*, topics: int = 4, fillers: int = 24, gain: float = 20.0, seed: int = 0, layers: int = 2,
-                   intermediate: int = 8):
-    """The hand-built model (see the module docstring); deterministic for a given ``seed``."""
-    from transformers import BertConfig, BertModel, BertTokenizer
+def _bert(vocab: dict[str, int], *, seed: int, layers: int, hidden: int, heads: int, intermediate: int):
+    """The architecture both models share; every weight is overwritten by the caller."""
+    return tiny_model("bert", seed, layers=layers, heads=heads, hidden=hidden, intermediate=intermediate,
+                      vocab_size=len(vocab), perturb=0.0, pooler=False, attention="eager", type_vocab_size=1,
+                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def _biencoder(model, vocab: dict[str, int]):
+    from transformers import BertTokenizer
 
     from sma.model import BiEncoder
 
+    return BiEncoder(model.eval(), BertTokenizer(vocab=vocab, do_lower_case=True), pooling="mean",
+                     query_max_length=16, doc_max_length=24)
+
+
+def tiny_biencoder(*, topics: int = 4, fillers: int = 24, gain: float = 20.0, seed: int = 0, layers: int = 2,
+                   intermediate: int = 8):
+    """The hand-built model (see the module docstring); deterministic for a given ``seed``."""
     if topics > 4:
         raise ValueError("the hand-built model encodes at most 4 topics")
     vocab = _vocab(topics, fillers)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=layers, num_attention_heads=4,
-                     intermediate_size=intermediate, max_position_embeddings=64, type_vocab_size=1,
-                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    cfg._attn_implementation = "eager"
+    model = _bert(vocab, seed=seed, layers=layers, hidden=16, heads=4, intermediate=intermediate)
     gen = torch.Generator().manual_seed(seed)
-    model = BertModel(cfg, add_pooling_layer=False)
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
@@ -80,31 +92,20 @@ def tiny_biencoder(*, topics: int = 4, fillers: int = 24, gain: float = 20.0, se
                 continue
             att.self.value.weight[h * 4:(h + 1) * 4, 8:] = 0.2 * torch.randn(4, 8, generator=gen)
             att.output.dense.weight[4:8, h * 4:(h + 1) * 4] = torch.randn(4, 4, generator=gen)
-    model.eval()
-    tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True)
-    return BiEncoder(model, tokenizer, pooling="mean", query_max_length=16, doc_max_length=24)
+    return _biencoder(model, vocab)
 
 
 def tiny_random_biencoder(*, seed: int = 0, layers: int = 2, hidden: int = 16, heads: int = 4,
                           intermediate: int = 12):
-    """A small random BERT over the same vocabulary (for gradient checks: every unit matters a little)."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    from sma.model import BiEncoder
-
+    """A small random BERT over the same vocabulary (for gradient checks: every unit matters a little):
+    weights N(0, 0.3), plus 1 on every vector of the hidden size (LayerNorm gains, among others)."""
     vocab = _vocab(4, 24)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                     intermediate_size=intermediate, max_position_embeddings=64, type_vocab_size=1,
-                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    cfg._attn_implementation = "eager"
-    model = BertModel(cfg, add_pooling_layer=False)
+    model = _bert(vocab, seed=seed, layers=layers, hidden=hidden, heads=heads, intermediate=intermediate)
     with torch.no_grad():
         gen = torch.Generator().manual_seed(seed)
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.3 + (1.0 if p.ndim == 1 and p.shape[0] == hidden else 0))
-    model.eval()
-    return BiEncoder(model, BertTokenizer(vocab=vocab, do_lower_case=True), pooling="mean",
-                     query_max_length=16, doc_max_length=24)
+    return _biencoder(model, vocab)
 
 
 def tiny_collection(*, topics: int = 4, fillers: int = 24, docs_per_topic: int = 6, queries_per_topic: int = 6,

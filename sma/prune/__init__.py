@@ -8,11 +8,11 @@ pruned models bit-identically.
 
 from sma.prune.apply import EmptyAttention, apply_plan, check_plan, masked
 from sma.prune.arch import LayerParts, encoder_layers, structure, unwrap
-from sma.prune.baseline import first_n_scores, magnitude_scores
 from sma.prune.gates import Gates, gated, install_gates
 from sma.prune.io import STRUCTURE_FILE, is_pruned_dir, load_pruned, load_pruned_encoder, save_pruned
 from sma.prune.plan import plan_for_sparsity
 from sma.prune.schema import PruningPlan, UnitDecision, UnitScores
+from sma.prune.simple_scores import first_n_scores, magnitude_scores
 from sma.prune.sparsity import LayerCount, SparsityReport, encoder_sparsity, layer_counts
 from sma.prune.units import LayerUnits, dense_sizes, unit_ids
 

@@ -133,6 +133,42 @@ def _reason(c: _Candidate, rank: int, n: int, scope: str, target: float) -> str:
     return f"low importance per parameter: {base}"
 
 
+def _check_args(target: float, allocation: str, split: str, protected: Collection[tuple[str, int, int]]) -> None:
+    if not 0.0 <= target < 1.0:
+        raise ValueError(f"target must be in [0, 1), got {target}")
+    if allocation not in ALLOCATIONS or split not in SPLITS:
+        raise ValueError(f"allocation must be one of {ALLOCATIONS} and split one of {SPLITS}, "
+                         f"got {allocation!r}/{split!r}")
+    for kind, _, _ in protected:
+        if kind not in ("head", "neuron"):
+            raise ValueError(f"protected kinds are 'head' and 'neuron', got {kind!r}")
+
+
+def _fill(group: list[_Candidate], cnts: list[LayerCount], needed: float, state: _State, *, target: float,
+          split: str) -> float:
+    """Choose units of ``group`` (the candidates of the layers ``cnts``) worth at least ``needed`` parameters
+    into ``state``; returns the parameters they free. Raises ``ValueError`` when the group cannot."""
+    free = [c for c in group if not c.protected]
+    got = 0
+    if split == "proportional":  # heads to their own share (whole heads), neurons fill the rest
+        # The shape is part of the target: each kind's pool lists its protected units last, so a
+        # protected unit goes only when its own kind's share cannot be met by unprotected ones (rather
+        # than the unprotected units of the other kind going instead, which would unbalance the layer).
+        dense_heads = sum(c.dense_heads * c.head_cost for c in cnts)
+        removed_heads = sum((c.dense_heads - c.heads) * c.head_cost for c in cnts)
+        got = _select([c for c in group if c.kind == "head"], target * dense_heads - removed_heads, state,
+                      nearest=True)
+        got += _select([c for c in group if c.kind == "neuron"], needed - got, state, nearest=False)
+    if got < needed:
+        got += _select(free, needed - got, state, nearest=False)
+    if got < needed:  # last resort: protected units, least important first
+        got += _select([c for c in group if c.protected], needed - got, state, nearest=False)
+    if got < needed:
+        raise ValueError(f"target {target:g} is unreachable: {needed - got:.0f} more parameters would have to "
+                         f"go but no removable units are left (min_heads_per_layer={state.min_heads})")
+    return got
+
+
 def plan_for_sparsity(model: nn.Module, scores: UnitScores, target: float, *, allocation: str = "global",
                       min_heads_per_layer: int = 0, protected: Collection[tuple[str, int, int]] = (),
                       split: str = "joint") -> PruningPlan:
@@ -147,14 +183,7 @@ def plan_for_sparsity(model: nn.Module, scores: UnitScores, target: float, *, al
     ``"proportional"``: if their kind's share is unreachable without them, so layers keep the split).
     Raises ``ValueError`` if the target cannot be reached under ``min_heads_per_layer``.
     """
-    if not 0.0 <= target < 1.0:
-        raise ValueError(f"target must be in [0, 1), got {target}")
-    if allocation not in ALLOCATIONS or split not in SPLITS:
-        raise ValueError(f"allocation must be one of {ALLOCATIONS} and split one of {SPLITS}, "
-                         f"got {allocation!r}/{split!r}")
-    for kind, _, _ in protected:
-        if kind not in ("head", "neuron"):
-            raise ValueError(f"protected kinds are 'head' and 'neuron', got {kind!r}")
+    _check_args(target, allocation, split, protected)
     counts, ids = layer_counts(model), unit_ids(model)
     _check_scores(model, scores, len(counts))
     cands = _candidates(scores, ids, counts, {(k, int(la), int(u)) for k, la, u in protected})
@@ -174,24 +203,7 @@ def plan_for_sparsity(model: nn.Module, scores: UnitScores, target: float, *, al
             if allocation == "per_layer" and share <= 0:
                 notes.append(f"layer {cnts[0].index} already beyond the target; nothing removed there")
             continue
-        free = [c for c in group if not c.protected]
-        got = 0
-        if split == "proportional":  # heads to their own share (whole heads), neurons fill the rest
-            # The shape is part of the target: each kind's pool lists its protected units last, so a
-            # protected unit goes only when its own kind's share cannot be met by unprotected ones (rather
-            # than the unprotected units of the other kind going instead, which would unbalance the layer).
-            dense_heads = sum(c.dense_heads * c.head_cost for c in cnts)
-            removed_heads = sum((c.dense_heads - c.heads) * c.head_cost for c in cnts)
-            got = _select([c for c in group if c.kind == "head"], target * dense_heads - removed_heads, state,
-                          nearest=True)
-            got += _select([c for c in group if c.kind == "neuron"], needed - got, state, nearest=False)
-        if got < needed:
-            got += _select(free, needed - got, state, nearest=False)
-        if got < needed:  # last resort: protected units, least important first
-            got += _select([c for c in group if c.protected], needed - got, state, nearest=False)
-        if got < needed:
-            raise ValueError(f"target {target:g} is unreachable: {needed - got:.0f} more parameters would have to "
-                             f"go but no removable units are left (min_heads_per_layer={min_heads_per_layer})")
+        got = _fill(group, cnts, needed, state, target=target, split=split)
         excess = got - needed
         ranks.update({id(c): (i, len(group)) for i, c in enumerate(group)})
     if already >= target * dense:

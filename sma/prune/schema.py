@@ -17,8 +17,6 @@ from torch import nn
 
 from sma.prune.units import dense_sizes, unit_ids
 
-KINDS = ("head", "neuron")
-
 
 def _floats(rows: Iterable[Any]) -> tuple[tuple[float, ...], ...]:
     out = []
@@ -143,10 +141,6 @@ class PruningPlan:
     @property
     def is_empty(self) -> bool:
         return not self.heads and not self.neurons
-
-    @property
-    def removed_params(self) -> int:
-        return sum(d.params for d in self.decisions)
 
     def decision(self, kind: str, layer: int, unit: int) -> UnitDecision | None:
         for d in self.decisions:

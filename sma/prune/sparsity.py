@@ -1,4 +1,5 @@
-"""Sparsity accounting: parameters actually present vs the dense model (the seed's "Actual" column).
+"""Sparsity accounting: parameters actually present vs the dense model (the "Actual" column of the
+reference implementation's table).
 
 Encoder parameters are those of the transformer layers (Q/K/V, attention output, FFN, their biases and
 LayerNorms); embeddings and the pooler are excluded. The "with embeddings" figure counts every parameter of

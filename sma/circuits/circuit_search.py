@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from sma.circuits.baselines import UnitScores
+from sma.circuits.controls import UnitScores
 from sma.circuits.objective import ProbeBatches, ProbeScore, evaluate_probe
 from sma.circuits.patching import UnitMeans
 from sma.prune.arch import encoder_layers

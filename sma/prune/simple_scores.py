@@ -1,4 +1,4 @@
-"""Two trivial unit scorers, for benchmarks and tests (real scorers live elsewhere).
+"""Two simple unit scorers, the references real scorers are compared against (benchmarks, tests).
 
 ``magnitude_scores``: L2 norm of the weights a unit owns. ``first_n_scores``: lower original id = more
 important, so a plan keeps the first N units of every layer (the "naive first-N" baseline).

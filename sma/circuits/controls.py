@@ -1,4 +1,5 @@
-"""``UnitScores`` plumbing and the random control (weight magnitude is :func:`sma.prune.magnitude_scores`)."""
+"""Control scorers every analysis method must beat: random scores (weight magnitude is
+:func:`sma.prune.magnitude_scores`, re-exported here), and the ``UnitScores`` plumbing the methods share."""
 
 from __future__ import annotations
 
@@ -9,17 +10,12 @@ from torch import nn
 
 from sma.prune import UnitScores, encoder_layers, magnitude_scores
 
-__all__ = ["UnitScores", "as_tensors", "magnitude_scores", "random_scores", "to_scores"]
+__all__ = ["UnitScores", "magnitude_scores", "random_scores", "to_scores"]
 
 
 def to_scores(heads: Sequence[torch.Tensor], neurons: Sequence[torch.Tensor], *, method: str) -> UnitScores:
     """Scores of a dense model from per-layer tensors (current order = original ids)."""
     return UnitScores(heads=[h.double() for h in heads], neurons=[n.double() for n in neurons], method=method)
-
-
-def as_tensors(scores: UnitScores) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    return ([torch.tensor(h, dtype=torch.float64) for h in scores.heads],
-            [torch.tensor(n, dtype=torch.float64) for n in scores.neurons])
 
 
 def random_scores(model: nn.Module, *, seed: int) -> UnitScores:

@@ -1,0 +1,100 @@
+"""``sma bench``: dense vs pruned latency, throughput and memory at each sparsity, side by side.
+
+    sma bench --sparsity 0.3 0.5 0.7 --repeats 12 --output bench.json
+    sma bench --smoke-test            # tiny random model, seconds
+
+The model and the benchmark settings come from the front door (``model.name``, ``sparsity``,
+``prune.allocation`` / ``prune.split`` and the ``bench.*`` keys); units are removed by weight magnitude or
+first-N (``--scores``): the benchmark measures shapes, not quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+BUILTIN_CONFIGS = {
+    "tiny": {"vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "intermediate_size": 128},
+    "bert-base": {},
+}
+"""Random-weight encoders by name (no download): shapes are all a benchmark needs."""
+
+
+def dense_model(name: str, *, random_weights: bool):
+    from transformers import AutoConfig, AutoModel, BertConfig
+
+    from sma.model import resolve_model_path
+
+    if name in BUILTIN_CONFIGS:
+        return AutoModel.from_config(BertConfig(**BUILTIN_CONFIGS[name])).eval()
+    path = resolve_model_path(name)
+    if random_weights:
+        return AutoModel.from_config(AutoConfig.from_pretrained(path)).eval()
+    return AutoModel.from_pretrained(path).eval()
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    cols = ("target", "actual", "dtype", "dense ms", "pruned ms", "speedup", "(min)", "(paired)", "(cpu s)",
+            "docs/s d", "docs/s p", "enc MB d", "enc MB p", "ratio", "peak MB d", "peak MB p")
+    lines = [" ".join(f"{c:>9}" for c in cols)]
+    mb = 2.0**20
+    for r in rows:
+        d, p = r["dense"], r["pruned"]
+        cells = (f"{r['target']:.2f}", f"{p['encoder_sparsity']:.4f}", r["dtype"], f"{1e3 * d['latency_s']:.1f}",
+                 f"{1e3 * p['latency_s']:.1f}", f"{r['speedup']:.2f}x", f"{r['speedup_min']:.2f}x",
+                 f"{r['speedup_paired']:.2f}x", f"{r['speedup_cpu']:.2f}x",
+                 f"{d['docs_per_s']:.1f}", f"{p['docs_per_s']:.1f}", f"{d['encoder_weight_bytes'] / mb:.2f}",
+                 f"{p['encoder_weight_bytes'] / mb:.2f}", f"{r['encoder_weight_ratio']:.3f}",
+                 f"{d['peak_memory_bytes'] / mb:.1f}", f"{p['peak_memory_bytes'] / mb:.1f}")
+        lines.append(" ".join(f"{c:>9}" for c in cells))
+    return "\n".join(lines)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    import torch
+
+    from sma.bench import benchmark
+    from sma.config import to_dict
+    from sma.config.options import run_config
+    from sma.prune import (
+        apply_plan,
+        encoder_sparsity,
+        first_n_scores,
+        magnitude_scores,
+        plan_for_sparsity,
+        structure,
+    )
+
+    cfg = run_config(args, "bench")
+    b = cfg.bench
+    device = b.device if b.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtypes = b.dtypes or (("float32", "bfloat16", "float16") if device.startswith("cuda") else ("float32",))
+    dense = dense_model(cfg.model.name, random_weights=args.random_weights or args.preset == "smoke")
+    scorer = magnitude_scores if args.scores == "magnitude" else first_n_scores
+    rows = []
+    for target in cfg.sparsity:
+        pruned = copy.deepcopy(dense)
+        plan = plan_for_sparsity(pruned, scorer(pruned), target, allocation=cfg.prune.allocation, split=cfg.prune.split)
+        apply_plan(pruned, plan)
+        for dt in dtypes:
+            res = benchmark(dense, pruned, seq_len=b.seq_len, batch_size=b.batch_size, repeats=b.repeats,
+                            warmup=b.warmup, threads=b.threads, dtype=getattr(torch, dt), device=device)
+            rows.append({"target": target, "sparsity_report": encoder_sparsity(pruned).to_dict(),
+                         "plan": {"heads": plan.num_heads, "neurons": plan.num_neurons,
+                                  "allocation": plan.allocation, "method": plan.method},
+                         "structure": structure(pruned), **res.to_dict()})
+            print(f"sparsity {target:.2f} {dt}: speedup {res.speedup:.2f}x (medians), {res.speedup_min:.2f}x (min), "
+                  f"{res.speedup_paired:.2f}x (paired), {res.speedup_cpu:.2f}x (cpu s)", flush=True)
+    print(format_rows(rows))
+    if args.output is not None:
+        payload = {"settings": {"model": cfg.model.name, "scores": args.scores, "bench": to_dict(b),
+                                "allocation": cfg.prune.allocation, "split": cfg.prune.split},
+                   "torch": torch.__version__, "results": rows}
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(payload, indent=2))
+        print(f"wrote {args.output}")
+    return 0

@@ -1,0 +1,34 @@
+"""Every closed set of values a config key can take, defined once (sections validate against these, the CLI
+offers them as ``choices``)."""
+
+from __future__ import annotations
+
+import re
+
+CRITERIA = ("mechanistic", "attribution", "ablation", "magnitude", "random")
+"""``prune.criterion``: how units are chosen for removal. ``mechanistic`` = attribution scores with their circuit
+protected; ``magnitude`` is the non-mechanistic comparison and ``random`` the control."""
+METHODS = ("ablation", "attribution", "magnitude", "random")
+"""``analysis.methods``: importance methods of the mechanistic analysis, mechanistic first."""
+ALLOCATIONS = ("per_layer", "global")
+"""``prune.allocation``."""
+SPLITS = ("proportional", "joint")
+"""``prune.split``: how a layer's budget is split between heads and neurons."""
+POOLINGS = ("mean", "cls")
+"""``model.pooling``."""
+HARD_NEGATIVES = ("none", "bm25", "dense")
+"""``train.hard_negatives``."""
+NEGATIVE_SOURCES = ("bm25", "dense")
+"""``analysis.negative_source``."""
+ABLATIONS = ("mean", "zero")
+"""``analysis.ablation``."""
+LR_SCHEDULES = ("linear", "constant")
+"""``distill.lr_schedule``."""
+SCHEDULERS = ("none", "asha")
+"""``scheduler`` of a search."""
+BENCH_SCORES = ("magnitude", "first_n")
+"""Units ``sma bench`` removes (the benchmark measures shapes, not quality)."""
+DTYPES = ("float32", "bfloat16", "float16")
+"""``bench.dtypes``."""
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+"""Accepted ``device`` / ``bench.device`` names (resolved by :func:`sma.device.resolve_device`)."""

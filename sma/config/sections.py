@@ -1,0 +1,319 @@
+"""The run configuration: one frozen dataclass per section, nested in :class:`RunConfig`.
+
+Every section checks its own values on construction (a bad value fails before any work, with a
+:class:`ConfigError` naming the key); closed sets of values come from :mod:`sma.config.choices`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sma.config.choices import (
+    ABLATIONS,
+    ALLOCATIONS,
+    CRITERIA,
+    DEVICE_PATTERN,
+    DTYPES,
+    HARD_NEGATIVES,
+    LR_SCHEDULES,
+    METHODS,
+    NEGATIVE_SOURCES,
+    POOLINGS,
+    SPLITS,
+)
+from sma.config.coerce import ConfigError
+
+
+def check(ok: bool, key: str, message: str) -> None:
+    """Raise :class:`ConfigError` ``"<key>: <message>"`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def check_choice(value: Any, choices: Iterable[Any], key: str) -> None:
+    choices = tuple(choices)
+    check(value in choices, key, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def check_at_least(section: Any, low: float, prefix: str, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        if value is not None:
+            check(value >= low, prefix + name, f"must be at least {low}, got {value}")
+
+
+def check_device_name(name: str, *, key: str = "device") -> None:
+    check(bool(DEVICE_PATTERN.fullmatch(name)), key, f"must be auto, cpu, mps, cuda or cuda:N, got {name!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "cranfield"
+    """A BEIR folder path, a folder name under ``$SMA_DATA_DIR``, an embedded collection, or a BEIR name on
+    the HF hub."""
+    max_samples: int | None = None
+    """Seeded subset: at most this many queries per split, all their judged docs plus sampled others."""
+    distractor_ratio: float = 4.0
+    """With ``max_samples``: unjudged documents kept per judged document (seeded sample)."""
+    train_split: str = "train"
+    dev_split: str = "dev"
+    test_split: str = "test"
+
+    def __post_init__(self) -> None:
+        check(bool(self.dataset.strip()), "data.dataset", "must not be empty")
+        check_at_least(self, 1, "data.", "max_samples")
+        check_at_least(self, 0, "data.", "distractor_ratio")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "sentence-transformers/all-MiniLM-L6-v2"
+    """HF hub name or local directory of a BERT-family encoder."""
+    pooling: str = "mean"
+    """``mean`` (masked mean over tokens) or ``cls``."""
+    query_max_length: int = 64
+    doc_max_length: int = 256
+    normalize: bool = True
+    """Cosine similarity (L2-normalised embeddings) when true, dot product otherwise."""
+
+    def __post_init__(self) -> None:
+        check_choice(self.pooling, POOLINGS, "model.pooling")
+        check_at_least(self, 1, "model.", "query_max_length", "doc_max_length")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optional contrastive fine-tuning of the dense teacher before anything is pruned."""
+
+    baseline_epochs: int = 0
+    """0 keeps the pretrained encoder as it is."""
+    baseline_batches_per_epoch: int | None = None
+    """Cap on optimizer batches per epoch; ``None`` uses every training pair once."""
+    batch_size: int = 32
+    gradient_accumulation: int = 1
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    temperature: float = 0.05
+    hard_negatives: str = "none"
+    """``none`` (in-batch negatives only), ``bm25`` or ``dense``: one mined negative per pair."""
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_at_least(self, 0, "train.", "baseline_epochs", "weight_decay")
+        check_at_least(self, 1, "train.", "baseline_batches_per_epoch", "batch_size", "gradient_accumulation")
+        check(self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}")
+        check(self.temperature > 0, "train.temperature", f"must be > 0, got {self.temperature}")
+        check(0.0 <= self.warmup_ratio < 1.0, "train.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        check_choice(self.hard_negatives, HARD_NEGATIVES, "train.hard_negatives")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 64
+    metrics: tuple[str, ...] = ("nDCG@10", "RR@10", "R@100", "AP")
+    """ir-measures names; ``RR@10`` is MRR@10 and ``AP`` is MAP. nDCG@10 is required (retention)."""
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_at_least(self, 1, "eval.", "batch_size")
+        check("nDCG@10" in self.metrics, "eval.metrics", f"must include nDCG@10, got {list(self.metrics)}")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """The mechanistic analysis of the dense teacher (unit importance and circuits)."""
+
+    probe_splits: tuple[str, ...] = ("train",)
+    """Splits the probe queries come from: training queries only by default, so that dev stays an unbiased
+    estimate for choosing hyperparameters (the units kept are chosen on the probe). Never the test split."""
+    probe_queries: int = 125
+    """Probe queries sampled (seeded) from ``probe_splits``; fewer if the splits hold fewer."""
+    positives_per_query: int = 4
+    """Relevant documents kept per probe query (most relevant first, seeded among ties)."""
+    negatives_per_query: int = 4
+    """Hard negatives per probe query: top-ranked unjudged documents of ``negative_source``."""
+    negative_source: str = "bm25"
+    """``bm25`` (the ``bm25s`` library over the whole corpus) or ``dense`` (the analysed model)."""
+    methods: tuple[str, ...] = METHODS
+    ablation: str = "mean"
+    """``mean`` (replace a unit's activation by its mean over the probe tokens) or ``zero``."""
+    ablation_queries: int = 32
+    """Probe queries (the first ones of the seeded probe) used by the one-unit-at-a-time ablations."""
+    neuron_group_size: int = 128
+    """Neurons ablated together by the ablation method (1 = one by one)."""
+    attribution_steps: int = 4
+    """Attribution rounds: after each round the least important units up to ``attribution_sparsity``
+    (spread evenly over the rounds) are ablated and the rest re-scored. 1 = a single backward pass."""
+    attribution_sparsity: float = 0.5
+    """Share of each layer's heads and neurons ablated by the last attribution round."""
+    circuit_share: float = 0.9
+    """A circuit keeps this share of the probe objective's margin over the fully ablated model."""
+    temperature: float = 0.05
+    query_max_length: int = 64
+    doc_max_length: int = 128
+    batch_size: int = 32
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.methods) - set(METHODS))
+        check(not unknown and bool(self.methods), "analysis.methods",
+              f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        check_choice(self.ablation, ABLATIONS, "analysis.ablation")
+        check_choice(self.negative_source, NEGATIVE_SOURCES, "analysis.negative_source")
+        check("test" not in self.probe_splits, "analysis.probe_splits", "the probe must not use the test split")
+        check(0.0 < self.circuit_share <= 1.0, "analysis.circuit_share",
+              f"must be in (0, 1], got {self.circuit_share}")
+        check(0.0 <= self.attribution_sparsity < 1.0, "analysis.attribution_sparsity",
+              f"must be in [0, 1), got {self.attribution_sparsity}")
+        check_at_least(self, 1, "analysis.", "probe_queries", "positives_per_query", "ablation_queries",
+                       "neuron_group_size", "attribution_steps", "batch_size", "query_max_length",
+                       "doc_max_length")
+        check_at_least(self, 0, "analysis.", "negatives_per_query")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Which units go (criterion, circuits) and how gradually (gentleness -> schedule)."""
+
+    criterion: str = "mechanistic"
+    """``mechanistic`` (attribution scores, their circuit protected), ``attribution``, ``ablation``,
+    ``magnitude`` (non-mechanistic comparison) or ``random`` (control)."""
+    gentleness: float = 0.5
+    """0 = one shot; 1 = ``max_steps`` steps on a cubic schedule (see :mod:`sma.schedule`)."""
+    max_steps: int = 4
+    step_epochs: float = 1.0
+    """Distillation epochs between two pruning steps."""
+    protect_circuits: bool = True
+    allocation: str = "per_layer"
+    """``per_layer`` (every layer loses the target share; uniform shapes) or ``global``."""
+    split: str = "proportional"
+    """``proportional`` (each layer loses the target share of its heads, rounded to whole heads, and of its
+    neurons) or ``joint`` (heads and neurons compete by score per parameter; on MiniLM this strips heads
+    first: 6 of 12 heads gone at 30 % sparsity)."""
+    min_heads_per_layer: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice(self.criterion, CRITERIA, "prune.criterion")
+        check_choice(self.allocation, ALLOCATIONS, "prune.allocation")
+        check_choice(self.split, SPLITS, "prune.split")
+        check(0.0 <= self.gentleness <= 1.0, "prune.gentleness", f"must be in [0, 1], got {self.gentleness}")
+        check_at_least(self, 1, "prune.", "max_steps")
+        check_at_least(self, 0, "prune.", "step_epochs", "min_heads_per_layer")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Recovery after pruning: loss = alpha * KD(teacher) + (1 - alpha) * contrastive task loss."""
+
+    alpha: float = 1.0
+    """1 = pure label-free distillation; 0 = task loss only (``--no-distill``)."""
+    post_prune_epochs: int = 8
+    """Distillation epochs after the last pruning step; each costs one pass over the distillation texts."""
+    temperature: float = 0.05
+    learning_rate: float = 1e-4
+    lr_schedule: str = "linear"
+    """``linear`` (warm up, then decay to zero by the end of each distillation phase) or ``constant``."""
+    warmup_ratio: float = 0.1
+    """Share of each distillation phase's steps spent warming the learning rate up from zero."""
+    batch_size: int = 32
+    gradient_accumulation: int = 1
+    """Batches whose gradients are summed before each optimizer step (effective batch = ``batch_size`` x this)."""
+    max_length: int = 128
+    train_queries: bool = True
+    """Add the training queries to the unlabeled distillation texts (documents are always used)."""
+    max_texts: int | None = None
+    """Seeded subset of that many distillation texts (documents, training queries and pseudo-queries drawn
+    together); ``None`` = all. Bounds the cost of an epoch on a large corpus; the quick test uses it."""
+    pseudo_queries: int = 0
+    """Random word spans cut from each document and added as short, query-like texts (no labels used)."""
+    pseudo_query_words: tuple[int, int] = (6, 20)
+    """Length range (words) of those spans."""
+    neighbor_share: float = 0.5
+    """Share of each batch made of groups of a text and its nearest texts by teacher embedding (the rest
+    random): the in-batch KL then ranks hard neighbours as the teacher does. 0 = random batches."""
+    neighbors: int = 7
+    """Texts per group besides the anchor, drawn from its ``2 * neighbors`` nearest."""
+    hidden_weight: float = 0.0
+    """Weight of layer-wise distillation inside KD: every layer's token states pulled to the dense teacher's
+    (mean squared error per hidden unit). 0 = off; costs a teacher forward per batch."""
+    eval_every_epoch: bool = False
+    """Evaluate dev retention after every post-prune epoch (for schedulers); costs a corpus encoding each."""
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.alpha <= 1.0, "distill.alpha", f"must be in [0, 1], got {self.alpha}")
+        check_choice(self.lr_schedule, LR_SCHEDULES, "distill.lr_schedule")
+        check(0.0 <= self.warmup_ratio < 1.0, "distill.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        check(0.0 <= self.neighbor_share <= 1.0, "distill.neighbor_share",
+              f"must be in [0, 1], got {self.neighbor_share}")
+        check(self.learning_rate > 0, "distill.learning_rate", f"must be > 0, got {self.learning_rate}")
+        check(self.temperature > 0, "distill.temperature", f"must be > 0, got {self.temperature}")
+        check_at_least(self, 0, "distill.", "post_prune_epochs", "hidden_weight", "pseudo_queries")
+        check_at_least(self, 1, "distill.", "batch_size", "gradient_accumulation", "max_length", "max_texts",
+                       "neighbors")
+        lo, hi = self.pseudo_query_words
+        check(1 <= lo <= hi, "distill.pseudo_query_words", f"need 1 <= low <= high, got {self.pseudo_query_words}")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Dense vs pruned speed and memory, measured side by side in one process."""
+
+    enabled: bool = True
+    seq_len: int = 256
+    batch_size: int = 32
+    repeats: int = 10
+    warmup: int = 2
+    threads: int = 2
+    device: str = "cpu"
+    """Where dense and pruned are timed side by side: ``cpu`` (with ``threads``; the speedups the README
+    reports) or an accelerator (``auto``, ``cuda``, ...), independent of the device the run trains on."""
+    dtypes: tuple[str, ...] = ()
+    """``sma bench`` only: dtypes timed; empty = float32 on CPU, float32 bfloat16 float16 on CUDA."""
+
+    def __post_init__(self) -> None:
+        check_device_name(self.device, key="bench.device")
+        check_at_least(self, 1, "bench.", "seq_len", "batch_size", "repeats", "threads")
+        check_at_least(self, 0, "bench.", "warmup")
+        for dtype in self.dtypes:
+            check_choice(dtype, DTYPES, "bench.dtypes")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    experiment: str = "default"
+    output_dir: str = "results"
+    seed: int = 42
+    deterministic: bool = False
+    sparsity: tuple[float, ...] = (0.3, 0.5, 0.7)
+    """Target encoder sparsities, each in (0, 1); empty = evaluate the dense model only."""
+    device: str = "auto"
+    """``auto`` (the CUDA device when torch sees one, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    Under Ray Train, ``auto`` is the device Ray assigned to the worker."""
+    threads: int | None = None
+    cache_dir: str | None = None
+    """Where shared work is cached by content hash; default ``$SMA_CACHE_DIR`` or ~/.cache/sma."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+    def __post_init__(self) -> None:
+        check_device_name(self.device)
+        check(bool(self.experiment.strip()) and "/" not in self.experiment, "experiment",
+              f"must be a non-empty name without '/', got {self.experiment!r}")
+        for s in self.sparsity:
+            check(0.0 < s < 1.0, "sparsity", f"each value must be in (0, 1), got {s}")
+        check(len(set(self.sparsity)) == len(self.sparsity), "sparsity", f"repeats a value: {list(self.sparsity)}")
+        check_at_least(self, 1, "", "threads")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.experiment

@@ -1,0 +1,62 @@
+"""The one table of metrics a run reports: name, whether higher or lower is better, and what it means.
+
+The pipeline's ``metrics.json`` and ``results.json`` rows, the search's trial results and MLflow metrics, and
+the analysis all use these names. Split metrics exist once per split (``dev_``, ``test_``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SPLITS = ("dev", "test")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    higher_is_better: bool | None
+    """``None``: neither (a setting, a count)."""
+    meaning: str
+
+    @property
+    def direction(self) -> str | None:
+        """``max`` / ``min`` as Optuna and Ray Tune spell it."""
+        return None if self.higher_is_better is None else ("max" if self.higher_is_better else "min")
+
+
+IR_MEASURES = {"ndcg_at_10": "nDCG@10", "mrr_at_10": "MRR@10 (RR@10)", "recall_at_100": "Recall@100", "map": "MAP"}
+"""Metric-name stems of the IR measures in ``eval.metrics`` (see :func:`sma.evaluate.metric_key`)."""
+
+_PER_SPLIT = (
+    *(Metric(stem, True, f"pruned model's {label}") for stem, label in IR_MEASURES.items()),
+    *(Metric(f"dense_{stem}", True, f"dense teacher's {label}") for stem, label in IR_MEASURES.items()),
+    Metric("retention", True, "pruned nDCG@10 / dense nDCG@10"),
+    Metric("query_cosine", True, "mean cosine of student vs teacher embeddings of the split's queries (no labels)"),
+    Metric("top10_overlap", True, "share of the teacher's top 10 per query also in the student's top 10 (no labels)"),
+)
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("sparsity", None, "target encoder sparsity"),
+    Metric("actual_sparsity", None, "share of encoder parameters removed"),
+    Metric("actual_sparsity_with_embeddings", None, "share of all parameters removed, embeddings included"),
+    *(Metric(f"{split}_{m.name}", m.higher_is_better, f"{split}: {m.meaning}") for split in SPLITS for m in _PER_SPLIT),
+    Metric("corpus_cosine", True, "mean cosine of student vs teacher embeddings of every document (no labels)"),
+    Metric("speedup", True, "dense latency / pruned latency, measured side by side in one process"),
+    Metric("memory_ratio", False, "pruned / dense encoder weight bytes"),
+    Metric("memory_ratio_with_embeddings", False, "pruned / dense weight bytes, embeddings included"),
+    Metric("train_loss", False, "mean distillation loss of a post-prune epoch"),
+    Metric("seconds", False, "wall time of one sparsity in the pipeline"),
+)}
+
+OBJECTIVE = "dev_retention"
+"""What a search maximises: chosen on dev, never on test."""
+RETENTION = "test_retention"
+"""The headline number of a results table."""
+
+
+def direction(name: str) -> str:
+    """``max`` or ``min`` for a metric with a direction; a ``KeyError`` naming the metric otherwise."""
+    metric = METRICS.get(name)
+    if metric is None or metric.direction is None:
+        raise KeyError(f"{name!r} is not a metric with a direction")
+    return metric.direction
