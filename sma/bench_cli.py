@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sma.config import RunConfig
+
 BUILTIN_CONFIGS = {
     "tiny": {"vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
              "intermediate_size": 128},
@@ -54,12 +56,11 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_cli(args: argparse.Namespace) -> int:
+def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
     import torch
 
     from sma.bench import benchmark
     from sma.config import to_dict
-    from sma.config.options import run_config
     from sma.prune import (
         apply_plan,
         encoder_sparsity,
@@ -69,7 +70,6 @@ def run_cli(args: argparse.Namespace) -> int:
         structure,
     )
 
-    cfg = run_config(args, "bench")
     b = cfg.bench
     device = b.device if b.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtypes = b.dtypes or (("float32", "bfloat16", "float16") if device.startswith("cuda") else ("float32",))

@@ -46,7 +46,8 @@ class Command:
     name: str
     help: str
     handler: str
-    """``module:function`` taking the parsed args and returning an exit code (imported when run)."""
+    """``module:function`` taking the parsed args and the built config, returning an exit code (imported
+    when the command runs)."""
     extras: Callable[[argparse.ArgumentParser], None]
     description: str = ""
 
@@ -85,6 +86,13 @@ def _handler(spec: str) -> Callable[[argparse.Namespace], int]:
     return getattr(importlib.import_module(module), func)
 
 
+def build_config(args: argparse.Namespace):
+    """The command's config from the front door: checked before the command's stage is even imported."""
+    from sma.config.options import run_config, search_config
+
+    return search_config(args) if args.command == "tune" else run_config(args, args.command)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from sma.config import ConfigError
 
@@ -93,16 +101,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        return int(_handler(args.handler)(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        cfg = build_config(args)
+        return int(_handler(args.handler)(args, cfg) or 0)
+    except ConfigError as exc:
+        if args.verbose:
+            raise
+        print(f"sma: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
         from sma.data import DataError
         from sma.model import ModelNotFoundError
 
-        if isinstance(exc, (ConfigError, DataError, ModelNotFoundError, FileNotFoundError)) and not args.verbose:
+        if isinstance(exc, (DataError, ModelNotFoundError, FileNotFoundError)) and not args.verbose:
             print(f"sma: error: {exc}", file=sys.stderr)
             return 2
         raise
-
 
 if __name__ == "__main__":
     sys.exit(main())

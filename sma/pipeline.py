@@ -226,9 +226,7 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def run_cli(args) -> int:
-    """``sma run``: the config from the front door, then :func:`run`."""
-    from sma.config.options import run_config
-
-    run(run_config(args, "run"))
+def run_cli(args, cfg: RunConfig) -> int:
+    """``sma run``: the whole job (``cfg`` comes from the front door, :mod:`sma.config.options`)."""
+    run(cfg)
     return 0

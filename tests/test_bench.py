@@ -8,7 +8,7 @@ import pytest
 
 from sma.bench import BenchResult, benchmark
 from sma.bench_cli import run_cli
-from sma.cli import make_parser
+from sma.cli import build_config, make_parser
 from sma.prune import PruningPlan, apply_plan
 from sma.tiny import FFN, HEADS, HIDDEN, LAYERS, tiny_model
 
@@ -40,7 +40,7 @@ def test_benchmark_fields_add_up():
 def test_smoke_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = make_parser().parse_args(["bench", "--smoke-test", "--sparsity", "0.5", "0.7", "--output", str(out)])
-    assert run_cli(args) == 0
+    assert run_cli(args, build_config(args)) == 0
     printed = capsys.readouterr().out
     assert "speedup" in printed and "0.50" in printed
     data = json.loads(out.read_text())

@@ -126,12 +126,12 @@ def test_compare_prunes_by_each_method_and_reports_retention(tmp_path):
 
 def test_cli_smoke_test_writes_phase1(tmp_path):
     from sma.circuits.cli import run_cli
-    from sma.cli import make_parser
+    from sma.cli import build_config, make_parser
 
     args = make_parser().parse_args(["analyze", "--smoke-test", "--output-dir", str(tmp_path / "out"),
                               "--cache-dir", str(tmp_path / "cache"), "--methods", "attribution", "random",
                               "--set", "analysis.attribution_steps=1"])
-    assert run_cli(args) == 0
+    assert run_cli(args, build_config(args)) == 0
     phase1 = tmp_path / "out" / "smoke-test" / "phase1"
     scores = json.loads((phase1 / "importance_scores.json").read_text())
     assert set(scores["methods"]) == {"attribution", "random"}

@@ -133,3 +133,14 @@ def test_the_command_line_imports_no_torch_until_a_command_runs():
             "print('torch' in sys.modules, 'ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_a_bad_value_is_one_line_and_exit_2_before_any_heavy_import():
+    import subprocess
+    import sys
+
+    code = ("import sys; from sma.cli import main; rc = main(['run', '--sparsity', '1.5']); "
+            "print(rc, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["2", "False"]
+    assert out.stderr.strip() == "sma: error: sparsity: each value must be in (0, 1), got 1.5"

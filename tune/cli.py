@@ -6,14 +6,14 @@ from __future__ import annotations
 import argparse
 import logging
 
+from sma.config import SearchConfig
+
 log = logging.getLogger(__name__)
 
 
-def run_cli(args: argparse.Namespace) -> int:
-    from sma.config.options import search_config
+def run_cli(args: argparse.Namespace, cfg: SearchConfig) -> int:
     from tune.search import search
 
-    cfg = search_config(args)
     results = search(cfg, mode=args.mode)
     incomplete = [r.study for r in results if r.progress.finished < cfg.trials_per_study]
     if incomplete:

@@ -14,21 +14,21 @@ import argparse
 import dataclasses
 import logging
 
+from sma.config import RunConfig
+
 log = logging.getLogger(__name__)
 
 
-def run_cli(args: argparse.Namespace) -> int:
+def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
     import torch
 
     from sma.circuits.compare import compare_methods
     from sma.circuits.run import faithfulness_table, run_analysis
-    from sma.config.options import run_config
     from sma.data import load_data
     from sma.device import resolve_device
     from sma.layout import PHASE1_DIR
     from sma.model import BiEncoder
 
-    cfg = run_config(args, "analyze")
     if args.preset == "smoke":
         args.random_seeds = min(args.random_seeds, 2)
         if args.compare_sparsity is None:
