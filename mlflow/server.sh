@@ -2,7 +2,7 @@
 # A local MLflow tracking server for many concurrent writers (Ray trials on several nodes):
 #   bash mlflow/server.sh                      # http://127.0.0.1:5000, store in results/mlflow-server/
 #   MLFLOW_PORT=5050 MLFLOW_STORE=/data/mlflow bash mlflow/server.sh
-# then: export MLFLOW_TRACKING_URI=http://127.0.0.1:5000  (or mlflow_tracking_uri in the search config).
+# then: export MLFLOW_TRACKING_URI=http://127.0.0.1:5000  (or --mlflow-tracking-uri).
 # Artifacts are proxied by the server (--serve-artifacts), so trials need no direct access to the store.
 set -euo pipefail
 cd "$(dirname "$0")/.."

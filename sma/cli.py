@@ -41,6 +41,14 @@ def _tune_extras(p: argparse.ArgumentParser) -> None:
     p.set_defaults(mode="auto")
 
 
+def _ablate_extras(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _report_extras(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resamples", type=int, default=10_000, help="paired bootstrap resamples (seeded)")
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -65,6 +73,14 @@ COMMANDS = (
             "Per sparsity an Optuna study searched through Ray Tune; each trial fits a Ray Train TorchTrainer "
             "running the pipeline; everything is logged to MLflow. Rerun the same command to resume. --set "
             "takes keys of the search config (trials_per_study=5, space.alpha=[0.5,1], run.distill.batch_size=16)."),
+    Command("ablate", "a designed study of the method's choices (criterion, distillation, circuits, schedule, "
+            "recovery) at each sparsity and seed, through Ray Tune; every cell an MLflow run",
+            "tune.ablation:run_cli", _ablate_extras,
+            "One factor at a time from the reference recipe (the run flags), or --factorial; --seeds N per cell. "
+            "Rerun the same command to resume: finished cells are kept. Then: sma report --experiment NAME."),
+    Command("report", "Pareto fronts, seeds, ablation statistics and plots of an experiment's MLflow runs",
+            "analysis.report:run_cli", _report_extras,
+            "writes <output-dir>/<experiment>/report/ (report.md, report.html, PNG, CSV) and logs it to MLflow"),
 )
 
 
@@ -88,9 +104,13 @@ def _handler(spec: str) -> Callable[[argparse.Namespace], int]:
 
 def build_config(args: argparse.Namespace):
     """The command's config from the front door: checked before the command's stage is even imported."""
-    from sma.config.options import run_config, search_config
+    from sma.config.options import ablate_config, run_config, search_config
 
-    return search_config(args) if args.command == "tune" else run_config(args, args.command)
+    if args.command == "tune":
+        return search_config(args)
+    if args.command == "ablate":
+        return ablate_config(args)
+    return run_config(args, args.command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,7 +39,7 @@ def get_importance(cfg: RunConfig, data: RetrievalData, teacher: BiEncoder, *,
 
     # Analyse only what the criterion needs: one-unit-at-a-time ablation is the expensive method.
     wanted = MECHANISTIC_SOURCE if cfg.prune.criterion == "mechanistic" else cfg.prune.criterion
-    acfg = dataclasses.replace(cfg.analysis, methods=(wanted,)) if wanted in cfg.analysis.methods else cfg.analysis
+    acfg = dataclasses.replace(cfg.analysis, methods=(wanted,))
     result = run_analysis(teacher, data, acfg, out_dir, cache_dir=cache_root(cfg.cache_dir))  # the project cache
     scores = dict(result.scores)
     source = MECHANISTIC_SOURCE if MECHANISTIC_SOURCE in scores else next(iter(scores))

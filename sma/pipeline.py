@@ -8,11 +8,12 @@ corpus, a side-by-side speed/memory benchmark against the dense teacher, and the
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from sma.device import resolve_device
 from sma.distill import distill_epochs
 from sma.distributed import broadcast, rank_and_world, wrap_ddp
 from sma.evaluate import evaluate_model, evaluate_splits, split_agreement
+from sma.layout import CONFIG_FILE
 from sma.prepare import Prepared, load_run_data, prepare
 from sma.prune import PruningPlan, apply_plan, encoder_sparsity, plan_for_sparsity, save_pruned, structure
 from sma.schedule import sparsity_schedule
@@ -156,37 +158,59 @@ def _write(out_dir: Path, cfg: RunConfig, student, plans: list[dict], result: di
 
 
 def run(cfg: RunConfig) -> dict:
-    """Run the whole job described by ``cfg``; write ``results/<experiment>/`` and return ``results.json``."""
+    """Run the whole job described by ``cfg``; write ``results/<experiment>/`` and return ``results.json``.
+
+    With ``cfg.track``, MLflow gets a parent run (role ``run``) and a child run per sparsity (role
+    ``sparsity``, tagged ``result=1``): see :class:`sma.tracking.RunTracking`. Tracking only observes."""
     started = time.time()
     setup_runtime(cfg)
     out = cfg.run_dir
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.json")
-    data = load_run_data(cfg)
-    baseline = get_teacher(cfg, data)
-    results: dict[str, Any] = {
-        "experiment": cfg.experiment, "model": cfg.model.name, "dataset": data.name,
-        "num_documents": len(data.corpus), "config": to_dict(cfg),
-        "baseline": {"key": baseline.key, "cached": baseline.cached,
-                     "pretrained": _pretrained_metrics(cfg, data, baseline),
-                     "metrics": {s: r.mean for s, r in baseline.metrics.items()},
-                     "train_losses": list(baseline.train_losses)},
-        "sparsities": [],
-    }
-    (out / "baseline_per_query.json").write_text(
-        json.dumps({s: r.per_query for s, r in baseline.metrics.items()}, indent=1))
-    print(format_table(results), flush=True)  # the dense numbers now; the pruning rows when they are done
-    # analysis and teacher targets only when something is pruned
-    prep = prepare(cfg, analysis_dir=out, data=data, dense=baseline) if cfg.sparsity else None
-    for s in cfg.sparsity:
-        r = run_sparsity(cfg, s, prepared=prep)
-        results["sparsities"].append({k: v for k, v in r.items() if k not in ("per_query", "bench", "history")})
+    save_config(cfg, out / CONFIG_FILE)
+    with _tracked(cfg, out / CONFIG_FILE) as tracked:
+        data = load_run_data(cfg)
+        baseline = get_teacher(cfg, data)
+        results: dict[str, Any] = {
+            "experiment": cfg.experiment, "model": cfg.model.name, "dataset": data.name,
+            "num_documents": len(data.corpus), "config": to_dict(cfg),
+            **({"mlflow": tracked.info} if tracked is not None else {}),
+            "baseline": {"key": baseline.key, "cached": baseline.cached,
+                         "pretrained": _pretrained_metrics(cfg, data, baseline),
+                         "metrics": {s: r.mean for s, r in baseline.metrics.items()},
+                         "train_losses": list(baseline.train_losses)},
+            "sparsities": [],
+        }
+        (out / "baseline_per_query.json").write_text(
+            json.dumps({s: r.per_query for s, r in baseline.metrics.items()}, indent=1))
+        print(format_table(results), flush=True)  # the dense numbers now; the pruning rows when they are done
+        # analysis and teacher targets only when something is pruned
+        prep = prepare(cfg, analysis_dir=out, data=data, dense=baseline) if cfg.sparsity else None
+        for s in cfg.sparsity:
+            with tracked.sparsity(s) if tracked is not None else contextlib.nullcontext() as child:
+                r = run_sparsity(cfg, s, prepared=prep)
+                results["sparsities"].append({k: v for k, v in r.items()
+                                              if k not in ("per_query", "bench", "history")})
+                (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+                if tracked is not None:
+                    files = r.get("artifacts", {})
+                    tracked.log_sparsity(child, r, [files[k] for k in ("plan", "metrics") if k in files])
+        results["seconds"] = round(time.time() - started, 1)
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    results["seconds"] = round(time.time() - started, 1)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     if cfg.sparsity:
         print(format_table(results))
     return results
+
+
+@contextlib.contextmanager
+def _tracked(cfg: RunConfig, config_file: Path) -> Iterator[Any]:
+    """``sma run``'s MLflow runs (a :class:`sma.tracking.RunTracking`), or ``None`` with ``track=False``."""
+    if not cfg.track:
+        yield None
+        return
+    from sma.tracking import RunTracking  # imports MLflow: only when tracking
+
+    with RunTracking.start(cfg, config_file) as tracked:
+        yield tracked
 
 
 def _pretrained_metrics(cfg: RunConfig, data, baseline: Teacher) -> dict[str, dict[str, float]]:

@@ -103,10 +103,16 @@ def test_every_command_is_built_by_the_front_door_from_one_table():
     assert analyze.analysis.methods == ("attribution",) and analyze.model.doc_max_length == 64
     # the defaults of a command are the RunConfig's: one place
     assert run_config(parse(["bench"]), "bench").bench == RunConfig().bench
-    for f in FLAGS:  # every flag sets real keys
-        target = __import__("sma.config", fromlist=["SearchConfig"]).SearchConfig() if f.commands == ("tune",) else RunConfig()
-        for key in f.keys:
-            apply_overrides(target, {key: f.const if f.const is not None else _example(f, key)})
+    from sma.config import SearchConfig
+    from sma.config.ablation import AblationConfig
+    from sma.config.options import OUTER_KEYS
+
+    for f in FLAGS:  # every flag sets real keys of every command it is offered on
+        for command in f.commands:
+            outer = {"tune": SearchConfig(), "ablate": AblationConfig()}.get(command)
+            target = outer if outer is not None and f.keys[0] in OUTER_KEYS else RunConfig()
+            for key in f.keys:
+                apply_overrides(target, {key: f.const if f.const is not None else _example(f, key)})
 
 
 def _example(flag, key):

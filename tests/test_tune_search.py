@@ -195,7 +195,7 @@ def mlflow_server(tmp_path_factory):
 def two_worker_search(ray_address, mlflow_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     cfg = smoke_search(tmp, experiment="ddp", sparsity=(0.5,), trials_per_study=2, num_workers=2,
-                       fail_on_trial=0, mlflow_tracking_uri=mlflow_server)
+                       fail_on_trial=0, **{"run.mlflow_tracking_uri": mlflow_server})
     started = time.time()
     results = search(cfg)
     print(f"2 trials on 2 workers (one failing): {time.time() - started:.0f} s")
@@ -208,12 +208,12 @@ def test_a_failing_trial_is_failed_in_optuna_and_mlflow_and_the_others_complete(
     states = {t.number: t for t in trials(rdb_storage(cfg.optuna_url()), "ddp-s0.50")}
     assert states[0].state == TrialState.FAIL and not states[0].user_attrs.get(INTERRUPTED_ATTR)
     assert states[1].state == TrialState.COMPLETE
-    children = {int(c.data.tags["optuna_trial"]): c for c in mlflow_runs(cfg.mlflow_tracking_uri, "ddp", "trial")}
+    children = {int(c.data.tags["optuna_trial"]): c for c in mlflow_runs(cfg.run.mlflow_tracking_uri, "ddp", "trial")}
     assert children[0].info.status == "FAILED" and "raises on purpose" in children[0].data.tags["error"]
     assert children[1].info.status == "FINISHED"
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=cfg.mlflow_tracking_uri)
+    client = MlflowClient(tracking_uri=cfg.run.mlflow_tracking_uri)
     error_txt = client.download_artifacts(children[0].info.run_id, "error.txt", str(cfg.tune_dir))
     assert "raises on purpose" in Path(error_txt).read_text()  # the traceback, through the server
 

@@ -57,7 +57,7 @@ def test_trials_get_absolute_paths_and_a_dev_retention_every_epoch(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     cfg = apply_overrides(SearchConfig(), {"run.output_dir": "res", "run.cache_dir": "cache", "cpus_per_worker": 4,
                                            "run.distill.eval_every_epoch": False})
-    run = resolve_run(cfg)
+    run = resolve_run(cfg.run, cpus_per_worker=cfg.cpus_per_worker)
     assert run.output_dir == str(tmp_path / "res") and run.cache_dir == str(tmp_path / "cache")
     assert run.distill.eval_every_epoch and run.threads == 4 and not run.eval.show_progress
 
@@ -133,7 +133,7 @@ def test_smoke_test_uses_the_tiny_offline_assets(tmp_path):
 
 @pytest.mark.slow  # builds a tiny BERT or an MLflow SQLite store (10-20 s on 2 busy cores)
 def test_mlflow_runs_are_found_again_on_resume_and_failures_are_recorded(tmp_path):
-    from tune.tracking import Tracking
+    from sma.tracking import Tracking
 
     tr = Tracking.open(f"sqlite:///{tmp_path}/mlflow.db", "exp")
     assert Tracking.open(tr.uri, "exp").experiment_id == tr.experiment_id
@@ -166,8 +166,8 @@ def test_resume_without_a_search_is_an_error(tmp_path):
 
 @pytest.mark.slow  # builds a tiny BERT or an MLflow SQLite store (10-20 s on 2 busy cores)
 def test_fresh_forgets_the_study_its_runs_and_its_ray_results(tmp_path):
+    from sma.tracking import Tracking
     from tune.search import _forget
-    from tune.tracking import Tracking
 
     cfg = apply_overrides(SearchConfig(), {"run.output_dir": str(tmp_path), "run.experiment": "e"})
     storage, study = _study(tmp_path, name="e-s0.50")
@@ -237,3 +237,33 @@ def test_the_shipped_search_config_loads():
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "cluster" / "search.yaml", SearchConfig)
     assert cfg.run.sparsity == (0.3, 0.5, 0.7) and cfg.scheduler == "asha" and cfg.space.post_prune_epochs == (0, 8)
+
+
+def test_the_shipped_ablation_config_loads():
+    from pathlib import Path
+
+    from sma.config.ablation import AblationConfig
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "cluster" / "ablation.yaml", AblationConfig)
+    assert cfg.seeds == 3 and cfg.run.sparsity == (0.5,) and len(cfg.cells()) == 8
+
+
+def test_ablation_design_one_factor_at_a_time_and_factorial():
+    from sma.config import RunConfig
+    from sma.config.ablation import AblationConfig, cells
+
+    run = RunConfig()
+    ofat = cells(run, ("criterion", "distill"), factorial=False)
+    assert [c.name for c in ofat] == ["reference", "criterion=attribution", "criterion=magnitude",
+                                      "criterion=random", "distill=0.0"]
+    assert dict(ofat[4].overrides) == {"distill.alpha": 0.0}
+    assert len(cells(run, ("criterion", "distill"), factorial=True)) == 4 * 2  # 3 + reference levels x 2
+    # a level equal to the reference recipe's value is not a cell of its own
+    one_shot = apply_overrides(run, {"prune.gentleness": 0.0})
+    assert [c.name for c in cells(one_shot, ("gentleness",), factorial=False)] == ["reference"]
+    cfg = AblationConfig(seeds=2)
+    cell = cfg.cells()[2]
+    built = cell.config(run, sparsity=0.7, seed=cfg.seed_list()[1])
+    assert (built.prune.criterion, built.sparsity, built.seed) == ("magnitude", (0.7,), 43)
+    with pytest.raises(ConfigError, match="unknown factor"):
+        AblationConfig(factors=("nope",))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,8 +22,8 @@ from sma.config import SEARCHED, ConfigError, RunConfig, SearchConfig, save_conf
 from sma.config.search import space_bounds
 from sma.layout import PHASE1_DIR
 from sma.metrics import OBJECTIVE, RETENTION, direction
+from sma.tracking import Tracking, git_commit, resolve_tracking_uri
 from tune.studies import StudyProgress, delete, mark_interrupted, progress, rdb_storage, study_name, trials
-from tune.tracking import Tracking, resolve_tracking_uri
 from tune.trainable import DefineSpace, TrialContext, run_trial
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ def search(cfg: SearchConfig, *, mode: str = "auto") -> list[StudyResult]:
 
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    run = resolve_run(cfg)
+    run = resolve_run(cfg.run, cpus_per_worker=cfg.cpus_per_worker)
     cfg = replace(cfg, run=run)
     tune_dir = cfg.tune_dir
     tune_dir.mkdir(parents=True, exist_ok=True)
@@ -59,7 +58,7 @@ def search(cfg: SearchConfig, *, mode: str = "auto") -> list[StudyResult]:
     names = [study_name(cfg.experiment, s) for s in run.sparsity]
     if mode == "resume" and not any(trials(storage, n) for n in names):
         raise ConfigError(f"--resume: no study of experiment {cfg.experiment!r} in {cfg.optuna_url()}")
-    tracking = Tracking.open(resolve_tracking_uri(cfg.mlflow_tracking_uri, run.output_dir), cfg.experiment)
+    tracking = Tracking.open(resolve_tracking_uri(run.mlflow_tracking_uri, run.output_dir), cfg.experiment)
     if mode == "fresh":
         for name in names:
             _forget(cfg, storage, tracking, name)
@@ -88,10 +87,9 @@ def search(cfg: SearchConfig, *, mode: str = "auto") -> list[StudyResult]:
     return results
 
 
-def resolve_run(cfg: SearchConfig) -> RunConfig:
-    """Absolute paths (trials run elsewhere), per-epoch dev retention, quiet progress bars, and the threads
-    a worker owns."""
-    run = cfg.run
+def resolve_run(run: RunConfig, *, cpus_per_worker: float, eval_every_epoch: bool = True) -> RunConfig:
+    """Absolute paths (trials run elsewhere), per-epoch dev retention (for schedulers), quiet progress bars,
+    and the threads a worker owns."""
     changes: dict[str, Any] = {"output_dir": str(Path(run.output_dir).resolve()),
                                "cache_dir": str(cache_root(run.cache_dir).resolve())}
     data = run.data
@@ -102,10 +100,10 @@ def resolve_run(cfg: SearchConfig) -> RunConfig:
         model = replace(model, name=str(Path(model.name).resolve()))
     # Every report to Tune carries the objective (Tune rejects a result without it), and ASHA stops
     # trials on it: trials evaluate dev retention after each post-prune epoch.
-    distill = replace(run.distill, eval_every_epoch=True)
+    distill = replace(run.distill, eval_every_epoch=eval_every_epoch or run.distill.eval_every_epoch)
     return replace(run, **changes, data=data, model=model, distill=distill,
                    eval=replace(run.eval, show_progress=False),
-                   threads=run.threads or max(1, int(cfg.cpus_per_worker)))
+                   threads=run.threads or max(1, int(cpus_per_worker)))
 
 
 def run_study(cfg: SearchConfig, ctx: TrialContext, *, storage) -> StudyResult:
@@ -258,15 +256,6 @@ def _forget(cfg: SearchConfig, storage, tracking: Tracking, name: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
     log.info("--fresh: study %s %s, %d MLflow run(s) deleted, Ray results removed", name,
              "deleted" if deleted else "did not exist", runs)
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _fmt(p: StudyProgress, budget: int) -> str:

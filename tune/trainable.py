@@ -25,8 +25,8 @@ import optuna
 from sma.config import SEARCHED, RunConfig, SearchSpace, sample, with_params
 from sma.layout import TRIAL_ARTIFACTS, TRIAL_CHECKPOINT_DIR, TRIAL_EPOCHS_FILE, TRIAL_RESULT_FILE
 from sma.metrics import OBJECTIVE
+from sma.tracking import CHILD, Tracking, result_params, result_tags
 from tune.studies import finished_trial, rdb_storage
-from tune.tracking import Tracking
 from tune.worker import setup_logging, worker_loop
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,12 @@ def trial_config(ctx: TrialContext, params: dict[str, Any]) -> RunConfig:
     return with_params(ctx.run, params)
 
 
+def trial_tags_params(ctx: TrialContext, cfg: RunConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The trial's MLflow tags (the study's, then those of every result run) and params (every result run's)."""
+    tags = {**ctx.tags, **result_tags(cfg, ctx.sparsity, role=CHILD, commit=ctx.tags.get("git_commit"))}
+    return tags, result_params(cfg, ctx.sparsity)
+
+
 def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
     """The Tune trainable: fit one TorchTrainer, log the trial to MLflow, return (Tune has the reports)."""
     from ray import tune
@@ -86,28 +92,24 @@ def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
         return
     cfg = trial_config(ctx, params)
     tracking = ctx.tracking
-    tags = {**ctx.tags, "sparsity": ctx.sparsity, "criterion": cfg.prune.criterion}
+    tags, run_params = trial_tags_params(ctx, cfg)
     run_id = tracking.child_run(parent_id=ctx.parent_run_id, study=ctx.study, number=number, tags=tags,
-                                params={**params, "sparsity": ctx.sparsity, "criterion": cfg.prune.criterion,
-                                        "model": cfg.model.name, "dataset": cfg.data.dataset, "seed": cfg.seed})
+                                params=run_params)
     log.info("%s trial %d: %s (mlflow run %s)", ctx.study, number, params, run_id)
     try:
         fit_started = time.time()
-        result = _fit(ctx, cfg, number)
+        result = fit_trainer(ctx, cfg, number)
         fitted = time.time()
-        files = _checkpoint_files(result)
+        files = checkpoint_files(result)
         final = json.loads((files / TRIAL_RESULT_FILE).read_text())
-        final.update(_timings(final, entered=entered, fit_started=fit_started, fitted=fitted))
+        final.update(timings(final, entered=entered, fit_started=fit_started, fitted=fitted))
         for key in [k for k in final if k.endswith("_at")]:
             del final[key]  # wall-clock stamps, not metrics
         log.info("%s trial %d: dev retention %.4f; %.1f s in the trial, %.1f s of them in the pipeline",
                  ctx.study, number, final.get(OBJECTIVE, float("nan")), final["trial_seconds"],
                  final["pipeline_seconds"])
-        tracking.log_epochs(run_id, json.loads((files / TRIAL_EPOCHS_FILE).read_text()))
-        tracking.log_metrics(run_id, final, step=cfg.distill.post_prune_epochs)
-        for name in TRIAL_ARTIFACTS:
-            if (files / name).is_file():
-                tracking.client.log_artifact(run_id, str(files / name))
+        tracking.log_result(run_id, epochs=json.loads((files / TRIAL_EPOCHS_FILE).read_text()), final=final,
+                            step=cfg.distill.post_prune_epochs, files=[files / n for n in TRIAL_ARTIFACTS])
         _store_in_optuna(storage, ctx.study, number, final, run_id=run_id,
                          checkpoint=f"{ctx.train_storage}/{_run_name(number)}/{TRIAL_CHECKPOINT_DIR}")
     except BaseException as exc:
@@ -116,7 +118,7 @@ def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
     tracking.finish(run_id)
 
 
-def _fit(ctx: TrialContext, cfg: RunConfig, number: int):
+def fit_trainer(ctx: TrialContext, cfg: RunConfig, number: int):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -142,7 +144,7 @@ def _run_name(number: int) -> str:
     return f"trial-{number:04d}"
 
 
-def _timings(final: dict[str, Any], *, entered: float, fit_started: float, fitted: float) -> dict[str, float]:
+def timings(final: dict[str, Any], *, entered: float, fit_started: float, fitted: float) -> dict[str, float]:
     """Where a trial's wall time went (from the trial function's start to the end of ``fit``)."""
     return {
         "trial_seconds": fitted - entered,
@@ -154,7 +156,7 @@ def _timings(final: dict[str, Any], *, entered: float, fit_started: float, fitte
     }
 
 
-def _checkpoint_files(result) -> Path:
+def checkpoint_files(result) -> Path:
     if result.checkpoint is None:
         raise RuntimeError("the trial's workers finished without reporting their result checkpoint")
     path = Path(result.checkpoint.path)

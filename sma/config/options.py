@@ -14,6 +14,7 @@ import argparse
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sma.config.ablation import FACTORS_BY_NAME, AblationConfig
 from sma.config.choices import (
     ALLOCATIONS,
     CRITERIA,
@@ -32,6 +33,8 @@ PIPELINE = ("run", "tune", "ablate")
 """Commands that prune (the pipeline's flags)."""
 MODELLED = (*PIPELINE, "analyze")
 """Commands that load a model and a collection."""
+OUTER = ("tune", "ablate")
+"""Commands whose config wraps a run config (``run:``) with settings of their own."""
 
 
 @dataclass(frozen=True)
@@ -77,9 +80,11 @@ FLAGS: tuple[Flag, ...] = (
     _f("--deterministic", "deterministic", MODELLED, const=True, help="deterministic torch kernels"),
     _f("--max-samples", "data.max_samples", MODELLED, type=int,
        help="seeded subset of queries per split (and their documents)"),
-    _f("--experiment", "experiment", MODELLED, help="results/<experiment>/ and the MLflow experiment name"),
-    _f("--output-dir", "output_dir", MODELLED, help="results root (default: results)"),
+    _f("--experiment", "experiment", (*MODELLED, "report"), help="results/<experiment>/ and the MLflow experiment name"),
+    _f("--output-dir", "output_dir", (*MODELLED, "report"), help="results root (default: results)"),
     _f("--cache-dir", "cache_dir", MODELLED, help="shared-work cache (default: $SMA_CACHE_DIR or ~/.cache/sma)"),
+    _f("--mlflow-tracking-uri", "mlflow_tracking_uri", (*PIPELINE, "report"),
+       help="where runs are logged (default: $MLFLOW_TRACKING_URI, else sqlite:///<output-dir>/mlflow.db)"),
     _f("--criterion", "prune.criterion", PIPELINE, choices=CRITERIA,
        help="how units are chosen for removal (default: mechanistic)"),
     _f("--gentleness", "prune.gentleness", PIPELINE, type=float, help="0 = one shot, 1 = most gradual schedule"),
@@ -107,24 +112,26 @@ FLAGS: tuple[Flag, ...] = (
     _f("--device", "bench.device", ("bench",), help="cpu, auto, cuda or cuda:N"),
     _f("--dtypes", "bench.dtypes", ("bench",), nargs="+", choices=DTYPES,
        help="default: float32 on CPU; float32 bfloat16 float16 on CUDA"),
-    # the search (keys of SearchConfig)
+    # the search and the ablation (keys of SearchConfig / AblationConfig, not of their run)
     _f("--trials", "trials_per_study", ("tune",), type=int, help="finished trials each study ends with"),
-    _f("--workers", "num_workers", ("tune",), type=int, help="Ray Train workers per trial (DDP when > 1)"),
-    _f("--cpus-per-worker", "cpus_per_worker", ("tune",), type=float),
-    _f("--gpus-per-worker", "gpus_per_worker", ("tune",), type=float),
-    _f("--max-concurrent-trials", "max_concurrent_trials", ("tune",), type=int,
+    _f("--workers", "num_workers", OUTER, type=int, help="Ray Train workers per trial (DDP when > 1)"),
+    _f("--cpus-per-worker", "cpus_per_worker", OUTER, type=float),
+    _f("--gpus-per-worker", "gpus_per_worker", OUTER, type=float),
+    _f("--max-concurrent-trials", "max_concurrent_trials", OUTER, type=int,
        help="default: what the cluster's resources hold"),
     _f("--scheduler", "scheduler", ("tune",), choices=SCHEDULERS),
     _f("--optuna-storage", "optuna_storage", ("tune",),
        help="SQLAlchemy URL (default: sqlite in results/<experiment>/tune)"),
-    _f("--storage-path", "storage_path", ("tune",), help="Ray results: local folder or cloud URI"),
-    _f("--mlflow-tracking-uri", "mlflow_tracking_uri", ("tune",),
-       help="default: $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db"),
-    _f("--max-failures", "max_failures", ("tune",), type=int, help="Ray Tune retries of a failing trial"),
+    _f("--storage-path", "storage_path", OUTER, help="Ray results: local folder or cloud URI"),
+    _f("--max-failures", "max_failures", OUTER, type=int, help="Ray Tune retries of a failing trial"),
     _f("--fail-on-trial", "fail_on_trial", ("tune",), type=int, help="test hook: this Optuna trial number raises"),
+    _f("--seeds", "seeds", ("ablate",), type=int, help="seeds per cell (run.seed, run.seed + 1, ...; default 3)"),
+    _f("--factors", "factors", ("ablate",), nargs="+", choices=tuple(FACTORS_BY_NAME),
+       help="the method's choices to ablate (default: all)"),
+    _f("--factorial", "factorial", ("ablate",), const=True, help="every combination instead of one factor at a time"),
 )
-SEARCH_KEYS = frozenset(f.keys[0] for f in FLAGS if f.commands == ("tune",))
-"""Flags of ``sma tune`` that set search-level keys (all others set ``run.`` keys)."""
+OUTER_KEYS = frozenset(f.keys[0] for f in FLAGS if set(f.commands) <= set(OUTER))
+"""Flags of ``sma tune`` / ``sma ablate`` that set keys of the search or ablation itself (others: ``run.``)."""
 
 _SMOKE_PIPELINE: dict[str, Any] = {
     "sparsity": (0.3, 0.5), "eval.show_progress": False, "distill.batch_size": 8, "distill.max_length": 32,
@@ -140,7 +147,8 @@ _QUICK_PIPELINE: dict[str, Any] = {
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # the whole pipeline on the real model, small: one-shot pruning, one recovery epoch over 768 texts,
     # documents at 128 tokens, a small probe, 100 queries per split. Under 10 min on 2 cores.
-    "quick": {"run": _QUICK_PIPELINE, "tune": _QUICK_PIPELINE, "ablate": _QUICK_PIPELINE,
+    "quick": {"run": _QUICK_PIPELINE, "tune": _QUICK_PIPELINE,
+              "ablate": {k: v for k, v in _QUICK_PIPELINE.items() if k != "prune.gentleness"},  # gentleness is a factor
               "analyze": {"analysis.probe_queries": 48, "analysis.attribution_steps": 1},
               "bench": {"bench.repeats": 3}},
     # the tiny offline model and collection of sma.tiny: seconds, for CI and first tries
@@ -231,7 +239,7 @@ def run_config(args: argparse.Namespace, command: str = "run") -> RunConfig:
     run = _preset(run, args.preset, command)
     explicit.update(set_overrides(args.set))
     run = apply_overrides(run, explicit)
-    if args.preset == "smoke" and command != "bench":
+    if args.preset == "smoke" and command in MODELLED:
         run = _smoke_assets(run, explicit)
     return run
 
@@ -242,7 +250,7 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
     cfg = load_config(args.config, SearchConfig) if args.config else SearchConfig()
     flags = flag_overrides(args, "tune")
     sets = set_overrides(args.set)
-    run_keys = {k: v for k, v in flags.items() if k not in SEARCH_KEYS}
+    run_keys = {k: v for k, v in flags.items() if k not in OUTER_KEYS}
     if getattr(args, "no_distill", None):
         run_keys.pop("distill.alpha")
         sets = {"space.alpha": "[0, 0]", **sets}
@@ -258,8 +266,27 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
     cfg = replace(cfg, run=run)
     if args.preset == "smoke":
         cfg = apply_overrides(cfg, {"trials_per_study": 2, "space.post_prune_epochs": (0, 1)})
-    search_flags = {k: v for k, v in flags.items() if k in SEARCH_KEYS}
+    search_flags = {k: v for k, v in flags.items() if k in OUTER_KEYS}
     cfg = apply_overrides(cfg, {**search_flags, **sets})
+    if args.preset == "smoke":
+        given = {**run_keys, **{k.removeprefix("run."): v for k, v in sets.items()}}
+        cfg = replace(cfg, run=_smoke_assets(cfg.run, given))
+    return cfg
+
+
+def ablate_config(args: argparse.Namespace) -> AblationConfig:
+    """The :class:`AblationConfig` of ``sma ablate``: run flags set the reference recipe."""
+    cfg = load_config(args.config, AblationConfig) if args.config else AblationConfig()
+    flags = flag_overrides(args, "ablate")
+    sets = set_overrides(args.set)
+    run_keys = {k: v for k, v in flags.items() if k not in OUTER_KEYS}
+    run = cfg.run
+    if args.preset == "smoke" and "experiment" not in run_keys:
+        run = replace(run, experiment="smoke-test")
+    cfg = replace(cfg, run=apply_overrides(_preset(run, args.preset, "ablate"), run_keys))
+    if args.preset == "smoke":
+        cfg = apply_overrides(cfg, {"seeds": 2, "factors": ("criterion", "distill"), "run.sparsity": (0.5,)})
+    cfg = apply_overrides(cfg, {**{k: v for k, v in flags.items() if k in OUTER_KEYS}, **sets})
     if args.preset == "smoke":
         given = {**run_keys, **{k.removeprefix("run."): v for k, v in sets.items()}}
         cfg = replace(cfg, run=_smoke_assets(cfg.run, given))

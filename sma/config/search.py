@@ -117,8 +117,6 @@ class SearchConfig:
     """SQLAlchemy URL of the Optuna storage; ``None`` = ``sqlite:///<results>/<experiment>/tune/optuna.db``."""
     storage_path: str | None = None
     """Ray results (local folder or cloud URI such as ``s3://bucket/sma``); ``None`` = ``<results>/<experiment>/tune/ray``."""
-    mlflow_tracking_uri: str | None = None
-    """``None`` = ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<results>/mlflow.db``."""
     max_failures: int = 0
     """Ray Tune retries of a failing trial before it counts as failed."""
     fail_on_trial: int | None = None

@@ -296,6 +296,10 @@ class RunConfig:
     threads: int | None = None
     cache_dir: str | None = None
     """Where shared work is cached by content hash; default ``$SMA_CACHE_DIR`` or ~/.cache/sma."""
+    mlflow_tracking_uri: str | None = None
+    """Where runs are logged: ``None`` = ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<output_dir>/mlflow.db``."""
+    track: bool = True
+    """Log every run to MLflow (``sma run``: a parent run per invocation, a child per sparsity)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

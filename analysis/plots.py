@@ -1,0 +1,67 @@
+"""The report's figures (matplotlib, Agg backend): Pareto fronts against the reference implementation's
+published front, the ablation effects with their intervals, and per-epoch recovery curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.pareto import REFERENCE_FRONT  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pareto_plot(df: pd.DataFrame, front: pd.DataFrame, *, x: str, label: str, reference_col: str | None,
+                path: Path) -> Path:
+    """Every run (grey), the front chosen on dev shown at its test retention (line), the reference front."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(df[x], 100 * df["metrics.test_retention"], s=14, color="0.7", label="all runs (test)")
+    f = front.sort_values(x)
+    ax.plot(f[x], 100 * f["metrics.test_retention"], "o-", color="C0", label="front chosen on dev (test)")
+    if reference_col:
+        ax.plot(REFERENCE_FRONT[reference_col], 100 * REFERENCE_FRONT["retention"], "s--", color="C3",
+                label="reference implementation (published)")
+    ax.set_xlabel(label)
+    ax.set_ylabel("test retention (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def effect_plot(table: pd.DataFrame, path: Path) -> Path:
+    """Mean paired difference of test nDCG@10 per ablation cell with its bootstrap 95 % interval."""
+    t = table.reset_index(drop=True)
+    labels = [f"{c} @ {100 * s:.0f}%" for c, s in zip(t["cell"], t["sparsity"], strict=True)]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(t) + 1.2))
+    y = range(len(t))
+    ax.errorbar(t["mean diff nDCG@10"], y, xerr=[t["mean diff nDCG@10"] - t["ci_low"],
+                                                 t["ci_high"] - t["mean diff nDCG@10"]], fmt="o", capsize=3)
+    ax.axvline(0, color="0.4", lw=1)
+    ax.set_yticks(list(y), labels)
+    ax.set_xlabel("test nDCG@10, cell minus reference recipe (paired over queries)")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def curves_plot(history: pd.DataFrame, labels: dict[str, str], path: Path) -> Path:
+    """Dev retention after each post-prune epoch, one line per run."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run_id, rows in history.groupby("run_id"):
+        rows = rows.sort_values("step")
+        ax.plot(rows["step"], 100 * rows["value"], marker=".", label=labels.get(run_id, run_id[:8]))
+    ax.set_xlabel("post-prune epoch")
+    ax.set_ylabel("dev retention (%)")
+    ax.grid(alpha=0.3)
+    if history["run_id"].nunique() <= 12:
+        ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -1,0 +1,167 @@
+"""``sma report --experiment NAME``: one report from every result run of an MLflow experiment.
+
+Writes ``<output_dir>/<experiment>/report/``: ``report.md``, a self-contained ``report.html``, the PNG plots
+and a CSV per table, and logs them as the artifacts of a ``role=report`` run in the same experiment. Works
+for any experiment: ``sma run`` (sparsities, seeds), ``sma tune`` (trials, studies), ablations (cells).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import plots, tables
+from analysis.render import Section, to_html, to_markdown
+from analysis.runs import load_runs, metric_history, per_query
+
+log = logging.getLogger(__name__)
+
+
+def _results_sections(df: pd.DataFrame, out: Path) -> list[Section]:
+    results = tables.results_table(df)
+    results.to_csv(out / "results.csv", index=False)
+    sections = [Section("Results per sparsity", "The configuration with the best dev retention at each target "
+                        "sparsity, with its test numbers (retention = pruned / dense test nDCG@10).",
+                        tables=(("results.csv", results),))]
+    fronts = tables.fronts(df)
+    images, front_tables = [], []
+    for name, front in fronts.items():
+        x, _, _, ref_col = tables.AXES[name]
+        images.append(plots.pareto_plot(df, front, x=x, label=x.removeprefix("metrics."), reference_col=ref_col,
+                                        path=out / f"pareto_{name}.png"))
+        ft = tables.front_table(front, x)
+        ft.to_csv(out / f"pareto_{name}.csv", index=False)
+        front_tables.append((f"pareto_{name}.csv", ft))
+    hv = tables.hypervolumes(fronts)
+    hv.to_csv(out / "hypervolume.csv", index=False)
+    sections.append(Section(
+        "Pareto fronts", "Non-dominated configurations by dev retention against actual sparsity, measured speedup "
+        "and encoder memory ratio, drawn at their test retention; the dashed line is the published front of the "
+        "reference implementation (85.2 / 81.5 / 70.0 % at 30 / 50 / 70 %; 1.4 / 2.0 / 2.8x).",
+        tables=(("hypervolume.csv", hv), *front_tables), images=tuple(images)))
+    seeds = tables.seed_table(df)
+    if not seeds.empty:
+        seeds.to_csv(out / "seeds.csv", index=False)
+        sections.append(Section("Across seeds", "Test retention of each configuration run with several seeds: "
+                                "mean, sd and the 95 % t-interval of the mean.", tables=(("seeds.csv", seeds),)))
+    return sections
+
+
+def _ablation_section(df: pd.DataFrame, uri: str, out: Path, cache: Path, resamples: int) -> list[Section]:
+    if tables.CELL not in df.columns or df[tables.CELL].isna().all():
+        return []
+    cells = df[df[tables.CELL].notna()]
+    table = tables.ablation_table(cells, per_query(uri, cells["run_id"], cache_dir=cache), resamples=resamples)
+    if table.empty:
+        return []
+    table.to_csv(out / "ablation.csv", index=False)
+    return [Section("Ablation", f"Each cell against the reference recipe at the same sparsity: per-query paired "
+                    f"difference of test nDCG@10 (per-query means over seeds first), paired bootstrap 95 % CI "
+                    f"({resamples} resamples, seeded), Wilcoxon signed-rank p and Holm-adjusted p across cells.",
+                    tables=(("ablation.csv", table),), images=(plots.effect_plot(table, out / "ablation.png"),))]
+
+
+def _curves_section(df: pd.DataFrame, uri: str, out: Path) -> list[Section]:
+    history = metric_history(uri, df["run_id"], "dev_retention")
+    history = history[history.groupby("run_id")["step"].transform("nunique") > 1]
+    if history.empty:
+        return []
+    labels = {r.run_id: f"{100 * getattr(r, 'sparsity', 0):.0f}% {r.run_id[:6]}"
+              for r in df.rename(columns={tables.SPARSITY: "sparsity"}).itertuples()}
+    return [Section("Recovery", "Dev retention after each post-prune epoch.",
+                    images=(plots.curves_plot(history, labels, out / "recovery.png"),))]
+
+
+def _search_sections(df: pd.DataFrame, results_dir: Path, out: Path, optuna_url: str | None) -> list[Section]:
+    """Per Optuna study of a search: its trials, best trial, hyperparameter importance and plots."""
+    from analysis.studies import study_report
+
+    db = results_dir / "tune" / "optuna.db"
+    url = optuna_url or (f"sqlite:///{db}" if db.is_file() else None)
+    if url is None or "tags.study" not in df.columns:
+        return []
+    sections = []
+    for name in sorted(df["tags.study"].dropna().unique()):
+        rep = study_report(url, name, out / f"study_{name}")
+        keep = [c for c in rep.trials.columns if c in ("number", "state", "value") or c.startswith("params_")
+                or c == "user_attrs_mlflow_run_id"]
+        trials = rep.trials[keep]
+        trials.to_csv(out / f"trials_{name}.csv", index=False)
+        importance = pd.DataFrame({"hyperparameter": list(rep.importance), "importance": list(rep.importance.values())})
+        best = (f"best trial {rep.best.number}: dev retention {rep.best.value:.4f}, {rep.best.params}"
+                if rep.best else "no complete trial")
+        sections.append(Section(f"Search: {name}", f"{best}. Importance: Optuna's fANOVA over the complete trials"
+                                + (f" ({rep.importance_note})" if rep.importance_note else "") + ".",
+                                tables=((f"trials_{name}.csv", trials), ("importance", importance)),
+                                images=tuple(rep.plots.values())))
+    return sections
+
+
+def _phase1_section(results_dir: Path) -> list[Section]:
+    pngs = tuple(sorted((results_dir / "phase1").glob("*.png")))
+    if not pngs:
+        return []
+    return [Section("Mechanistic analysis", "Importance of every head and neuron of the dense model (phase 1).",
+                    images=pngs)]
+
+
+def build_report(experiment: str, *, uri: str, results_dir: Path, resamples: int = 10_000,
+                 command: str = "", optuna_url: str | None = None) -> Path:
+    """Compute every section from the experiment's result runs and write the report folder; returns it."""
+    started = time.time()
+    df = load_runs(experiment, uri=uri)
+    if df.empty:
+        raise LookupError(f"experiment {experiment!r} at {uri} has no finished result runs")
+    out = results_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    cache = results_dir / ".mlflow-artifacts"  # per-query metrics downloaded once
+    sections = _results_sections(df, out)
+    sections += _ablation_section(df, uri, out, cache, resamples)
+    sections += _search_sections(df, results_dir, out, optuna_url)
+    sections += _curves_section(df, uri, out)
+    sections += _phase1_section(results_dir)
+    sections.append(Section("Reproduce", f"{len(df)} result runs of MLflow experiment {experiment!r} at {uri}.",
+                            code=command or f"sma report --experiment {experiment}"))
+    title = f"SMA report: {experiment}"
+    for section in sections:  # every image next to the Markdown that links it
+        for image in section.images:
+            if image.parent != out:
+                (out / image.name).write_bytes(image.read_bytes())
+    (out / "report.md").write_text(to_markdown(title, sections))
+    (out / "report.html").write_text(to_html(title, sections))
+    log.info("report of %d runs in %s (%.1f s)", len(df), out, time.time() - started)
+    return out
+
+
+def log_report(experiment: str, uri: str, folder: Path) -> str:
+    """A ``role=report`` run in the experiment holding the report's files as artifacts; returns its id."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    run = client.create_run(exp.experiment_id, run_name="report", tags={"role": "report"})
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            client.log_artifact(run.info.run_id, str(path))
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def run_cli(args, cfg) -> int:
+    """``sma report``: build the report of ``cfg.experiment`` and log it to MLflow."""
+    from sma.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(cfg.mlflow_tracking_uri, cfg.output_dir)
+    command = f"sma report --experiment {cfg.experiment} --mlflow-tracking-uri {uri}"
+    try:
+        folder = build_report(cfg.experiment, uri=uri, results_dir=cfg.run_dir, resamples=args.resamples,
+                              command=command)
+    except LookupError as exc:
+        print(f"sma: error: {exc}")
+        return 2
+    run_id = log_report(cfg.experiment, uri, folder)
+    print(f"report: {folder / 'report.html'} (MLflow run {run_id} in experiment {cfg.experiment!r})")
+    return 0

@@ -1,0 +1,101 @@
+"""The runs of one MLflow experiment as one DataFrame, and the per-query metrics their artifacts hold.
+
+Every pruned model SMA measures is an MLflow run tagged ``result=1``: a ``sma run`` sparsity (role
+``sparsity``), a search trial (``trial``), an ablation cell (``cell``). :func:`load_runs` reads them with
+``mlflow.search_runs`` into one frame (``run_id``, ``status``, ``params.*`` made numeric where they are,
+``metrics.*``, ``tags.*``). :func:`per_query` downloads a run's ``metrics.json`` once into a local cache and
+returns one split's per-query values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+RESULT_FILTER = "tags.result = '1'"
+METRICS_ARTIFACT = "metrics.json"
+
+
+@contextmanager
+def tracking_uri(uri: str) -> Iterator[None]:
+    """``mlflow``'s fluent functions (``search_runs``) against ``uri``; afterwards the previous URI and
+    ``$MLFLOW_TRACKING_URI`` (which ``set_tracking_uri`` also sets) are as they were."""
+    import mlflow
+
+    previous, env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+def _numeric_params(df: pd.DataFrame) -> pd.DataFrame:
+    for col in [c for c in df.columns if c.startswith("params.")]:
+        converted = pd.to_numeric(df[col], errors="coerce")
+        if converted.notna().sum() == df[col].notna().sum():  # every logged value is a number
+            df[col] = converted
+    return df
+
+
+def load_runs(experiment: str, *, uri: str, filter_string: str = RESULT_FILTER,
+              statuses: Iterable[str] = ("FINISHED",)) -> pd.DataFrame:
+    """Runs of ``experiment`` matching ``filter_string`` (default: every result run) in ``statuses``.
+
+    Raises ``LookupError`` naming the experiment when it does not exist in the store."""
+    import mlflow
+
+    with tracking_uri(uri):
+        if mlflow.get_experiment_by_name(experiment) is None:
+            raise LookupError(f"no MLflow experiment {experiment!r} at {uri}")
+        df = mlflow.search_runs(experiment_names=[experiment], filter_string=filter_string,
+                                output_format="pandas")
+    if df.empty:
+        return df
+    df = df[df["status"].isin(tuple(statuses))].reset_index(drop=True)
+    return _numeric_params(df)
+
+
+def _artifact(uri: str, run_id: str, name: str, cache_dir: Path) -> Path:
+    local = cache_dir / run_id / name
+    if not local.is_file():
+        from mlflow.tracking import MlflowClient
+
+        (cache_dir / run_id).mkdir(parents=True, exist_ok=True)
+        tmp = Path(MlflowClient(tracking_uri=uri).download_artifacts(run_id, name, str(cache_dir / run_id)))
+        if tmp != local:
+            tmp.replace(local)
+    return local
+
+
+def per_query(uri: str, run_ids: Iterable[str], *, split: str = "test", metric: str = "ndcg_at_10",
+              cache_dir: Path, progress: bool = True) -> dict[str, dict[str, float]]:
+    """``{run_id: {query_id: value}}`` from each run's ``metrics.json`` artifact (downloaded once into
+    ``cache_dir/<run_id>/``, then read from there)."""
+    from tqdm.auto import tqdm
+
+    out: dict[str, dict[str, float]] = {}
+    ids = list(run_ids)
+    for run_id in tqdm(ids, desc="per-query metrics", disable=not progress or not ids, unit="run"):
+        blob = json.loads(_artifact(uri, run_id, METRICS_ARTIFACT, cache_dir).read_text())
+        out[run_id] = {q: float(v[metric]) for q, v in blob["per_query"][split].items()}
+    return out
+
+
+def metric_history(uri: str, run_ids: Iterable[str], metric: str) -> pd.DataFrame:
+    """``run_id``, ``step``, ``value`` of every logged value of ``metric`` (e.g. per-epoch dev retention)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    rows = [{"run_id": r, "step": m.step, "value": m.value}
+            for r in run_ids for m in client.get_metric_history(r, metric)]
+    return pd.DataFrame(rows, columns=["run_id", "step", "value"])

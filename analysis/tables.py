@@ -1,0 +1,119 @@
+"""The report's tables, computed from the runs frame of :func:`analysis.runs.load_runs`.
+
+Every table keeps the MLflow ``run_id`` of each number it shows. Configurations are chosen on **dev** and
+shown with their **test** values.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis.pareto import REFERENCE_FRONT, hypervolume, pareto_front, select_on_dev
+from analysis.stats import seed_summary
+from sma.config import SEARCHED
+
+SPARSITY = "params.sparsity"
+DEV, TEST = "metrics.dev_retention", "metrics.test_retention"
+CONFIG_PARAMS = tuple(f"params.{name}" for name in ("criterion", *(p.name for p in SEARCHED), "protect_circuits"))
+"""What makes two result runs the same configuration (the seed aside)."""
+
+AXES = {
+    # name: (x column, x better, reference point (x, retention), reference front column)
+    "sparsity": ("metrics.actual_sparsity", "max", (0.0, 0.0), "sparsity"),
+    "speedup": ("metrics.speedup", "max", (1.0, 0.0), "speedup"),
+    "memory": ("metrics.memory_ratio", "min", (1.0, 0.0), None),
+}
+"""The three Pareto views: retention against sparsity, measured speedup and memory ratio."""
+
+
+def config_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in CONFIG_PARAMS if c in df.columns]
+
+
+def results_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per target sparsity, the run with the best dev retention: the seed-style results table."""
+    best = select_on_dev(df, [SPARSITY], dev=DEV).sort_values(SPARSITY)
+    return pd.DataFrame({
+        "Sparsity": best[SPARSITY].map(lambda s: f"{100 * s:.0f}%"),
+        "Actual": best["metrics.actual_sparsity"].map(lambda s: f"{100 * s:.2f}%"),
+        "Baseline": best.get("metrics.test_dense_ndcg_at_10"),
+        "Pruned": best.get("metrics.test_ndcg_at_10"),
+        "Retention": best[TEST].map(lambda r: f"{100 * r:.2f}%"),
+        "Dev retention": best[DEV].map(lambda r: f"{100 * r:.2f}%"),
+        "Speedup": best.get("metrics.speedup"),
+        "Memory": best.get("metrics.memory_ratio"),
+        "run_id": best["run_id"],
+    }).reset_index(drop=True)
+
+
+def fronts(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per axis, the Pareto front of (x, dev retention): configurations chosen on dev, their test values kept."""
+    out = {}
+    for name, (x, better, _, _) in AXES.items():
+        if x in df.columns and df[x].notna().any():
+            out[name] = pareto_front(df, x, DEV, x_better=better, y_better="max")
+    return out
+
+
+def hypervolumes(front_by_axis: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Hypervolume of each front on **test** retention, next to the reference front's under the same point."""
+    rows = []
+    for name, front in front_by_axis.items():
+        x, better, ref, ref_col = AXES[name]
+        ours = hypervolume(front, x, TEST, reference=ref, x_better=better, y_better="max")
+        theirs = (hypervolume(REFERENCE_FRONT, ref_col, "retention", reference=ref, x_better=better, y_better="max")
+                  if ref_col else float("nan"))
+        rows.append({"front": f"test retention vs {name}", "points": len(front), "hypervolume": ours,
+                     "reference implementation": theirs, "reference point": str(ref)})
+    return pd.DataFrame(rows)
+
+
+def front_table(front: pd.DataFrame, x: str) -> pd.DataFrame:
+    cols = {SPARSITY: "target", x: x.removeprefix("metrics."), DEV: "dev retention", TEST: "test retention"}
+    cols.update({c: c.removeprefix("params.") for c in config_columns(front)})
+    return front[[*cols, "run_id"]].rename(columns=cols).reset_index(drop=True)
+
+
+def seed_table(df: pd.DataFrame, metric: str = TEST) -> pd.DataFrame:
+    """Per (target sparsity, configuration) with at least two seeds: mean ± sd and the t-interval."""
+    keys = [SPARSITY, *config_columns(df)]
+    rows = []
+    for key, group in df.groupby(keys, dropna=False, sort=True):
+        if len(group) < 2:
+            continue
+        s = seed_summary(group[metric].tolist())
+        rows.append({**dict(zip([k.removeprefix("params.") for k in keys], key, strict=True)),
+                     "seeds": s.n, "mean": s.mean, "sd": s.sd, "ci_low": s.ci_low, "ci_high": s.ci_high,
+                     "run_ids": " ".join(group["run_id"])})
+    return pd.DataFrame(rows)
+
+
+CELL = "tags.cell"
+REFERENCE_CELL = "reference"
+
+
+def ablation_table(df: pd.DataFrame, per_query_by_run: dict[str, dict[str, float]], *, resamples: int = 10_000,
+                   seed: int = 0) -> pd.DataFrame:
+    """Every ablation cell against the reference recipe at the same sparsity: the per-query paired difference
+    of test nDCG@10 (per-query means over seeds first), its bootstrap CI, Wilcoxon p and Holm-adjusted p."""
+    from analysis.stats import holm, mean_over_seeds, paired_difference
+
+    if CELL not in df.columns:
+        return pd.DataFrame()
+    rows = []
+    for sparsity, at in df.groupby(SPARSITY, sort=True):
+        means = {cell: mean_over_seeds([per_query_by_run[r] for r in runs["run_id"]])
+                 for cell, runs in at.groupby(CELL)}
+        if REFERENCE_CELL not in means:
+            continue
+        for cell, runs in at.groupby(CELL):
+            if cell == REFERENCE_CELL:
+                continue
+            d = paired_difference(means[cell], means[REFERENCE_CELL], resamples=resamples, seed=seed)
+            rows.append({"sparsity": sparsity, "cell": cell, "seeds": len(runs), "queries": d.n,
+                         "mean diff nDCG@10": d.mean, "ci_low": d.ci_low, "ci_high": d.ci_high,
+                         "wilcoxon p": d.p_value, "run_ids": " ".join(runs["run_id"])})
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table.insert(table.columns.get_loc("wilcoxon p") + 1, "holm p", holm(table["wilcoxon p"].tolist()))
+    return table

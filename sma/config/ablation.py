@@ -1,0 +1,98 @@
+"""What an ablation varies: the one table of the method's choices and their alternative levels, and the
+ablation config (a reference recipe plus how to run its cells).
+
+The default design is one factor at a time: the reference recipe, then each factor's alternatives with
+everything else at the reference. ``factorial`` crosses every level of every factor. Each cell runs at every
+sparsity of ``run.sparsity`` with ``seeds`` seeds (``run.seed``, ``run.seed + 1``, ...).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from sma.config.coerce import apply_overrides, get_key
+from sma.config.sections import RunConfig, check, check_at_least
+
+
+@dataclass(frozen=True)
+class Factor:
+    name: str
+    key: str
+    """Dotted :class:`~sma.config.RunConfig` key the factor sets."""
+    levels: tuple[Any, ...]
+    """Alternatives to the reference recipe's value."""
+    label: str
+
+
+FACTORS: tuple[Factor, ...] = (
+    Factor("criterion", "prune.criterion", ("attribution", "magnitude", "random"), "how units are chosen"),
+    Factor("distill", "distill.alpha", (0.0,), "distillation off (alpha 0: task loss only)"),
+    Factor("protect_circuits", "prune.protect_circuits", (False,), "circuit protection off"),
+    Factor("gentleness", "prune.gentleness", (0.0,), "one-shot pruning instead of the schedule"),
+    Factor("post_prune_epochs", "distill.post_prune_epochs", (0,), "no recovery epochs after the last step"),
+)
+FACTORS_BY_NAME = {f.name: f for f in FACTORS}
+REFERENCE = "reference"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One configuration of the design: its name (``reference`` or ``factor=value,...``) and overrides."""
+
+    name: str
+    overrides: tuple[tuple[str, Any], ...]
+
+    def config(self, run: RunConfig, *, sparsity: float, seed: int) -> RunConfig:
+        return apply_overrides(run, {**dict(self.overrides), "sparsity": (sparsity,), "seed": seed})
+
+
+def _name(values: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in values.items()) or REFERENCE
+
+
+def cells(run: RunConfig, factors: tuple[str, ...], *, factorial: bool) -> list[Cell]:
+    """The design's cells; levels equal to the reference recipe's value are skipped."""
+    chosen = [FACTORS_BY_NAME[n] for n in factors]
+    alternatives = {f.name: [v for v in f.levels if v != get_key(run, f.key)] for f in chosen}
+    out = [Cell(REFERENCE, ())]
+    if factorial:
+        grid = [[None, *alternatives[f.name]] for f in chosen]
+        for combo in itertools.product(*grid):
+            values = {f.name: v for f, v in zip(chosen, combo, strict=True) if v is not None}
+            if values:
+                out.append(Cell(_name(values), tuple((FACTORS_BY_NAME[k].key, v) for k, v in values.items())))
+        return out
+    for f in chosen:
+        out += [Cell(_name({f.name: v}), ((f.key, v),)) for v in alternatives[f.name]]
+    return out
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    """The reference recipe; ``run.experiment`` names the ablation, ``run.sparsity`` its sparsities."""
+    factors: tuple[str, ...] = tuple(f.name for f in FACTORS)
+    factorial: bool = False
+    seeds: int = 3
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_concurrent_trials: int | None = None
+    storage_path: str | None = None
+    """Ray results; ``None`` = ``<results>/<experiment>/ablate/ray``."""
+    max_failures: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.factors) - set(FACTORS_BY_NAME))
+        check(not unknown, "factors", f"unknown factor(s) {unknown}; choose from {', '.join(FACTORS_BY_NAME)}")
+        check_at_least(self, 1, "", "seeds", "num_workers", "max_concurrent_trials")
+        check_at_least(self, 0, "", "cpus_per_worker", "gpus_per_worker", "max_failures")
+        check(bool(self.run.sparsity), "run.sparsity", "must list at least one sparsity")
+
+    def cells(self) -> list[Cell]:
+        return cells(self.run, self.factors, factorial=self.factorial)
+
+    def seed_list(self) -> list[int]:
+        return [self.run.seed + i for i in range(self.seeds)]

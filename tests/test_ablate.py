@@ -1,0 +1,55 @@
+"""``sma ablate --smoke-test`` then ``sma report`` end to end: a real local Ray cluster started by the command,
+a real MLflow SQLite store, the report opened in headless Chromium; rerunning the ablation resumes (runs
+nothing that finished)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import check_page_in_browser
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sma(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "SMA_CACHE_DIR": str(cwd / "cache"), "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", "sma.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_ablation_then_report(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    args = ("ablate", "--smoke-test", "--experiment", "abl", "--factors", "distill", "--seeds", "2")
+    first = _sma(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    summary = json.loads((tmp_path / "results" / "abl" / "ablate" / "summary.json").read_text())
+    assert (summary["units"], summary["finished"]) == (4, 4)  # 2 cells x 1 sparsity x 2 seeds
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    exp = client.get_experiment_by_name("abl")
+    cells = client.search_runs([exp.experiment_id], "tags.role = 'cell' AND tags.result = '1'")
+    assert sorted(r.data.tags["cell"] for r in cells) == ["distill=0.0"] * 2 + ["reference"] * 2
+    assert all(r.info.status == "FINISHED" and "test_retention" in r.data.metrics for r in cells)
+    assert {r.data.params["seed"] for r in cells} == {"42", "43"}
+
+    again = _sma(*args, cwd=tmp_path)  # resume: everything finished, nothing runs twice
+    assert again.returncode == 0 and "4 finished before, 0 to run" in again.stderr, again.stderr[-2000:]
+    assert len(client.search_runs([exp.experiment_id], "tags.role = 'cell'")) == 4
+
+    report = _sma("report", "--smoke-test", "--experiment", "abl", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    folder = tmp_path / "results" / "abl" / "report"
+    table = (folder / "ablation.csv").read_text()
+    assert "distill=0.0" in table and all(r.info.run_id in table for r in cells if r.data.tags["cell"] != "reference")
+    assert client.search_runs([exp.experiment_id], "tags.role = 'report'")
+    check_page_in_browser(folder / "report.html", "report-ablation.png")

@@ -1,0 +1,146 @@
+"""The report from a fixture MLflow store with known runs: the tables it must produce, worked out by hand;
+and the report page opened in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import check_page_in_browser
+
+from analysis import tables
+from analysis.runs import load_runs, per_query
+
+QUERIES = ("q1", "q2", "q3")
+
+
+def _log(client, exp_id: str, tmp: Path, *, params: dict, metrics: dict, per_query_test: dict[str, float],
+         cell: str | None = None, status: str = "FINISHED") -> str:
+    tags = {"result": "1", "role": "sparsity", **({"cell": cell} if cell else {})}
+    run = client.create_run(exp_id, tags=tags)
+    rid = run.info.run_id
+    for k, v in params.items():
+        client.log_param(rid, k, v)
+    for k, v in metrics.items():
+        client.log_metric(rid, k, v)
+    blob = tmp / rid / "metrics.json"
+    blob.parent.mkdir(parents=True)
+    blob.write_text(json.dumps({"per_query": {"test": {q: {"ndcg_at_10": v} for q, v in per_query_test.items()}}}))
+    client.log_artifact(rid, str(blob))
+    client.set_terminated(rid, status)
+    return rid
+
+
+def _metrics(sparsity: float, dev: float, test: float, speedup: float) -> dict[str, float]:
+    return {"actual_sparsity": sparsity, "dev_retention": dev, "test_retention": test, "speedup": speedup,
+            "memory_ratio": 1 - sparsity, "test_ndcg_at_10": 0.5 * test, "test_dense_ndcg_at_10": 0.5}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from mlflow.tracking import MlflowClient
+
+    tmp = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("fx", artifact_location=(tmp / "artifacts").as_uri())
+    base = {"criterion": "mechanistic", "gentleness": 0.5, "post_prune_epochs": 8, "protect_circuits": "True"}
+    flat = dict.fromkeys(QUERIES, 0.5)
+    ids = {
+        "a30": _log(client, exp_id, tmp, params={**base, "sparsity": 0.3, "alpha": 1.0, "seed": 1},
+                    metrics=_metrics(0.3, 0.99, 0.98, 1.3), per_query_test=flat),
+        "b30": _log(client, exp_id, tmp, params={**base, "sparsity": 0.3, "alpha": 0.5, "seed": 1},
+                    metrics=_metrics(0.3, 0.97, 0.995, 1.35), per_query_test=flat),
+        # an ablation at 50 %: the reference recipe and magnitude, two seeds each
+        "ref1": _log(client, exp_id, tmp, params={**base, "sparsity": 0.5, "alpha": 1.0, "seed": 1},
+                     metrics=_metrics(0.5, 0.95, 0.96, 1.9), cell="reference",
+                     per_query_test={"q1": 0.5, "q2": 0.6, "q3": 0.7}),
+        "ref2": _log(client, exp_id, tmp, params={**base, "sparsity": 0.5, "alpha": 1.0, "seed": 2},
+                     metrics=_metrics(0.5, 0.94, 0.97, 1.9), cell="reference",
+                     per_query_test={"q1": 0.7, "q2": 0.6, "q3": 0.5}),
+        "mag1": _log(client, exp_id, tmp, params={**base, "criterion": "magnitude", "sparsity": 0.5, "alpha": 1.0,
+                                                  "seed": 1},
+                     metrics=_metrics(0.5, 0.90, 0.92, 1.9), cell="criterion=magnitude",
+                     per_query_test={"q1": 0.4, "q2": 0.5, "q3": 0.3}),
+        "mag2": _log(client, exp_id, tmp, params={**base, "criterion": "magnitude", "sparsity": 0.5, "alpha": 1.0,
+                                                  "seed": 2},
+                     metrics=_metrics(0.5, 0.91, 0.90, 1.9), cell="criterion=magnitude",
+                     per_query_test={"q1": 0.4, "q2": 0.3, "q3": 0.5}),
+    }
+    failed = _log(client, exp_id, tmp, params={**base, "sparsity": 0.7, "alpha": 1.0, "seed": 1},
+                  metrics=_metrics(0.7, 0.99, 0.99, 3.0), per_query_test=flat, status="FAILED")
+    return uri, ids, failed, tmp
+
+
+def test_runs_load_into_one_frame_with_numeric_params(store):
+    uri, ids, failed, _ = store
+    df = load_runs("fx", uri=uri)
+    assert set(df["run_id"]) == set(ids.values())  # the FAILED run is not a result
+    assert df["params.sparsity"].dtype.kind == "f" and df["params.criterion"].dtype.kind not in "iuf"
+    with pytest.raises(LookupError, match="no MLflow experiment 'nope'"):
+        load_runs("nope", uri=uri)
+
+
+def test_results_table_takes_the_best_dev_run_per_sparsity(store):
+    uri, ids, _, _ = store
+    table = tables.results_table(load_runs("fx", uri=uri))
+    assert list(table["Sparsity"]) == ["30%", "50%"]
+    # 30 %: dev 0.99 (alpha 1) beats dev 0.97 even though its test retention is lower
+    assert list(table["run_id"]) == [ids["a30"], ids["ref1"]]
+    assert list(table["Retention"]) == ["98.00%", "96.00%"]
+
+
+def test_seeds_and_front(store):
+    uri, ids, _, _ = store
+    df = load_runs("fx", uri=uri)
+    seeds = tables.seed_table(df).set_index("criterion")
+    assert seeds.loc["mechanistic", "seeds"] == 2 and seeds.loc["mechanistic", "mean"] == pytest.approx(0.965)
+    assert seeds.loc["magnitude", "mean"] == pytest.approx(0.91)
+    front = tables.fronts(df)["sparsity"]
+    # (sparsity, dev): (0.3, .99) and (0.5, .95) are non-dominated; the rest are dominated by one of them
+    assert set(front["run_id"]) == {ids["a30"], ids["ref1"]}
+
+
+def test_ablation_statistics_by_hand(store, tmp_path):
+    uri, ids, _, _ = store
+    df = load_runs("fx", uri=uri)
+    cells = df[df["tags.cell"].notna()]
+    pq = per_query(uri, cells["run_id"], cache_dir=tmp_path, progress=False)
+    assert pq[ids["ref1"]] == {"q1": 0.5, "q2": 0.6, "q3": 0.7}
+    table = tables.ablation_table(cells, pq, resamples=2000)
+    assert len(table) == 1
+    row = table.iloc[0]
+    # per-query means over seeds: reference 0.6 everywhere, magnitude 0.4 everywhere: every difference -0.2
+    assert row["cell"] == "criterion=magnitude" and row["seeds"] == 2 and row["queries"] == 3
+    assert row["mean diff nDCG@10"] == pytest.approx(-0.2)
+    assert row["ci_low"] == pytest.approx(-0.2) and row["ci_high"] == pytest.approx(-0.2)
+    assert row["wilcoxon p"] == pytest.approx(0.25)  # exact two-sided: 2 * (1/2)^3
+    assert row["holm p"] == pytest.approx(0.25)  # one cell: Holm changes nothing
+
+
+def test_report_files_and_the_page_in_a_real_browser(store, tmp_path):
+    from analysis.report import build_report, log_report
+
+    uri, ids, _, _ = store
+    folder = build_report("fx", uri=uri, results_dir=tmp_path / "fx", resamples=1000, command="sma report -e fx")
+    md = (folder / "report.md").read_text()
+    for rid in ids.values():  # every number traceable to its run
+        assert rid in md
+    assert "criterion=magnitude" in md and "sma report -e fx" in md
+    for name in ("results.csv", "ablation.csv", "hypervolume.csv", "pareto_sparsity.png", "ablation.png"):
+        assert (folder / name).is_file(), name
+    run_id = log_report("fx", uri, folder)
+    from mlflow.tracking import MlflowClient
+
+    logged = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run_id)}
+    assert {"report.html", "report.md", "results.csv"} <= logged
+    check_page_in_browser(folder / "report.html", "report-fixture.png")
+
+
+def test_loading_runs_leaves_the_tracking_uri_as_it_was(store, monkeypatch):
+    import os
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    load_runs("fx", uri=store[0])
+    assert "MLFLOW_TRACKING_URI" not in os.environ

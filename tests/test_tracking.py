@@ -1,0 +1,133 @@
+"""``sma run`` in MLflow: a parent run per invocation, a result run per sparsity, the same fields as a trial's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_pipeline import _cfg
+
+import sma.pipeline
+from sma.config import apply_overrides
+from sma.pipeline import run
+
+ROW_ONLY = ("artifacts", "schedule", "structure")
+"""Entries of a results.json row that are not numbers (everything else is an MLflow metric)."""
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_env(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # recorded, so that teardown restores the caller's value
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the default store under output_dir
+
+
+def _runs(uri: str, experiment: str, filter_string: str) -> list:
+    """What an analysis finds with ``mlflow.search_runs`` (through a client: ``mlflow.set_tracking_uri``
+    would leave ``$MLFLOW_TRACKING_URI`` set for the tests that run after)."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return list(client.search_runs([exp.experiment_id], filter_string=filter_string))
+
+
+def _artifact_json(uri: str, run_id: str, name: str, dst: Path) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    dst.mkdir(parents=True, exist_ok=True)
+    return json.loads(Path(MlflowClient(tracking_uri=uri).download_artifacts(run_id, name, str(dst))).read_text())
+
+
+def test_run_logs_a_parent_and_a_result_run_per_sparsity(tiny_model_dir, tiny_beir, tmp_path, capsys):
+    cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path)
+    results = run(cfg)
+    uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    assert results["mlflow"]["tracking_uri"] == uri
+    on_disk = json.loads((tmp_path / "results" / "e" / "results.json").read_text())
+    assert on_disk["mlflow"] == results["mlflow"]
+    [parent] = _runs(uri, "e", "tags.role = 'run'")
+    assert parent.info.run_id == results["mlflow"]["run_id"] and parent.info.status == "FINISHED"
+    assert f"MLflow: run {parent.info.run_id}" in capsys.readouterr().out
+    assert {"alpha", "gentleness", "post_prune_epochs", "model", "dataset", "seed"} <= set(parent.data.params)
+    assert _artifact_json(uri, parent.info.run_id, "config.json", tmp_path / "dl")["sparsity"] == [0.3, 0.5]
+    children = _runs(uri, "e", "tags.result = '1'")
+    assert len(children) == 2
+    by_sparsity = {float(c.data.params["sparsity"]): c for c in children}
+    for row in results["sparsities"]:
+        child = by_sparsity[row["sparsity"]]
+        assert child.info.status == "FINISHED" and child.data.tags["role"] == "sparsity"
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        numeric = {k: v for k, v in row.items() if k not in ROW_ONLY}
+        assert child.data.metrics == pytest.approx({k: float(v) for k, v in numeric.items()})
+        assert {"test_retention", "speedup", "dev_retention", "actual_sparsity"} <= set(child.data.metrics)
+        assert {"alpha", "gentleness", "post_prune_epochs", "sparsity"} <= set(child.data.params)
+        assert child.data.params["alpha"] == str(cfg.distill.alpha)
+        logged = _artifact_json(uri, child.info.run_id, "metrics.json", tmp_path / "dl" / child.info.run_id)
+        local = json.loads(Path(row["artifacts"]["metrics"]).read_text())
+        ndcg = {q: m["ndcg_at_10"] for q, m in logged["per_query"]["test"].items()}
+        assert ndcg == {q: m["ndcg_at_10"] for q, m in local["per_query"]["test"].items()}
+        assert sum(ndcg.values()) / len(ndcg) == pytest.approx(row["test_ndcg_at_10"])
+        files = {a.path for a in _client(uri).list_artifacts(child.info.run_id)}
+        assert {"plan.json", "metrics.json"} <= files
+    _trial_has_the_same_fields(cfg, uri, by_sparsity[0.3])
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _trial_has_the_same_fields(cfg, uri: str, run_child) -> None:
+    """A search trial's child run, built by the trial's own code, has the params and tags of a run's child."""
+    from sma.tracking import Tracking, git_commit
+    from tune.trainable import TrialContext, trial_tags_params
+
+    tracking = Tracking.open(uri, "e")
+    study = "e-s0.30"
+    ctx = TrialContext(run=cfg, study=study, sparsity=0.3, optuna_url="", tracking=tracking, parent_run_id="",
+                       train_storage="", tags={"experiment": "e", "git_commit": git_commit(),
+                                               "criterion": cfg.prune.criterion, "study": study})
+    tags, params = trial_tags_params(ctx, cfg)
+    parent = tracking.parent_run(study=study, tags=ctx.tags, params={})
+    trial_id = tracking.child_run(parent_id=parent, study=study, number=0, tags=tags, params=params)
+    [trial] = _runs(uri, "e", f"tags.role = 'trial' AND tags.result = '1' AND attributes.run_id = '{trial_id}'")
+    assert set(trial.data.params) == set(run_child.data.params)
+    own = {"study", "optuna_trial"}  # what identifies a trial in its study
+    assert set(trial.data.tags) - own == set(run_child.data.tags)
+    for key in ("experiment", "sparsity", "criterion", "git_commit", "result"):
+        assert trial.data.tags[key] == run_child.data.tags[key]
+
+
+def test_tracking_only_observes_and_can_be_off(tiny_model_dir, tiny_beir, tmp_path):
+    cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path, **{"sparsity": "0.5", "bench.enabled": False})
+    tracked = run(cfg)
+    untracked = run(apply_overrides(cfg, {"track": False, "output_dir": str(tmp_path / "off")}))
+    assert (tmp_path / "results" / "mlflow.db").is_file()
+    assert not (tmp_path / "off" / "mlflow.db").exists() and "mlflow" not in untracked
+    assert not list((tmp_path / "off").rglob("mlartifacts"))
+    for a, b in zip(tracked["sparsities"], untracked["sparsities"], strict=True):
+        drop = ("seconds", "artifacts")
+        assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+
+
+@pytest.mark.parametrize(("error", "status"), [(RuntimeError, "FAILED"), (KeyboardInterrupt, "KILLED")])
+def test_a_sparsity_that_raises_fails_its_run_and_the_parent(tiny_model_dir, tiny_beir, tmp_path, monkeypatch,
+                                                             error, status):
+    def broken(cfg, sparsity, **_):
+        if sparsity == 0.5:
+            raise error("boom")
+        return {"sparsity": sparsity, "test_retention": 0.9}
+
+    monkeypatch.setattr(sma.pipeline, "prepare", lambda *a, **k: None)  # the fake sparsity needs no analysis
+    monkeypatch.setattr(sma.pipeline, "run_sparsity", broken)
+    cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path)
+    with pytest.raises(error, match="boom"):
+        run(cfg)
+    uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    [parent] = _runs(uri, "e", "tags.role = 'run'")
+    children = {float(c.data.params["sparsity"]): c for c in _runs(uri, "e", "tags.role = 'sparsity'")}
+    assert parent.info.status == status and children[0.5].info.status == status
+    assert children[0.3].info.status == "FINISHED" and children[0.3].data.metrics["test_retention"] == 0.9
+    if status == "FAILED":
+        assert children[0.5].data.tags["error"] == "RuntimeError: boom"
+        assert parent.data.tags["error"] == "RuntimeError: boom"

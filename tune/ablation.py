@@ -1,0 +1,190 @@
+"""``sma ablate``: every cell of the design (:mod:`sma.config.ablation`) at every sparsity and seed, as a grid of
+Ray Tune trials that each fit a Ray Train ``TorchTrainer`` running the pipeline (the search's trial machinery,
+a grid instead of Optuna). Each unit (cell, sparsity, seed) is an MLflow child run tagged ``role=cell``,
+``result=1``, ``cell=<name>`` under one ``role=ablation`` parent. The shared work (teacher, each criterion's
+analysis, distillation targets) is prepared once by the driver. Rerun the same command to resume: units whose
+run is FINISHED are kept, runs left RUNNING by a killed driver are closed as KILLED, the rest run again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from sma.config import RunConfig, save_config, to_dict
+from sma.config.ablation import AblationConfig, Cell
+from sma.layout import TRIAL_ARTIFACTS, TRIAL_EPOCHS_FILE, TRIAL_RESULT_FILE
+from sma.tracking import Tracking, git_commit, resolve_tracking_uri, result_params, result_tags
+from tune.trainable import TrialContext, checkpoint_files, fit_trainer, timings
+from tune.worker import setup_logging
+
+log = logging.getLogger(__name__)
+
+PARENT_ROLE, CELL_ROLE = "ablation", "cell"
+DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One run of the ablation: a cell at one sparsity with one seed."""
+
+    number: int
+    cell: str
+    overrides: tuple[tuple[str, Any], ...]
+    sparsity: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.cell}|s{self.sparsity:.2f}|seed{self.seed}"
+
+    def config(self, run: RunConfig) -> RunConfig:
+        return Cell(self.cell, self.overrides).config(run, sparsity=self.sparsity, seed=self.seed)
+
+
+def units(cfg: AblationConfig, run: RunConfig) -> list[Unit]:
+    out = []
+    for cell in cfg.cells():
+        for sparsity in run.sparsity:
+            for seed in cfg.seed_list():
+                out.append(Unit(len(out), cell.name, cell.overrides, sparsity, seed))
+    return out
+
+
+def _parent_run(tracking: Tracking, study: str, cfg: AblationConfig, run: RunConfig) -> str:
+    """The ablation's parent run: reopened when the same command runs again, else created."""
+    found = tracking._find(f"tags.role = '{PARENT_ROLE}' AND tags.study = '{study}'")
+    if found:
+        tracking.client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    return tracking.create_run(study, tags={"experiment": run.experiment, "git_commit": git_commit(),
+                                            "role": PARENT_ROLE, "study": study},
+                               params={"factors": ",".join(cfg.factors), "factorial": cfg.factorial,
+                                       "seeds": cfg.seeds, "sparsity": list(run.sparsity)})
+
+
+def _finished(tracking: Tracking, study: str) -> set[str]:
+    runs = tracking._find(f"tags.role = '{CELL_ROLE}' AND tags.study = '{study}' AND attributes.status = 'FINISHED'")
+    return {r.data.tags["unit"] for r in runs}
+
+
+def _close_stale(tracking: Tracking, study: str) -> None:
+    from mlflow.entities import RunStatus
+
+    for r in tracking._find(f"tags.role = '{CELL_ROLE}' AND tags.study = '{study}' AND attributes.status = 'RUNNING'"):
+        tracking.client.set_tag(r.info.run_id, "stopped", "interrupted (driver gone); run again")
+        tracking.client.set_terminated(r.info.run_id, status=RunStatus.to_string(RunStatus.KILLED))
+
+
+def _prepare_once(run: RunConfig, todo: list[Unit]) -> None:
+    """Teacher, analysis and distillation targets of every distinct criterion, computed once into the cache."""
+    from sma.pipeline import prepare
+
+    seen = set()
+    for unit in todo:
+        cfg = unit.config(run)
+        if cfg.prune.criterion not in seen:
+            seen.add(cfg.prune.criterion)
+            prepare(replace(cfg, seed=run.seed), analysis_dir=run.run_dir / "phase1")
+
+
+def ablate(cfg: AblationConfig) -> dict[str, Any]:
+    """Run (or resume) the ablation; returns a summary (units done, failed, the MLflow parent run)."""
+    from tune.search import resolve_run
+
+    run = resolve_run(cfg.run, cpus_per_worker=cfg.cpus_per_worker, eval_every_epoch=False)
+    root = run.run_dir / "ablate"
+    root.mkdir(parents=True, exist_ok=True)
+    save_config(replace(cfg, run=run), root / "ablation.json")
+    study = f"{run.experiment}-ablation"
+    tracking = Tracking.open(resolve_tracking_uri(run.mlflow_tracking_uri, run.output_dir), run.experiment)
+    parent = _parent_run(tracking, study, cfg, run)
+    _close_stale(tracking, study)
+    all_units = units(cfg, run)
+    done = _finished(tracking, study)
+    todo = [u for u in all_units if u.key not in done]
+    log.info("ablation %s: %d cells x %d sparsities x %d seeds = %d units, %d finished before, %d to run",
+             study, len(cfg.cells()), len(run.sparsity), cfg.seeds, len(all_units), len(done), len(todo))
+    if todo:
+        _prepare_once(run, todo)
+        _run_units(cfg, run, todo, tracking=tracking, parent=parent, study=study, root=root)
+    _close_stale(tracking, study)
+    finished = _finished(tracking, study)
+    summary = {"study": study, "units": len(all_units), "finished": len(finished & {u.key for u in all_units}),
+               "mlflow_parent_run": parent, "tracking_uri": tracking.uri}
+    (root / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    status = "FINISHED" if summary["finished"] == summary["units"] else "FAILED"
+    tracking.client.set_terminated(parent, status=status)
+    return summary
+
+
+def _run_units(cfg: AblationConfig, run: RunConfig, todo: list[Unit], *, tracking: Tracking, parent: str,
+               study: str, root: Path) -> None:
+    """One Ray Tune grid over ``todo``; a Ray started here is shut down here, whatever happens."""
+    import ray
+    from ray import tune
+
+    from tune.search import concurrency
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(log_to_driver=True)
+    try:
+        ctx = TrialContext(run=run, study=study, sparsity=0.0, optuna_url="", tracking=tracking,
+                           parent_run_id=parent, train_storage=f"{_storage(cfg, root)}/{study}-train",
+                           num_workers=cfg.num_workers, cpus_per_worker=cfg.cpus_per_worker,
+                           gpus_per_worker=cfg.gpus_per_worker,
+                           tags={"experiment": run.experiment, "git_commit": git_commit(), "study": study})
+        trainable = tune.with_resources(tune.with_parameters(run_cell, ctx=ctx), DRIVER_RESOURCES)
+        tune.Tuner(trainable, param_space={"unit": tune.grid_search([to_dict(u) for u in todo])},
+                   tune_config=tune.TuneConfig(max_concurrent_trials=concurrency(cfg, ray.cluster_resources())),
+                   run_config=tune.RunConfig(name=f"{study}-{int(time.time())}", storage_path=_storage(cfg, root),
+                                             verbose=1,
+                                             failure_config=tune.FailureConfig(max_failures=cfg.max_failures)),
+                   ).fit()
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _storage(cfg: AblationConfig, root: Path) -> str:
+    if cfg.storage_path and "://" in cfg.storage_path:
+        return cfg.storage_path.rstrip("/")
+    return str(Path(cfg.storage_path).expanduser().resolve()) if cfg.storage_path else str(root / "ray")
+
+
+def run_cell(config: dict[str, Any], *, ctx: TrialContext) -> None:
+    """The Tune trainable of one unit: fit a TorchTrainer running the pipeline, log the unit to MLflow."""
+    entered = time.time()
+    setup_logging()
+    unit = Unit(**{**config["unit"], "overrides": tuple(tuple(o) for o in config["unit"]["overrides"])})
+    cfg = unit.config(ctx.run)
+    tags = {**ctx.tags, **result_tags(cfg, unit.sparsity, role=CELL_ROLE, commit=ctx.tags.get("git_commit")),
+            "cell": unit.cell, "unit": unit.key}
+    tracking = ctx.tracking
+    run_id = tracking.create_run(f"{unit.cell} s{unit.sparsity:.2f} seed{unit.seed}", tags=tags,
+                                 params=result_params(cfg, unit.sparsity), parent_id=ctx.parent_run_id)
+    try:
+        fit_started = time.time()
+        result = fit_trainer(replace(ctx, sparsity=unit.sparsity), cfg, unit.number)
+        files = checkpoint_files(result)
+        final = json.loads((files / TRIAL_RESULT_FILE).read_text())
+        final.update(timings(final, entered=entered, fit_started=fit_started, fitted=time.time()))
+        final = {k: v for k, v in final.items() if not k.endswith("_at")}
+        tracking.log_result(run_id, epochs=json.loads((files / TRIAL_EPOCHS_FILE).read_text()), final=final,
+                            step=cfg.distill.post_prune_epochs, files=[files / n for n in TRIAL_ARTIFACTS])
+    except BaseException as exc:
+        tracking.end_with(run_id, exc)
+        raise
+    tracking.finish(run_id)
+
+
+def run_cli(args, cfg: AblationConfig) -> int:
+    summary = ablate(cfg)
+    print(f"ablation {summary['study']}: {summary['finished']}/{summary['units']} units finished "
+          f"(MLflow parent run {summary['mlflow_parent_run']}); next: sma report --experiment {cfg.run.experiment}")
+    return 0 if summary["finished"] == summary["units"] else 1
