@@ -25,7 +25,15 @@ from sma.device import resolve_device
 from sma.distill import distill_epochs
 from sma.distributed import broadcast, rank_and_world, wrap_ddp
 from sma.evaluate import evaluate_model, evaluate_splits, split_agreement
-from sma.layout import CONFIG_FILE
+from sma.layout import (
+    BASELINE_PER_QUERY_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+    PLAN_FILE,
+    RESULTS_FILE,
+    sparsity_dir,
+)
 from sma.prepare import Prepared, load_run_data, prepare
 from sma.prune import PruningPlan, apply_plan, encoder_sparsity, plan_for_sparsity, save_pruned, structure
 from sma.schedule import sparsity_schedule
@@ -43,10 +51,6 @@ def setup_runtime(cfg: RunConfig) -> None:
     set_seed(cfg.seed, deterministic=cfg.deterministic)
 
 
-def sparsity_dir(cfg: RunConfig, sparsity: float) -> Path:
-    return cfg.run_dir / "phase2" / f"s{sparsity:.2f}"
-
-
 def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None, prepared: Prepared | None = None,
                  reporter: Reporter | None = None) -> dict[str, Any]:
     """Prune a copy of the teacher to ``sparsity``, recover it, measure it. Returns flat metrics."""
@@ -54,7 +58,7 @@ def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None
     rank, world = rank_and_world()
     setup_runtime(cfg)
     prep = prepared or prepare(cfg)
-    out_dir = Path(out_dir) if out_dir is not None else sparsity_dir(cfg, sparsity)
+    out_dir = Path(out_dir) if out_dir is not None else sparsity_dir(cfg.run_dir, sparsity)
     teacher = prep.load_teacher()
     student = copy.deepcopy(teacher)  # the same weights as a second load, without reading them again
     scores = prep.importance.scores_for(cfg.prune.criterion)
@@ -150,11 +154,11 @@ def _measure(cfg: RunConfig, prep: Prepared, teacher, student, sparsity: float, 
 
 def _write(out_dir: Path, cfg: RunConfig, student, plans: list[dict], result: dict[str, Any]) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "plan.json").write_text(json.dumps(plans, indent=1))
-    save_pruned(student.encoder, out_dir / "model", tokenizer=student.tokenizer)
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=1, default=str))
-    return {"plan": str(out_dir / "plan.json"), "metrics": str(out_dir / "metrics.json"),
-            "model": str(out_dir / "model")}
+    (out_dir / PLAN_FILE).write_text(json.dumps(plans, indent=1))
+    save_pruned(student.encoder, out_dir / MODEL_DIR, tokenizer=student.tokenizer)
+    (out_dir / METRICS_FILE).write_text(json.dumps(result, indent=1, default=str))
+    return {"plan": str(out_dir / PLAN_FILE), "metrics": str(out_dir / METRICS_FILE),
+            "model": str(out_dir / MODEL_DIR)}
 
 
 def run(cfg: RunConfig) -> dict:
@@ -180,7 +184,7 @@ def run(cfg: RunConfig) -> dict:
                          "train_losses": list(baseline.train_losses)},
             "sparsities": [],
         }
-        (out / "baseline_per_query.json").write_text(
+        (out / BASELINE_PER_QUERY_FILE).write_text(
             json.dumps({s: r.per_query for s, r in baseline.metrics.items()}, indent=1))
         print(format_table(results), flush=True)  # the dense numbers now; the pruning rows when they are done
         # analysis and teacher targets only when something is pruned
@@ -190,12 +194,12 @@ def run(cfg: RunConfig) -> dict:
                 r = run_sparsity(cfg, s, prepared=prep)
                 results["sparsities"].append({k: v for k, v in r.items()
                                               if k not in ("per_query", "bench", "history")})
-                (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+                (out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
                 if tracked is not None:
                     files = r.get("artifacts", {})
                     tracked.log_sparsity(child, r, [files[k] for k in ("plan", "metrics") if k in files])
         results["seconds"] = round(time.time() - started, 1)
-        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     if cfg.sparsity:
         print(format_table(results))
     return results
