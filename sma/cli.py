@@ -14,10 +14,6 @@ from dataclasses import dataclass
 from sma.config.options import add_config_options
 
 
-def _run_extras(p: argparse.ArgumentParser) -> None:
-    pass
-
-
 def _analyze_extras(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare-sparsity", type=float, default=None,
                    help="also prune one-shot to this sparsity by each method and evaluate on the test split")
@@ -41,10 +37,6 @@ def _tune_extras(p: argparse.ArgumentParser) -> None:
     p.set_defaults(mode="auto")
 
 
-def _ablate_extras(p: argparse.ArgumentParser) -> None:
-    pass
-
-
 def _report_extras(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resamples", type=int, default=10_000, help="paired bootstrap resamples (seeded)")
 
@@ -56,13 +48,14 @@ class Command:
     handler: str
     """``module:function`` taking the parsed args and the built config, returning an exit code (imported
     when the command runs)."""
-    extras: Callable[[argparse.ArgumentParser], None]
+    extras: Callable[[argparse.ArgumentParser], None] | None = None
+    """Options of this command alone (beyond the front door's)."""
     description: str = ""
 
 
 COMMANDS = (
     Command("run", "evaluate the dense model, prune it to each sparsity, recover, measure, report",
-            "sma.pipeline:run_cli", _run_extras),
+            "sma.pipeline:run_cli"),
     Command("analyze", "mechanistic analysis: unit importance, circuits, faithfulness", "sma.circuits.cli:run_cli",
             _analyze_extras,
             "writes <output-dir>/<experiment>/phase1/ (scores, circuits, plots, the one-shot comparison)"),
@@ -75,7 +68,7 @@ COMMANDS = (
             "takes keys of the search config (trials_per_study=5, space.alpha=[0.5,1], run.distill.batch_size=16)."),
     Command("ablate", "a designed study of the method's choices (criterion, distillation, circuits, schedule, "
             "recovery) at each sparsity and seed, through Ray Tune; every cell an MLflow run",
-            "tune.ablation:run_cli", _ablate_extras,
+            "tune.ablation:run_cli", None,
             "One factor at a time from the reference recipe (the run flags), or --factorial; --seeds N per cell. "
             "Rerun the same command to resume: finished cells are kept. Then: sma report --experiment NAME."),
     Command("report", "Pareto fronts, seeds, ablation statistics and plots of an experiment's MLflow runs",
@@ -92,7 +85,8 @@ def make_parser() -> argparse.ArgumentParser:
     for c in COMMANDS:
         p = sub.add_parser(c.name, help=c.help, description=c.description or c.help)
         add_config_options(p, c.name)
-        c.extras(p)
+        if c.extras is not None:
+            c.extras(p)
         p.set_defaults(handler=c.handler)
     return parser
 

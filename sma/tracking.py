@@ -119,14 +119,15 @@ class Tracking:
         self.client.log_batch(run.info.run_id, params=_params(params))
         return run.info.run_id
 
-    def parent_run(self, *, study: str, tags: Mapping[str, Any], params: Mapping[str, Any]) -> str:
-        """The study's parent run (created, or reopened on resume)."""
-        found = self._find(f"tags.role = '{PARENT}' AND tags.study = '{study}'")
+    def parent_run(self, *, study: str, tags: Mapping[str, Any], params: Mapping[str, Any],
+                   role: str = PARENT) -> str:
+        """The study's parent run (created, or reopened on resume); ``role`` ``ablation`` for an ablation."""
+        found = self._find(f"tags.role = '{role}' AND tags.study = '{study}'")
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id
-        return self.create_run(study, tags={**tags, "role": PARENT, "study": study}, params=params)
+        return self.create_run(study, tags={**tags, "role": role, "study": study}, params=params)
 
     def child_run(self, *, parent_id: str, study: str, number: int, tags: Mapping[str, Any],
                   params: Mapping[str, Any]) -> str:
@@ -139,8 +140,8 @@ class Tracking:
         return self.create_run(f"{study}-trial-{number:03d}", parent_id=parent_id, params=params,
                                tags={**tags, "role": CHILD, "study": study, "optuna_trial": str(number)})
 
-    def children(self, study: str, *, status: str | None = None) -> list:
-        query = f"tags.role = '{CHILD}' AND tags.study = '{study}'"
+    def children(self, study: str, *, status: str | None = None, role: str = CHILD) -> list:
+        query = f"tags.role = '{role}' AND tags.study = '{study}'"
         if status:
             query += f" AND attributes.status = '{status}'"
         return self._find(query)
@@ -192,10 +193,10 @@ class Tracking:
         except Exception as err:  # noqa: BLE001 - the run's own error matters more
             log.warning("could not mark MLflow run %s as ended by %s: %s", run_id, type(exc).__name__, err)
 
-    def close_stale_children(self, study: str, *, reason: str) -> list[str]:
-        """Child runs still RUNNING after their driver is gone -> KILLED with ``reason``."""
+    def close_stale_children(self, study: str, *, reason: str, role: str = CHILD) -> list[str]:
+        """Child runs (of ``role``) still RUNNING after their driver is gone -> KILLED with ``reason``."""
         closed = []
-        for run in self.children(study, status="RUNNING"):
+        for run in self.children(study, status="RUNNING", role=role):
             self.client.set_tag(run.info.run_id, "stopped", reason)
             self.client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.KILLED))
             closed.append(run.info.run_id)

@@ -57,27 +57,18 @@ def units(cfg: AblationConfig, run: RunConfig) -> list[Unit]:
 
 def _parent_run(tracking: Tracking, study: str, cfg: AblationConfig, run: RunConfig) -> str:
     """The ablation's parent run: reopened when the same command runs again, else created."""
-    found = tracking._find(f"tags.role = '{PARENT_ROLE}' AND tags.study = '{study}'")
-    if found:
-        tracking.client.update_run(found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id
-    return tracking.create_run(study, tags={"experiment": run.experiment, "git_commit": git_commit(),
-                                            "role": PARENT_ROLE, "study": study},
+    return tracking.parent_run(study=study, role=PARENT_ROLE,
+                               tags={"experiment": run.experiment, "git_commit": git_commit()},
                                params={"factors": ",".join(cfg.factors), "factorial": cfg.factorial,
                                        "seeds": cfg.seeds, "sparsity": list(run.sparsity)})
 
 
 def _finished(tracking: Tracking, study: str) -> set[str]:
-    runs = tracking._find(f"tags.role = '{CELL_ROLE}' AND tags.study = '{study}' AND attributes.status = 'FINISHED'")
-    return {r.data.tags["unit"] for r in runs}
+    return {r.data.tags["unit"] for r in tracking.children(study, status="FINISHED", role=CELL_ROLE)}
 
 
 def _close_stale(tracking: Tracking, study: str) -> None:
-    from mlflow.entities import RunStatus
-
-    for r in tracking._find(f"tags.role = '{CELL_ROLE}' AND tags.study = '{study}' AND attributes.status = 'RUNNING'"):
-        tracking.client.set_tag(r.info.run_id, "stopped", "interrupted (driver gone); run again")
-        tracking.client.set_terminated(r.info.run_id, status=RunStatus.to_string(RunStatus.KILLED))
+    tracking.close_stale_children(study, reason="interrupted (driver gone); run again", role=CELL_ROLE)
 
 
 def _prepare_once(run: RunConfig, todo: list[Unit]) -> None:
