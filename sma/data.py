@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sma.model_source import looks_like_path
+
 Corpus = dict[str, dict[str, str]]
 Queries = dict[str, str]
 Qrels = dict[str, dict[str, int]]
@@ -24,6 +26,8 @@ Qrels = dict[str, dict[str, int]]
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
+HUB_OWNER = "BeIR/"
+"""The HF hub owner of the BEIR collections :func:`load_beir_hub` downloads."""
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "datasets"
 """Collections shipped inside the package (``sma/datasets/<name>/``, BEIR layout, gzip-compressed)."""
@@ -189,17 +193,15 @@ def load_beir_hub(name: str, *, cache: str | Path | None = None) -> RetrievalDat
     project cache rooted at ``cache`` (``RunConfig.cache_dir``; default ``$SMA_CACHE_DIR``, see :mod:`sma.cache`)."""
     from sma.cache import Cache
 
-    store = Cache(cache)
-    key = store.key("beir", name)
-    found = store.folder("beir", key)
+    found = cached_hub_folder(name, cache=cache)
     if found is not None:
         return load_beir_folder(found)
     import datasets  # heavy import; only on this path
 
     try:
-        corpus = datasets.load_dataset(f"BeIR/{name}", "corpus", split="corpus")
-        queries = datasets.load_dataset(f"BeIR/{name}", "queries", split="queries")
-        qrels = datasets.load_dataset(f"BeIR/{name}-qrels")
+        corpus = datasets.load_dataset(f"{HUB_OWNER}{name}", "corpus", split="corpus")
+        queries = datasets.load_dataset(f"{HUB_OWNER}{name}", "queries", split="queries")
+        qrels = datasets.load_dataset(f"{HUB_OWNER}{name}-qrels")
     except Exception as exc:  # noqa: BLE001 - the hub raises many types; all mean "not reachable"
         raise DataError(
             f"cannot load BEIR dataset {name!r} from the HF hub ({type(exc).__name__}: {exc}). "
@@ -222,23 +224,45 @@ def load_beir_hub(name: str, *, cache: str | Path | None = None) -> RetrievalDat
                 for r in rows:
                     fh.write(f"{r['query-id']}\t{r['corpus-id']}\t{int(r['score'])}\n")
 
-    return load_beir_folder(store.build_folder("beir", key, write))
+    store = Cache(cache)
+    return load_beir_folder(store.build_folder("beir", store.key("beir", name), write))
+
+
+def cached_hub_folder(name: str, *, cache: str | Path | None = None) -> Path | None:
+    """The BEIR folder that :func:`load_beir_hub` keeps for ``BeIR/<name>`` in the cache, if it is there."""
+    from sma.cache import Cache
+
+    store = Cache(cache)
+    return store.folder("beir", store.key("beir", name))
+
+
+def locate_dataset(dataset: str) -> Path | str:
+    """Where ``dataset`` lives, without reading it: an existing folder path, else a folder named so under
+    ``$SMA_DATA_DIR``, else the collection of that name shipped inside the package (:func:`embedded_datasets`),
+    else the name of a ``BeIR/<name>`` collection on the HF hub (returned as a string; ``BeIR/scifact`` and
+    ``scifact`` both give ``scifact``). A value shaped like a path that is not a folder is a :class:`DataError`:
+    it is never sent to the hub, which knows no such name."""
+    path = Path(dataset).expanduser()
+    if path.is_dir():
+        return path
+    root = data_dir()
+    if root is not None and (root / dataset).is_dir():
+        return root / dataset
+    if path.exists():
+        raise DataError(f"dataset {dataset!r}: a file, not a BEIR folder")
+    hub_name = dataset.removeprefix(HUB_OWNER)
+    if looks_like_path(dataset) or "/" in hub_name:
+        raise DataError(f"dataset {dataset!r}: no such folder (a BEIR collection on the HF hub is named like "
+                        f"'scifact' or 'BeIR/scifact')")
+    embedded = embedded_dir(dataset)
+    return embedded if embedded is not None else hub_name
 
 
 def resolve_dataset(dataset: str, *, cache_dir: str | Path | None = None) -> RetrievalData:
-    """An existing folder path, else a folder named so under ``$SMA_DATA_DIR``, else the collection of that
-    name shipped inside the package (:func:`embedded_datasets`), else ``BeIR/<name>`` on the HF hub (downloads
-    kept in the cache rooted at ``cache_dir``)."""
-    path = Path(dataset).expanduser()
-    if path.is_dir():
-        return load_beir_folder(path)
-    root = data_dir()
-    if root is not None and (root / dataset).is_dir():
-        return load_beir_folder(root / dataset)
-    embedded = embedded_dir(dataset)
-    if embedded is not None:
-        return load_beir_folder(embedded)
-    return load_beir_hub(dataset, cache=cache_dir)
+    """The collection :func:`locate_dataset` finds, loaded (a hub collection downloaded once into the cache
+    rooted at ``cache_dir``)."""
+    where = locate_dataset(dataset)
+    return load_beir_folder(where) if isinstance(where, Path) else load_beir_hub(where, cache=cache_dir)
 
 
 def subsample(data: RetrievalData, *, max_queries: int, seed: int, distractor_ratio: float = 4.0) -> RetrievalData:

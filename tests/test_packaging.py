@@ -34,4 +34,4 @@ def test_unreachable_hub_model_is_one_clear_line(tmp_path, tiny_beir):
 
 def test_missing_dataset_is_one_clear_line(tmp_path):
     out = _sma("run", "--dataset", str(tmp_path / "empty-and-absent"), tmp_path=tmp_path)
-    assert out.returncode == 2 and "cannot load BEIR dataset" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "empty-and-absent': no such folder" in out.stderr and "Traceback" not in out.stderr

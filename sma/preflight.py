@@ -1,0 +1,162 @@
+"""Fast checks of what a command is about to use, run by the front door (:func:`sma.cli.main`) once the config
+is built and before the command's stage is imported: a missing dataset or model, a malformed data line, an
+unwritable output folder or a tracking server that does not answer fails in about a second, as one line,
+instead of after minutes of imports, cluster start-up and model loading.
+
+Nothing here imports torch, transformers, Ray or MLflow. Each ``check_<command>`` checks only what that
+command uses; a failure raises :class:`PreflightError` (a :class:`~sma.config.ConfigError`, printed the same
+way) or the loader's own :class:`~sma.data.DataError` / :class:`~sma.model_source.ModelNotFoundError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from sma.cache import cache_root
+from sma.config import ConfigError, RunConfig
+from sma.data import DataError, cached_hub_folder, load_beir_folder, locate_dataset
+from sma.model_source import check_model, hub_offline
+
+NETWORK_TIMEOUT_S = 2.5
+"""Seconds a server (MLflow, a Ray head) gets to answer before the command gives up on it."""
+
+
+class PreflightError(ConfigError):
+    """An input the command needs is missing, unwritable or does not answer."""
+
+
+def check_writable_dir(path: str | Path, key: str) -> None:
+    """``path`` is a folder this process can write in, or one it can create: its nearest existing ancestor
+    is a folder in which a probe folder can be made (removed at once; root ignores permission bits, so only
+    trying tells)."""
+    target = Path(path).expanduser().absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        raise PreflightError(f"{key} {str(path)!r}: cannot create it, {str(existing)!r} is a file")
+    try:
+        shutil.rmtree(tempfile.mkdtemp(prefix=".sma-preflight-", dir=existing))
+    except OSError as exc:
+        raise PreflightError(f"{key} {str(path)!r}: cannot write in {str(existing)!r} "
+                             f"({exc.strerror or exc})") from None
+
+
+def check_dataset(dataset: str, *, cache_dir: str | None) -> None:
+    """The collection exists and every line of it parses (the loader's checks, on the real files); a hub
+    collection is checked when it is already cached, and must be when the hub is off."""
+    where = locate_dataset(dataset)
+    if isinstance(where, str):
+        cached = cached_hub_folder(where, cache=cache_dir)
+        if cached is None and hub_offline("HF_DATASETS_OFFLINE"):
+            raise DataError(f"dataset {dataset!r}: no such folder, not under $SMA_DATA_DIR, not shipped with "
+                            f"sma, and BeIR/{where} is not in the cache {str(cache_root(cache_dir))!r} while the "
+                            f"HF hub is off (HF_HUB_OFFLINE=1)")
+        if cached is None:
+            return  # downloaded (and checked) by the command itself
+        where = cached
+    with _quiet("sma.data"):  # the command loads it again and reports dropped judgements then, once
+        load_beir_folder(where)
+
+
+def check_tracking_uri(configured: str | None) -> None:
+    """The MLflow store the command logs to can be reached: an HTTP server answers, a SQLite or file store
+    can be written. ``None`` and no ``$MLFLOW_TRACKING_URI``: the default store under the output folder."""
+    key = "mlflow_tracking_uri" if configured else "MLFLOW_TRACKING_URI"
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        check_http(f"{uri.rstrip('/')}/health", f"{key} {uri!r}")
+    elif parts.scheme == "sqlite":
+        db = uri.partition(":///")[2]
+        if db and db != ":memory:":
+            check_writable_dir(Path(db).parent, f"{key} {uri!r}: folder")
+    elif parts.scheme in ("", "file"):
+        check_writable_dir(parts.path if parts.scheme else uri, key)
+
+
+def check_http(url: str, what: str, *, timeout: float = NETWORK_TIMEOUT_S) -> None:
+    """A server answers ``url`` within ``timeout`` seconds (any HTTP status counts as an answer)."""
+    try:
+        urllib.request.urlopen(url, timeout=timeout).close()  # noqa: S310 - the user's own server
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PreflightError(f"{what} does not answer within {timeout:g} s ({reason})") from None
+
+
+def check_tcp(host: str, port: int, what: str, *, timeout: float = NETWORK_TIMEOUT_S) -> None:
+    """Something accepts a TCP connection at ``host:port`` within ``timeout`` seconds."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise PreflightError(f"{what} does not answer at {host}:{port} within {timeout:g} s "
+                             f"({exc.strerror or exc})") from None
+
+
+def check_inputs(cfg: RunConfig, *, tracked: bool) -> None:
+    """What every modelled command reads and writes: output and cache folders, dataset, model, and the MLflow
+    store when ``tracked``. Local checks first; servers last."""
+    check_writable_dir(cfg.output_dir, "output_dir")
+    check_writable_dir(cache_root(cfg.cache_dir), "cache_dir")
+    check_dataset(cfg.data.dataset, cache_dir=cfg.cache_dir)
+    check_model(cfg.model.name)
+    if tracked:
+        check_tracking_uri(cfg.mlflow_tracking_uri)
+
+
+def check_run(cfg: RunConfig) -> None:
+    """``sma run``."""
+    check_inputs(cfg, tracked=cfg.track)
+
+
+def check_analyze(cfg: RunConfig) -> None:
+    """``sma analyze`` (no MLflow)."""
+    check_inputs(cfg, tracked=False)
+
+
+def check_bench(cfg: RunConfig) -> None:
+    """``sma bench``: only the model (the built-in random-weight configs need nothing)."""
+    from sma.bench_cli import BUILTIN_CONFIGS
+
+    if cfg.model.name not in BUILTIN_CONFIGS:
+        check_model(cfg.model.name)
+
+
+def check_outer(cfg: Any) -> None:
+    """``sma tune`` / ``sma ablate`` (a config with a ``run``): the run's inputs, always tracked, and a local
+    Ray storage folder. The Ray cluster is checked by :func:`tune.ray_connect.preflight`."""
+    check_inputs(cfg.run, tracked=True)
+    storage = cfg.storage_path
+    if storage and "://" not in storage:
+        check_writable_dir(storage, "storage_path")
+
+
+def check_report(cfg: RunConfig) -> None:
+    """``sma report``: the output folder it writes and the MLflow store it reads."""
+    check_writable_dir(cfg.output_dir, "output_dir")
+    check_tracking_uri(cfg.mlflow_tracking_uri)
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Warnings of ``logger`` held back inside the block."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
