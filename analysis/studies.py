@@ -18,6 +18,8 @@ import pandas as pd
 from optuna.importance import FanovaImportanceEvaluator
 from optuna.trial import FrozenTrial, TrialState
 
+from sma.atomic import atomic_file
+
 TRIAL_COLUMNS = ("number", "state", "value", "params", "duration", "user_attrs", "datetime_start",
                  "datetime_complete")
 """The ``Study.trials_dataframe`` attributes a report shows."""
@@ -69,7 +71,8 @@ def _save(axes: object, path: Path) -> Path:
     import numpy as np
 
     figure = np.ravel(np.asarray(axes, dtype=object))[0].figure
-    figure.savefig(path, dpi=120, bbox_inches="tight")
+    with atomic_file(path) as tmp:
+        figure.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     plt.close(figure)
     return path
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-from pathlib import Path
 from typing import Any
 
+from sma.atomic import write_json
 from sma.config import RunConfig
 
 BUILTIN_CONFIGS = {
@@ -94,7 +93,6 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
         payload = {"settings": {"model": cfg.model.name, "scores": args.scores, "bench": to_dict(b),
                                 "allocation": cfg.prune.allocation, "split": cfg.prune.split},
                    "torch": torch.__version__, "results": rows}
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(payload, indent=2))
+        write_json(args.output, payload, indent=2)
         print(f"wrote {args.output}")
     return 0

@@ -4,9 +4,9 @@ Every stage goes through :class:`Cache`: the dense teacher (a folder), its evalu
 embeddings (tensor files), the parts of the mechanistic analysis (JSON files) and BEIR collections downloaded
 from the hub (folders). An entry lives at ``<root>/<kind>/<key>[.pt|.json]``, where ``key`` hashes the kind, its
 version in :data:`VERSIONS` and whatever the value depends on. Entries are published atomically (written
-beside their final name, then renamed) and checked on load: a file carries the SHA-256 of its payload, a
-folder a manifest of its files' sizes and SHA-256 written last. A torn or corrupt entry is logged, deleted and
-recomputed.
+beside their final name, then renamed: :mod:`sma.atomic`) and checked on load: a file carries the SHA-256 of
+its payload, a folder a manifest of its files' sizes and SHA-256 written last. A torn or corrupt entry is
+logged, deleted and recomputed.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from sma.atomic import atomic_dir, write_bytes
+from sma.atomic import torch_save as save_atomic  # noqa: F401 - the name callers of the cache used before sma.atomic
 
 log = logging.getLogger(__name__)
 
@@ -58,42 +59,6 @@ def cache_root(configured: str | Path | None = None) -> Path:
     if configured:
         return Path(configured).expanduser()
     return Path(os.environ.get("SMA_CACHE_DIR", Path.home() / ".cache" / "sma"))
-
-
-@contextmanager
-def atomic(path: Path, *, folder: bool = False) -> Iterator[Path]:
-    """Yield a temporary file (or folder) beside ``path`` to fill; on success rename it to ``path``.
-
-    Readers never see a partial entry. A folder that another process published first is kept (ours is
-    dropped); a file is replaced. On an exception the temporary is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if folder:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp = Path(name)
-    try:
-        yield tmp
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            if not (folder and path.is_dir()):
-                raise
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-
-
-def save_atomic(obj: Any, path: Path) -> Path:
-    """``torch.save`` through :func:`atomic` (a plain file, no checksum: not a cache entry)."""
-    import torch
-
-    with atomic(path) as tmp:
-        torch.save(obj, tmp)
-    return path
 
 
 def _sha256_file(path: Path) -> str:
@@ -170,9 +135,7 @@ class Cache:
             raise ValueError(f"cache format must be one of {FORMATS}, got {fmt!r}")
         payload = _encode(value, fmt)
         path = self.path(kind, key, fmt)
-        with atomic(path) as tmp:
-            tmp.write_bytes(MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
-        return path
+        return write_bytes(path, MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
 
     def get(self, kind: str, key: str, compute: Callable[[], Any], fmt: str = "pt") -> Any:
         """The stored value, else ``compute()`` stored and returned."""
@@ -201,7 +164,7 @@ class Cache:
     def build_folder(self, kind: str, key: str, fill: Callable[[Path], Any]) -> Path:
         """Run ``fill(tmp)`` on a fresh temporary folder, seal it with its manifest and publish it."""
         path = self.path(kind, key)
-        with atomic(path, folder=True) as tmp:
+        with atomic_dir(path, replace=False) as tmp:  # built by two processes at once: the first one stays
             fill(tmp)
             (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp)))
         return path

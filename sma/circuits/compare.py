@@ -10,11 +10,11 @@ methods differ only in WHICH units they keep.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sma.atomic import write_json, write_text
 from sma.circuits.config import AnalysisConfig
 from sma.circuits.controls import UnitScores, random_scores
 from sma.circuits.run import run_analysis
@@ -98,8 +98,7 @@ def compare_methods(model, data: RetrievalData, cfg: AnalysisConfig, *, sparsity
                         total_seconds=time.perf_counter() - start, analysis_from_cache=analysis.from_cache)
     if out_dir is not None:
         folder = Path(out_dir) / "phase1"
-        folder.mkdir(parents=True, exist_ok=True)
         name = f"compare_s{sparsity:.2f}"
-        (folder / f"{name}.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
-        (folder / f"{name}.md").write_text(result.table())
+        write_json(folder / f"{name}.json", result.to_dict())
+        write_text(folder / f"{name}.md", result.table())
     return result

@@ -6,7 +6,18 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from sma.atomic import atomic_file
 from sma.circuits.controls import UnitScores
+
+
+def _save(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
 
 
 def _safe(name: str) -> str:
@@ -36,10 +47,7 @@ def plot_heads(scores: UnitScores, path: Path, *, circuit: Sequence[tuple[str, i
     ax.set_title(f"head importance\n{scores.method}" + (" (red: circuit)" if circuit else ""), fontsize=10)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_neurons(scores: UnitScores, path: Path) -> Path:
@@ -60,10 +68,7 @@ def plot_neurons(scores: UnitScores, path: Path) -> Path:
         ax.set_yscale("symlog", linthresh=max(values[len(values) // 2], values[-1] * 1e-6))
     ax.set_title(f"FFN neuron importance per layer\n{scores.method}", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_all(scores: dict[str, UnitScores], folder: Path, *,

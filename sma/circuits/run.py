@@ -7,7 +7,6 @@ Writes ``<out_dir>/phase1/importance_scores.json`` (every unit, every method), `
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 
 import torch
 
+from sma.atomic import write_json, write_text
 from sma.circuits import cache as cache_mod
 from sma.circuits.ablation import ablation_scores
 from sma.circuits.attribution import attribution_scores
@@ -197,12 +197,11 @@ def run_analysis(model, data: RetrievalData, cfg: AnalysisConfig, out_dir: str |
 
 def write_phase1(phase1: Path, *, scores: dict[str, UnitScores], circuits: dict[str, dict[str, Any]],
                  details: dict[str, Any], header: dict[str, Any]) -> list[Path]:
-    phase1.mkdir(parents=True, exist_ok=True)
-    (phase1 / "importance_scores.json").write_text(json.dumps(
-        {**header, "methods": {m: s.to_dict() for m, s in scores.items()}, "details": details}, indent=1) + "\n")
-    (phase1 / "circuits.json").write_text(json.dumps(
-        {**header, "circuit_share": header["config"]["circuit_share"], "ablation": header["config"]["ablation"],
-         "circuits": circuits}, indent=1) + "\n")
-    (phase1 / "faithfulness.md").write_text(faithfulness_table(circuits))
+    write_json(phase1 / "importance_scores.json",
+               {**header, "methods": {m: s.to_dict() for m, s in scores.items()}, "details": details})
+    write_json(phase1 / "circuits.json",
+               {**header, "circuit_share": header["config"]["circuit_share"], "ablation": header["config"]["ablation"],
+                "circuits": circuits})
+    write_text(phase1 / "faithfulness.md", faithfulness_table(circuits))
     files = [phase1 / n for n in ("importance_scores.json", "circuits.json", "faithfulness.md")]
     return files + plot_all(scores, phase1, circuits={m: [tuple(u) for u in c["units"]] for m, c in circuits.items()})

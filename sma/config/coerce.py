@@ -176,6 +176,6 @@ def load_config(path: str | Path, cls: type[T] | None = None) -> T:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    from sma.atomic import write_json
+
+    write_json(path, to_dict(cfg), indent=2)

@@ -21,6 +21,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from sma.atomic import atomic_dir
 from sma.prune.apply import apply_plan
 from sma.prune.arch import unwrap
 from sma.prune.schema import PruningPlan
@@ -48,12 +49,13 @@ def _tokenizer_of(model: nn.Module):
 
 
 def save_pruned(model: nn.Module, directory: str | Path, tokenizer=None) -> Path:
-    """Write weights, tokenizer (given, or the BiEncoder's), structure and config to ``directory``."""
+    """Write weights, tokenizer (given, or the BiEncoder's), structure and config to ``directory``.
+
+    The folder is built beside ``directory`` and renamed into place (:func:`sma.atomic.atomic_dir`): a crash
+    leaves the previous folder (or none), never a partial one; an existing ``directory`` is replaced whole."""
     enc = unwrap(model)
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in enc.state_dict().items()}
-    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     n_heads, n_neurons = dense_sizes(enc)
     floats = [t.dtype for t in state.values() if t.is_floating_point()]
     cfg = enc.config.to_dict()
@@ -69,13 +71,15 @@ def save_pruned(model: nn.Module, directory: str | Path, tokenizer=None) -> Path
         "layers": [u.to_dict() for u in unit_ids(enc)],
         "sparsity": encoder_sparsity(enc).to_dict(),
     }
-    (out / STRUCTURE_FILE).write_text(json.dumps(structure, indent=1))
     cfg.update(model_type=MODEL_TYPE, architectures=["SmaPrunedModel"], sma_base_model_type=cfg["model_type"],
                sma_structure=structure["layers"], sma_load_with="sma.load_pruned(path)")
-    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
     tokenizer = tokenizer if tokenizer is not None else _tokenizer_of(model)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(out))
+    with atomic_dir(out) as tmp:
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / STRUCTURE_FILE).write_text(json.dumps(structure, indent=1))
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
     return out
 
 
