@@ -26,7 +26,7 @@ from transformers import get_constant_schedule_with_warmup, get_linear_schedule_
 
 from sma.config import DistillConfig
 from sma.model import BiEncoder
-from sma.train import contrastive_loss
+from sma.train import check_finite, contrastive_loss
 
 
 @dataclass(frozen=True)
@@ -263,7 +263,8 @@ def distill_epochs(student: nn.Module, texts: DistillTexts, cfg: DistillConfig, 
     ``cfg.gradient_accumulation`` batches make one optimizer step. With ``cfg.hidden_weight > 0`` the KD term
     adds :func:`hidden_loss` against ``teacher`` (run forward on the same batch, no gradients). The learning
     rate warms up linearly over ``cfg.warmup_ratio`` of the call's optimizer steps, then stays
-    (``constant``) or decays linearly to zero at the last step (``linear``).
+    (``constant``) or decays linearly to zero at the last step (``linear``). A NaN or infinite loss raises
+    :class:`sma.train.NonFiniteLoss` naming ``desc``, the epoch and the step.
     """
     if epochs <= 0:
         return []
@@ -291,14 +292,16 @@ def distill_epochs(student: nn.Module, texts: DistillTexts, cfg: DistillConfig, 
         with sync:
             loss = _batch_loss(student, texts, sampler.next()[rank], cfg, task=task if use_task else None,
                                rng=rng, teacher=teacher, task_temperature=task_temperature)
+            value = check_finite(loss.item(), where=desc, epoch=step // batches_per_epoch + 1,
+                                 step=step % batches_per_epoch + 1)
             (loss / accumulate).backward()
         if update:
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        current.append(loss.item())
-        bar.set_postfix(loss=f"{current[-1]:.4f}")
+        current.append(value)
+        bar.set_postfix(loss=f"{value:.4f}")
         if (step + 1) % batches_per_epoch == 0 or step + 1 == total:
             losses.append(sum(current) / len(current))
             current = []

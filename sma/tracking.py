@@ -17,7 +17,9 @@ import functools
 import logging
 import math
 import os
+import shlex
 import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Iterable, Iterator, Mapping
@@ -30,6 +32,7 @@ from mlflow.entities import Metric, Param, RunStatus, ViewType
 from mlflow.tracking import MlflowClient
 
 from sma.config import RunConfig, params_of
+from sma.tracking_ui import log_collection, mark_training_experiment
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,18 @@ def resolve_tracking_uri(configured: str | None, output_dir: str | Path) -> str:
     root = Path(output_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
+
+
+COMMAND_TAG = "command"
+"""The ``sma ...`` command line, on the top-level runs a command creates (a report shows how to rerun it)."""
+
+
+def invocation() -> str | None:
+    """This process's ``sma`` command line; ``None`` when it is not the ``sma`` CLI (a Ray worker, a test)."""
+    program = sys.argv[0] if sys.argv else ""
+    if Path(program).name == "sma" or program.endswith(os.path.join("sma", "cli.py")):
+        return shlex.join(["sma", *sys.argv[1:]])
+    return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -103,6 +118,7 @@ class Tracking:
             exp_id = exp.experiment_id
             if exp.lifecycle_stage == "deleted":
                 client.restore_experiment(exp_id)
+        mark_training_experiment(client, exp_id)
         return cls(uri=uri, experiment_id=exp_id)
 
     # -- finding and creating runs -------------------------------------------------------------------
@@ -114,9 +130,12 @@ class Tracking:
     def create_run(self, name: str, *, tags: Mapping[str, Any], params: Mapping[str, Any],
                    parent_id: str | None = None) -> str:
         """A new RUNNING run (a child of ``parent_id`` if given) with ``tags`` and ``params``."""
-        parent = {"mlflow.parentRunId": parent_id} if parent_id else {}
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={**_str(tags), **parent})
+        # a child names its parent; a top-level run, the command line that made it
+        links = {"mlflow.parentRunId": parent_id} if parent_id else {COMMAND_TAG: invocation()}
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={**_str(tags), **_str(links)})
         self.client.log_batch(run.info.run_id, params=_params(params))
+        if params.get("dataset"):
+            log_collection(self.client, run.info.run_id, str(params["dataset"]))
         return run.info.run_id
 
     def parent_run(self, *, study: str, tags: Mapping[str, Any], params: Mapping[str, Any],
@@ -132,7 +151,7 @@ class Tracking:
     def child_run(self, *, parent_id: str, study: str, number: int, tags: Mapping[str, Any],
                   params: Mapping[str, Any]) -> str:
         """The child run of Optuna trial ``number`` (created, or reopened when the trial is retried)."""
-        found = self._find(f"tags.role = '{CHILD}' AND tags.study = '{study}' AND tags.optuna_trial = '{number}'")
+        found = self.children(study, number=number)
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -140,8 +159,12 @@ class Tracking:
         return self.create_run(f"{study}-trial-{number:03d}", parent_id=parent_id, params=params,
                                tags={**tags, "role": CHILD, "study": study, "optuna_trial": str(number)})
 
-    def children(self, study: str, *, status: str | None = None, role: str = CHILD) -> list:
+    def children(self, study: str, *, status: str | None = None, role: str = CHILD,
+                 number: int | None = None) -> list:
+        """Child runs of ``study`` (of ``role``), optionally only those in ``status`` / of Optuna trial ``number``."""
         query = f"tags.role = '{role}' AND tags.study = '{study}'"
+        if number is not None:
+            query += f" AND tags.optuna_trial = '{number}'"
         if status:
             query += f" AND attributes.status = '{status}'"
         return self._find(query)

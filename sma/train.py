@@ -29,6 +29,18 @@ class TrainStats:
     """Mean loss per epoch."""
 
 
+class NonFiniteLoss(FloatingPointError):
+    """A training loss became NaN or infinite: the run cannot recover, so it stops with where it happened."""
+
+
+def check_finite(loss: float, *, where: str, epoch: int, step: int) -> float:
+    """``loss`` if finite; else :class:`NonFiniteLoss` naming ``where`` and the (1-based) epoch and step."""
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(f"{where}: the loss is {loss} at epoch {epoch}, step {step} (diverged; a lower "
+                            "learning rate or gradient clipping may help)")
+    return loss
+
+
 def training_pairs(queries: Queries, qrels: Qrels) -> list[tuple[str, str]]:
     """Every (query id, relevant doc id) pair with relevance > 0, in a stable order."""
     return [(q, d) for q in sorted(qrels) if q in queries for d, r in sorted(qrels[q].items()) if r > 0]
@@ -102,15 +114,16 @@ def train_baseline(model: BiEncoder, corpus: Corpus, queries: Queries, qrels: Qr
             d_emb = model.embed([doc_text(corpus[d]) for d in dids], kind="doc")
             loss = contrastive_loss(q_emb, d_emb, qids=qids, dids=dids, pos_index=torch.arange(len(qids)),
                                     qrels=qrels, temperature=cfg.temperature)
+            value = check_finite(loss.item(), where="baseline training", epoch=epoch + 1, step=b + 1)
             (loss / cfg.gradient_accumulation).backward()
-            epoch_losses.append(loss.item())
+            epoch_losses.append(value)
             if (b + 1) % cfg.gradient_accumulation == 0 or b + 1 == batches_per_epoch:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{value:.4f}")
         losses.append(sum(epoch_losses) / len(epoch_losses))
         log.info("baseline epoch %d: mean loss %.4f", epoch + 1, losses[-1])
     model.eval()

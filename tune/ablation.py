@@ -123,7 +123,8 @@ def _run_units(cfg: AblationConfig, run: RunConfig, todo: list[Unit], *, trackin
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(log_to_driver=True)
+        from tune.ray_connect import connect
+        connect()
     try:
         ctx = TrialContext(run=run, study=study, sparsity=0.0, optuna_url="", tracking=tracking,
                            parent_run_id=parent, train_storage=f"{_storage(cfg, root)}/{study}-train",

@@ -13,23 +13,39 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from mlflow.exceptions import MlflowException
 
 from sma.cache import cache_root
 from sma.config import SEARCHED, ConfigError, RunConfig, SearchConfig, save_config, to_dict
 from sma.config.search import space_bounds
 from sma.layout import PHASE1_DIR
 from sma.metrics import OBJECTIVE, RETENTION, direction
+from sma.registry import TRIAL_RUN_TAG, encoding_config, register_best
 from sma.tracking import Tracking, git_commit, resolve_tracking_uri
-from tune.studies import StudyProgress, delete, mark_interrupted, progress, rdb_storage, study_name, trials
+from sma.tracking_ui import log_study_plot, runs_url
+from tune.studies import (
+    TRACKING_ERROR_ATTR,
+    StudyProgress,
+    delete,
+    mark_interrupted,
+    progress,
+    rdb_storage,
+    study_name,
+    trials,
+)
 from tune.trainable import DefineSpace, TrialContext, run_trial
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "resume", "fresh")
 TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20}
+PRUNED_TAG = "pruned"
+"""``pruned=1`` on the MLflow run of a trial the scheduler stopped early."""
 MAX_ROUNDS = 3
 """Tuner rounds per study and invocation: a restore, then top-ups for trials Ray lost track of."""
 
@@ -43,8 +59,28 @@ class StudyResult:
     parent_run_id: str
 
 
-def search(cfg: SearchConfig, *, mode: str = "auto") -> list[StudyResult]:
-    """Run (or resume, or restart with ``mode="fresh"``) the search described by ``cfg``."""
+class TrackingError(RuntimeError):
+    """MLflow failed during the search: what it did not record is named, and Optuna keeps every result."""
+
+
+def search(cfg: SearchConfig, *, mode: str = "auto", faults: Mapping[int, str] | None = None) -> list[StudyResult]:
+    """Run (or resume, or restart with ``mode="fresh"``) the search described by ``cfg``.
+
+    ``faults`` is a test hook: Optuna trial number -> what goes wrong in that trial's worker (one of
+    :data:`tune.worker.FAULTS`); ``cfg.fail_on_trial`` adds ``raise``. An MLflow failure (after MLflow's own
+    HTTP retries) fails the trial that met it and raises :class:`TrackingError` once the study's Tune run is
+    over; an unreachable tracking server fails the search at once. Either way the error names the tracking URI.
+    """
+    uri = resolve_tracking_uri(cfg.run.mlflow_tracking_uri, cfg.run.output_dir)
+    try:
+        return _search(cfg, mode=mode, faults={**({cfg.fail_on_trial: "raise"} if cfg.fail_on_trial is not None
+                                                   else {}), **(faults or {})}, uri=uri)
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow tracking at {uri} failed: {exc}\nOptuna keeps every finished trial: rerun "
+                            "the search once the tracking server is back to resume it.") from exc
+
+
+def _search(cfg: SearchConfig, *, mode: str, faults: Mapping[int, str], uri: str) -> list[StudyResult]:
     import ray
 
     if mode not in MODES:
@@ -58,12 +94,15 @@ def search(cfg: SearchConfig, *, mode: str = "auto") -> list[StudyResult]:
     names = [study_name(cfg.experiment, s) for s in run.sparsity]
     if mode == "resume" and not any(trials(storage, n) for n in names):
         raise ConfigError(f"--resume: no study of experiment {cfg.experiment!r} in {cfg.optuna_url()}")
-    tracking = Tracking.open(resolve_tracking_uri(run.mlflow_tracking_uri, run.output_dir), cfg.experiment)
+    tracking = Tracking.open(uri, cfg.experiment)
+    if url := runs_url(tracking.uri, tracking.experiment_id):
+        print(f"MLflow UI: {url}", flush=True)
     if mode == "fresh":
         for name in names:
             _forget(cfg, storage, tracking, name)
     if not ray.is_initialized():
-        ray.init(log_to_driver=True)
+        from tune.ray_connect import connect
+        connect()
     started = time.time()
     from sma.pipeline import prepare
 
@@ -80,7 +119,7 @@ def search(cfg: SearchConfig, *, mode: str = "auto") -> list[StudyResult]:
             run=run, study=name, sparsity=sparsity, optuna_url=cfg.optuna_url(), tracking=tracking,
             parent_run_id="", train_storage=f"{cfg.ray_storage()}/{name}-train", num_workers=cfg.num_workers,
             cpus_per_worker=cfg.cpus_per_worker, gpus_per_worker=cfg.gpus_per_worker,
-            fail_on_trial=cfg.fail_on_trial, tags={**tags, "study": name})
+            faults=faults, tags={**tags, "study": name})
         results.append(run_study(cfg, ctx, storage=storage))
     (tune_dir / "summary.json").write_text(json.dumps([_summary_row(r) for r in results], indent=1) + "\n")
     print(format_summary(results))
@@ -122,6 +161,7 @@ def run_study(cfg: SearchConfig, ctx: TrialContext, *, storage) -> StudyResult:
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), TRIAL_DRIVER_RESOURCES)
     exp_root = cfg.ray_storage()
     for round_ in range(MAX_ROUNDS):
+        known = {t.number for t in trials(storage, name) if t.state.is_finished()}
         before = progress(storage, name)
         log.info("study %s: %s", name, _fmt(before, cfg.trials_per_study))
         restorable = _latest_round(exp_root, name)
@@ -137,23 +177,25 @@ def run_study(cfg: SearchConfig, ctx: TrialContext, *, storage) -> StudyResult:
                 break
             path_name = name if restorable is None else f"{name}-r{_round_index(exp_root, name) + 1}"
             log.info("study %s: launching %d trial(s) in %s/%s", name, remaining, exp_root, path_name)
-            _new_tuner(cfg, trainable, name=name, path_name=path_name, num_samples=remaining, storage=storage).fit()
+            _new_tuner(cfg, ctx, trainable, path_name=path_name, num_samples=remaining, storage=storage).fit()
         mark_interrupted(storage, name)
-        tracking.close_stale_children(name, reason="stopped early by the scheduler or interrupted")
+        _close_pruned(tracking, storage, name)
+        tracking.close_stale_children(name, reason="interrupted")
+        _raise_tracking_errors(tracking, storage, name, known)
     final = progress(storage, name)
     log.info("study %s done: %s", name, _fmt(final, cfg.trials_per_study))
-    best = _finish_parent(tracking, parent_id, storage, name)
+    best = _finish_parent(tracking, parent_id, storage, name, encoding=encoding_config(cfg.run.model))
     return StudyResult(study=name, sparsity=ctx.sparsity, progress=final, best=best, parent_run_id=parent_id)
 
 
-def _new_tuner(cfg: SearchConfig, trainable, *, name: str, path_name: str, num_samples: int, storage):
+def _new_tuner(cfg: SearchConfig, ctx: TrialContext, trainable, *, path_name: str, num_samples: int, storage):
     import ray
     from ray import tune
 
-    from tune.searcher import StudySearch
+    from tune.searcher import EpochLogger, StudySearch
 
     searcher = StudySearch(space=DefineSpace(cfg.space), metric=OBJECTIVE, mode=direction(OBJECTIVE),
-                          study_name=name, storage=storage, seed=cfg.seed)
+                          study_name=ctx.study, storage=storage, seed=cfg.seed)
     scheduler = None
     if cfg.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
@@ -168,7 +210,8 @@ def _new_tuner(cfg: SearchConfig, trainable, *, name: str, path_name: str, num_s
                                     # a scheduler, whose stopped trials must take their TorchTrainer down
                                     reuse_actors=scheduler is None),
         run_config=tune.RunConfig(name=path_name, storage_path=cfg.ray_storage(), verbose=1,
-                                  failure_config=tune.FailureConfig(max_failures=cfg.max_failures)),
+                                  failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+                                  callbacks=[EpochLogger(ctx.tracking, ctx.study, ctx.optuna_url)]),
     )
 
 
@@ -204,7 +247,35 @@ def _round_index(exp_root: str, name: str) -> int:
     return len(_rounds(exp_root, name)) - 1
 
 
-def _finish_parent(tracking: Tracking, parent_id: str, storage, name: str) -> dict[str, Any] | None:
+def _close_pruned(tracking: Tracking, storage, name: str) -> None:
+    """The MLflow run of each trial the scheduler stopped (PRUNED in Optuna): KILLED, tagged ``pruned=1`` with
+    the epochs it ran. Its per-epoch metrics stay (logged as they came); it has no final metrics."""
+    from optuna.trial import TrialState
+
+    for t in trials(storage, name):
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if t.state != TrialState.PRUNED or run_id is None:
+            continue
+        run = tracking.client.get_run(run_id)
+        if run.data.tags.get(PRUNED_TAG) == "1":
+            continue
+        tracking.client.set_tag(run_id, PRUNED_TAG, "1")
+        tracking.client.set_tag(run_id, "stopped", f"stopped early by the scheduler after {t.last_step} report(s)")
+        tracking.client.set_terminated(run_id, status="KILLED")
+
+
+def _raise_tracking_errors(tracking: Tracking, storage, name: str, known: set[int]) -> None:
+    """:class:`TrackingError` if MLflow failed for a trial that finished in this Tune run (not in ``known``)."""
+    lost = {t.number: t.user_attrs[TRACKING_ERROR_ATTR] for t in trials(storage, name)
+            if t.number not in known and TRACKING_ERROR_ATTR in t.user_attrs}
+    if lost:
+        raise TrackingError(f"study {name}: MLflow at {tracking.uri} failed for trial(s) {sorted(lost)}: "
+                            + "; ".join(f"trial {n}: {e}" for n, e in sorted(lost.items()))
+                            + "\nOptuna keeps their state; rerun the search once the tracking server is back.")
+
+
+def _finish_parent(tracking: Tracking, parent_id: str, storage, name: str, *,
+                   encoding: Mapping[str, Any]) -> dict[str, Any] | None:
     """Best trial's params and metrics on the parent run, and its pruned model as ``best_model``."""
     from optuna.trial import TrialState
 
@@ -217,9 +288,14 @@ def _finish_parent(tracking: Tracking, parent_id: str, storage, name: str) -> di
     tracking.log_metrics(parent_id, {f"best_{k}": v for k, v in metrics.items()})
     tracking.client.set_tag(parent_id, "best_trial", str(best.number))
     tracking.client.set_tag(parent_id, "best_params", json.dumps(best.params))
+    log_study_plot(tracking.client, parent_id, [{"number": t.number, **t.user_attrs.get("metrics", {})} for t in done],
+                   best=best.number, title=name)
     model = _checkpoint_dir(best.user_attrs.get("checkpoint"))
     if model is not None and (model / "model").is_dir():
         tracking.client.log_artifacts(parent_id, str(model / "model"), "best_model")
+        register_best(tracking.uri, name=name, run_id=parent_id, model_dir=model / "model", encoding=encoding,
+                      tags={TRIAL_RUN_TAG: best.user_attrs.get("mlflow_run_id", ""), "study": name,
+                            "optuna_trial": str(best.number)})
     tracking.finish(parent_id)
     return {"number": best.number, "params": best.params, **metrics}
 
@@ -265,7 +341,7 @@ def _fmt(p: StudyProgress, budget: int) -> str:
 
 def _summary_row(r: StudyResult) -> dict[str, Any]:
     return {"study": r.study, "sparsity": r.sparsity, "complete": r.progress.complete, "failed": r.progress.failed,
-            "interrupted": r.progress.interrupted, "mlflow_parent_run": r.parent_run_id, "best": r.best}
+            "pruned": r.progress.pruned, "interrupted": r.progress.interrupted, "mlflow_parent_run": r.parent_run_id, "best": r.best}
 
 
 def format_summary(results: list[StudyResult]) -> str:

@@ -1,7 +1,7 @@
 """Optuna side of the search: one study per sparsity in an RDB storage, and its bookkeeping on resume.
 
-A study's budget is ``trials_per_study`` *finished* trials: COMPLETE ones plus those that FAILED with an
-error of their own. A trial left RUNNING by a killed driver is *interrupted*: it is marked FAIL with the
+A study's budget is ``trials_per_study`` *finished* trials: COMPLETE ones, those a scheduler stopped early
+(PRUNED) and those that FAILED with an error of their own (kept as the trial's ``error`` attribute). A trial left RUNNING by a killed driver is *interrupted*: it is marked FAIL with the
 user attribute ``interrupted`` and does not count, so the search runs another one in its place.
 """
 
@@ -17,6 +17,8 @@ from optuna.trial import FrozenTrial, TrialState
 log = logging.getLogger(__name__)
 
 INTERRUPTED_ATTR = "interrupted"
+ERROR_ATTR, TRACKING_ERROR_ATTR = "error", "tracking_error"
+"""User attributes of a trial that failed (its error), or whose MLflow logging failed (that error)."""
 
 
 def study_name(experiment: str, sparsity: float) -> str:
@@ -84,6 +86,16 @@ def mark_interrupted(storage: RDBStorage, name: str) -> list[int]:
     if marked:
         log.info("study %s: marked interrupted trial(s) %s as FAIL", name, marked)
     return marked
+
+
+def record_error(storage: RDBStorage, name: str, number: int, error: str, *, tracking: bool = False) -> None:
+    """Keep ``error`` with trial ``number`` of ``name`` (as ``tracking_error`` when MLflow failed). Never
+    raises: the error being recorded is what matters."""
+    try:
+        tid = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(name), number)
+        storage.set_trial_user_attr(tid, TRACKING_ERROR_ATTR if tracking else ERROR_ATTR, error[:2000])
+    except Exception as err:  # noqa: BLE001 - e.g. the trial was finished meanwhile
+        log.warning("study %s trial %d: could not record its error in Optuna (%s): %s", name, number, err, error)
 
 
 def finished_trial(storage: RDBStorage, name: str, number: int) -> FrozenTrial | None:

@@ -16,22 +16,26 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
+from mlflow.exceptions import MlflowException
 
 from sma.config import SEARCHED, RunConfig, SearchSpace, sample, with_params
-from sma.layout import TRIAL_ARTIFACTS, TRIAL_CHECKPOINT_DIR, TRIAL_EPOCHS_FILE, TRIAL_RESULT_FILE
+from sma.layout import TRIAL_ARTIFACTS, TRIAL_CHECKPOINT_DIR, TRIAL_RESULT_FILE
 from sma.metrics import OBJECTIVE
 from sma.tracking import CHILD, Tracking, result_params, result_tags
-from tune.studies import finished_trial, rdb_storage
-from tune.worker import setup_logging, worker_loop
+from tune.studies import finished_trial, rdb_storage, record_error
+from tune.worker import FINAL_REPORT, setup_logging, worker_loop
 
 log = logging.getLogger(__name__)
 
 TRIAL_KEY = "optuna_trial"
+ATTEMPTS_TAG = "attempts"
+"""MLflow tag of a trial's child run: how many times the trial started (Ray Tune retries failed trials)."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,8 @@ class TrialContext:
     num_workers: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
-    fail_on_trial: int | None = None
+    faults: Mapping[int, str] = field(default_factory=dict)
+    """Test hooks: trial number -> what goes wrong in its worker (one of :data:`tune.worker.FAULTS`)."""
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -76,7 +81,13 @@ def trial_tags_params(ctx: TrialContext, cfg: RunConfig) -> tuple[dict[str, Any]
 
 
 def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
-    """The Tune trainable: fit one TorchTrainer, log the trial to MLflow, return (Tune has the reports)."""
+    """The Tune trainable: fit one TorchTrainer, log the trial to MLflow and Optuna, then report its final
+    metrics to Tune (the workers' per-epoch reports reach Tune as they come, through
+    :class:`tune.reports.EpochReportCallback`, and the driver logs them to MLflow).
+
+    Any error fails the trial: the MLflow run FAILED with the error, the error as the Optuna trial's ``error``
+    attribute (``tracking_error`` when MLflow itself failed), and raised to Tune (which retries the trial up
+    to ``max_failures`` times, then tells Optuna FAIL)."""
     from ray import tune
 
     entered = time.time()
@@ -88,40 +99,68 @@ def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
     if done is not None:
         # Ray re-runs a trial whose result reached Optuna just before the driver died: never rerun it.
         log.info("%s trial %d is already COMPLETE in Optuna: reporting its stored result", ctx.study, number)
-        tune.report({**done.user_attrs.get("metrics", {}), OBJECTIVE: done.value, "rerun_skipped": True})
+        tune.report({**done.user_attrs.get("metrics", {}), OBJECTIVE: done.value, "rerun_skipped": True,
+                     FINAL_REPORT: 1.0})
         return
     cfg = trial_config(ctx, params)
-    tracking = ctx.tracking
+    run_id = None
+    try:
+        run_id = _open_child_run(ctx, cfg, storage, number)
+        log.info("%s trial %d: %s (mlflow run %s)", ctx.study, number, params, run_id)
+        final = _fit_and_log(ctx, cfg, storage, number, run_id=run_id, entered=entered)
+        ctx.tracking.finish(run_id)
+    except BaseException as exc:
+        record_error(storage, ctx.study, number, f"{type(exc).__name__}: {exc}",
+                     tracking=isinstance(exc, MlflowException))
+        if run_id is not None:
+            ctx.tracking.end_with(run_id, exc)
+        raise
+    tune.report({**{k: v for k, v in final.items() if isinstance(v, (int, float))}, FINAL_REPORT: 1.0})
+
+
+def _open_child_run(ctx: TrialContext, cfg: RunConfig, storage, number: int) -> str:
+    """The trial's MLflow child run (reopened on a retry, its ``attempts`` tag counting the starts), also named
+    in the Optuna trial's ``mlflow_run_id`` attribute from the start."""
     tags, run_params = trial_tags_params(ctx, cfg)
+    tracking = ctx.tracking
     run_id = tracking.child_run(parent_id=ctx.parent_run_id, study=ctx.study, number=number, tags=tags,
                                 params=run_params)
-    log.info("%s trial %d: %s (mlflow run %s)", ctx.study, number, params, run_id)
-    try:
-        fit_started = time.time()
-        result = fit_trainer(ctx, cfg, number)
-        fitted = time.time()
-        files = checkpoint_files(result)
-        final = json.loads((files / TRIAL_RESULT_FILE).read_text())
-        final.update(timings(final, entered=entered, fit_started=fit_started, fitted=fitted))
-        for key in [k for k in final if k.endswith("_at")]:
-            del final[key]  # wall-clock stamps, not metrics
-        log.info("%s trial %d: dev retention %.4f; %.1f s in the trial, %.1f s of them in the pipeline",
-                 ctx.study, number, final.get(OBJECTIVE, float("nan")), final["trial_seconds"],
-                 final["pipeline_seconds"])
-        tracking.log_result(run_id, epochs=json.loads((files / TRIAL_EPOCHS_FILE).read_text()), final=final,
-                            step=cfg.distill.post_prune_epochs, files=[files / n for n in TRIAL_ARTIFACTS])
-        _store_in_optuna(storage, ctx.study, number, final, run_id=run_id,
-                         checkpoint=f"{ctx.train_storage}/{_run_name(number)}/{TRIAL_CHECKPOINT_DIR}")
-    except BaseException as exc:
-        tracking.fail(run_id, exc)
-        raise
-    tracking.finish(run_id)
+    attempts = int(tracking.client.get_run(run_id).data.tags.get(ATTEMPTS_TAG, "0")) + 1
+    tracking.client.set_tag(run_id, ATTEMPTS_TAG, str(attempts))
+    storage.set_trial_user_attr(_trial_id(storage, ctx.study, number), "mlflow_run_id", run_id)
+    return run_id
 
 
-def fit_trainer(ctx: TrialContext, cfg: RunConfig, number: int):
+def _fit_and_log(ctx: TrialContext, cfg: RunConfig, storage, number: int, *, run_id: str,
+                 entered: float) -> dict[str, Any]:
+    """Fit the trial's TorchTrainer; log its final metrics and files to MLflow and keep them with the Optuna
+    trial. Returns the final metrics."""
+    fit_started = time.time()
+    result = fit_trainer(ctx, cfg, number, report_final=False)
+    fitted = time.time()
+    files = checkpoint_files(result)
+    final = json.loads((files / TRIAL_RESULT_FILE).read_text())
+    final.update(timings(final, entered=entered, fit_started=fit_started, fitted=fitted))
+    for key in [k for k in final if k.endswith("_at")]:
+        del final[key]  # wall-clock stamps, not metrics
+    log.info("%s trial %d: dev retention %.4f; %.1f s in the trial, %.1f s of them in the pipeline",
+             ctx.study, number, final.get(OBJECTIVE, float("nan")), final["trial_seconds"], final["pipeline_seconds"])
+    # the per-epoch rows are already in MLflow: the driver logs them as Tune receives them
+    ctx.tracking.log_result(run_id, epochs=[], final=final, step=cfg.distill.post_prune_epochs,
+                            files=[files / n for n in TRIAL_ARTIFACTS])
+    _store_in_optuna(storage, ctx.study, number, final,
+                     checkpoint=f"{ctx.train_storage}/{_run_name(number)}/{TRIAL_CHECKPOINT_DIR}")
+    return final
+
+
+def fit_trainer(ctx: TrialContext, cfg: RunConfig, number: int, *, report_final: bool = True):
+    """Fit the TorchTrainer of trial ``number``; its workers' reports reach Tune, all of them, or with
+    ``report_final=False`` all but the final one (see :mod:`tune.reports`)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
+
+    from tune.reports import EpochReportCallback
 
     use_gpu = ctx.gpus_per_worker > 0
     resources = {"CPU": ctx.cpus_per_worker, **({"GPU": ctx.gpus_per_worker} if use_gpu else {})}
@@ -129,13 +168,13 @@ def fit_trainer(ctx: TrialContext, cfg: RunConfig, number: int):
         worker_loop,
         train_loop_config={
             "run": cfg, "sparsity": ctx.sparsity,
-            "fail": ctx.fail_on_trial == number, "trial": number,
+            "fault": ctx.faults.get(number), "trial": number,
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=ctx.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(name=_run_name(number), storage_path=ctx.train_storage,
-                                       callbacks=[TuneReportCallback()]),
+                                       callbacks=[TuneReportCallback() if report_final else EpochReportCallback()]),
     )
     return trainer.fit()
 
@@ -165,12 +204,13 @@ def checkpoint_files(result) -> Path:
     return path
 
 
-def _store_in_optuna(storage, study: str, number: int, final: dict[str, Any], *, run_id: str,
-                     checkpoint: str) -> None:
+def _trial_id(storage, study: str, number: int) -> int:
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study), number)
+
+
+def _store_in_optuna(storage, study: str, number: int, final: dict[str, Any], *, checkpoint: str) -> None:
     """Keep the final metrics with the Optuna trial (before Tune tells Optuna the trial is complete)."""
-    sid = storage.get_study_id_from_name(study)
-    tid = storage.get_trial_id_from_study_id_trial_number(sid, number)
+    tid = _trial_id(storage, study, number)
     metrics = {k: v for k, v in final.items() if isinstance(v, (int, float))}
     storage.set_trial_user_attr(tid, "metrics", metrics)
-    storage.set_trial_user_attr(tid, "mlflow_run_id", run_id)
     storage.set_trial_user_attr(tid, "checkpoint", checkpoint)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -21,8 +22,30 @@ from sma.metrics import OBJECTIVE
 log = logging.getLogger(__name__)
 
 
+FINAL_REPORT = "final_report"
+"""Key (1.0) of a trial's last report to Tune, the one with its final metrics; per-epoch reports lack it."""
+
+FAULTS = ("raise", "exit", "diverge", "poor")
+"""Test hooks (:func:`tune.search.search`'s ``faults``; ``SearchConfig.fail_on_trial`` is ``raise``): the
+selected trial's worker raises :class:`InjectedTrialFailure`, dies with ``os._exit(1)``, distils with an
+infinite learning rate (its loss becomes NaN), or reports a dev retention of -1 (below any real one) after
+each epoch, so that a scheduler stops it."""
+
+
 class InjectedTrialFailure(RuntimeError):
     """Raised by the trial selected with ``SearchConfig.fail_on_trial`` (a test hook)."""
+
+
+def inject(fault: str | None, cfg, trial: int):
+    """The trial's run config under test hook ``fault`` (see :data:`FAULTS`); ``raise`` and ``exit`` never return."""
+    if fault == "raise":
+        raise InjectedTrialFailure(f"trial {trial} raises on purpose (fail_on_trial)")
+    if fault == "exit":
+        log.warning("trial %d: the worker exits on purpose (test hook)", trial)
+        os._exit(1)
+    if fault == "diverge":
+        return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, learning_rate=float("inf")))
+    return cfg
 
 
 def setup_logging() -> None:
@@ -49,13 +72,14 @@ def worker_loop(config: dict[str, Any]) -> None:
         cfg = dataclasses.replace(cfg, device=str(ray.train.torch.get_device()))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if config["fail"]:
-        raise InjectedTrialFailure(f"trial {config['trial']} raises on purpose (fail_on_trial)")
+    cfg = inject(config.get("fault"), cfg, config["trial"])
     started = time.time()
     log.info("rank %d: trial %d starts the pipeline", rank, config["trial"])
     epochs: list[dict[str, Any]] = []
 
     def reporter(row: dict[str, Any]) -> None:
+        if config.get("fault") == "poor":
+            row = {**row, OBJECTIVE: -1.0}
         epochs.append(dict(row))
         if OBJECTIVE in row:  # Tune rejects results without the objective (rows are the same on all ranks)
             ray.train.report(_numeric(row))
@@ -82,7 +106,7 @@ def worker_loop(config: dict[str, Any]) -> None:
                                                            for r in epochs], indent=1))
             (out_dir / TRIAL_STRUCTURES_FILE).write_text(json.dumps(structures, indent=1))
             checkpoint = ray.train.Checkpoint.from_directory(str(out_dir))
-        ray.train.report(final, checkpoint=checkpoint, checkpoint_dir_name=TRIAL_CHECKPOINT_DIR)
+        ray.train.report({**final, FINAL_REPORT: 1.0}, checkpoint=checkpoint, checkpoint_dir_name=TRIAL_CHECKPOINT_DIR)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
 
