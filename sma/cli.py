@@ -10,8 +10,16 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from sma.config import ConfigError
 from sma.config.options import add_config_options
+from sma.data import DataError
+from sma.model_source import ModelNotFoundError
+
+INPUT_ERRORS = (ConfigError, DataError, ModelNotFoundError, FileNotFoundError)
+"""Errors that mean "fix the input": one line and exit status 2, no traceback (unless ``-v``)."""
 
 
 def _analyze_extras(p: argparse.ArgumentParser) -> None:
@@ -39,6 +47,8 @@ def _tune_extras(p: argparse.ArgumentParser) -> None:
 
 def _report_extras(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resamples", type=int, default=10_000, help="paired bootstrap resamples (seeded)")
+    p.add_argument("--page", type=Path, default=None, metavar="FILE.md",
+                   help="also write the report as one Markdown page without images (a results page to check in)")
 
 
 @dataclass(frozen=True)
@@ -51,29 +61,39 @@ class Command:
     extras: Callable[[argparse.ArgumentParser], None] | None = None
     """Options of this command alone (beyond the front door's)."""
     description: str = ""
+    checks: tuple[str, ...] = ()
+    """``module:function`` taking the built config, raising on bad input (:mod:`sma.preflight`): run in this
+    order before the handler is imported, so a missing input fails in seconds, before torch is."""
 
+
+OUTER_CHECKS = ("tune.storage_root:check_storage_root", "sma.preflight:check_outer", "tune.ray_connect:preflight")
+"""``sma tune`` / ``sma ablate``: the run's inputs, then the Ray cluster."""
 
 COMMANDS = (
     Command("run", "evaluate the dense model, prune it to each sparsity, recover, measure, report",
-            "sma.pipeline:run_cli"),
+            "sma.pipeline:run_cli", checks=("sma.preflight:check_run",)),
     Command("analyze", "mechanistic analysis: unit importance, circuits, faithfulness", "sma.circuits.cli:run_cli",
             _analyze_extras,
-            "writes <output-dir>/<experiment>/phase1/ (scores, circuits, plots, the one-shot comparison)"),
+            "writes <output-dir>/<experiment>/phase1/ (scores, circuits, plots, the one-shot comparison)",
+            ("sma.preflight:check_analyze",)),
     Command("bench", "dense vs pruned latency, throughput and memory, side by side", "sma.bench_cli:run_cli",
-            _bench_extras),
+            _bench_extras, checks=("sma.preflight:check_bench",)),
     Command("tune", "Ray Tune + Optuna search of the searched hyperparameters per sparsity (MLflow)",
             "tune.cli:run_cli", _tune_extras,
             "Per sparsity an Optuna study searched through Ray Tune; each trial fits a Ray Train TorchTrainer "
             "running the pipeline; everything is logged to MLflow. Rerun the same command to resume. --set "
-            "takes keys of the search config (trials_per_study=5, space.alpha=[0.5,1], run.distill.batch_size=16)."),
+            "takes keys of the search config (trials_per_study=5, space.alpha=[0.5,1], run.distill.batch_size=16). "
+            "The Ray cluster: $RAY_ADDRESS, else a new local one.", OUTER_CHECKS),
     Command("ablate", "a designed study of the method's choices (criterion, distillation, circuits, schedule, "
             "recovery) at each sparsity and seed, through Ray Tune; every cell an MLflow run",
             "tune.ablation:run_cli", None,
             "One factor at a time from the reference recipe (the run flags), or --factorial; --seeds N per cell. "
-            "Rerun the same command to resume: finished cells are kept. Then: sma report --experiment NAME."),
+            "Rerun the same command to resume: finished cells are kept. Then: sma report --experiment NAME. "
+            "The Ray cluster: $RAY_ADDRESS, else a new local one.", OUTER_CHECKS),
     Command("report", "Pareto fronts, seeds, ablation statistics and plots of an experiment's MLflow runs",
             "analysis.report:run_cli", _report_extras,
-            "writes <output-dir>/<experiment>/report/ (report.md, report.html, PNG, CSV) and logs it to MLflow"),
+            "writes <output-dir>/<experiment>/report/ (report.md, report.html, PNG, CSV) and logs it to MLflow",
+            ("sma.preflight:check_report",)),
 )
 
 
@@ -87,11 +107,11 @@ def make_parser() -> argparse.ArgumentParser:
         add_config_options(p, c.name)
         if c.extras is not None:
             c.extras(p)
-        p.set_defaults(handler=c.handler)
+        p.set_defaults(handler=c.handler, checks=c.checks)
     return parser
 
 
-def _handler(spec: str) -> Callable[[argparse.Namespace], int]:
+def _resolve(spec: str) -> Callable[..., Any]:
     module, _, func = spec.partition(":")
     return getattr(importlib.import_module(module), func)
 
@@ -108,28 +128,28 @@ def build_config(args: argparse.Namespace):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from sma.config import ConfigError
-
+    """Parse, build the config, run the command's checks, then import and run its handler. Bad input
+    (:data:`INPUT_ERRORS`) exits with status 2 and one line on stderr; ``-v`` shows the traceback instead."""
     parser = make_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         cfg = build_config(args)
-        return int(_handler(args.handler)(args, cfg) or 0)
-    except ConfigError as exc:
+        for check in args.checks:
+            _resolve(check)(cfg)
+        return int(_resolve(args.handler)(args, cfg) or 0)
+    except INPUT_ERRORS as exc:
         if args.verbose:
             raise
-        print(f"sma: error: {exc}", file=sys.stderr)
+        print(f"sma: error: {one_line(exc)}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        from sma.data import DataError
-        from sma.model import ModelNotFoundError
 
-        if isinstance(exc, (DataError, ModelNotFoundError, FileNotFoundError)) and not args.verbose:
-            print(f"sma: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (its lines joined by ``; ``)."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,325 @@
+"""Job submission end to end: a real Ray head on 127.0.0.1 (dashboard + job server, token auth as Ray ships
+it, free ports, 2 CPUs), the smoke search submitted with ``cluster/submit.sh`` (the real ``ray job submit``
+CLI, ``--working-dir`` upload with the runtime env's excludes), a job stopped mid-search with ``ray job stop``
+and resubmitted, and the storage-root check that keeps a job's state out of Ray's copy of the working
+directory.
+
+The head runs as ``ray start --head --block`` in its own session; every process it starts inherits a marker
+in its environment, so the ``finally`` stops exactly this cluster (never ``ray stop``, which stops every Ray
+process on the machine) and checks that none of its processes is left."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from sma.config import ConfigError, RunConfig, SearchConfig
+from tune.storage_root import JOB_CONFIG_ENV, check_storage_root, job_working_copy
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+MARKER = "SMA_TEST_RAY_HEAD"
+JOB_ID = re.compile(r"^sma: job id: (\S+)$", re.M)
+
+
+# -- the storage-root check, without a cluster ------------------------------------------------------------
+
+COPY = Path("/tmp/ray/session_x/runtime_resources/working_dir_files/_ray_pkg_abc")
+
+
+def _search(**run) -> SearchConfig:
+    return SearchConfig(run=RunConfig(**{"cache_dir": "/abs/cache", **run}))
+
+
+def test_the_job_copy_is_found_from_the_cwd_or_the_job_config():
+    assert job_working_copy(COPY, {}) == COPY
+    assert job_working_copy(COPY / "sub", {}) == COPY
+    job_env = {JOB_CONFIG_ENV: json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_abc.zip"}})}
+    assert job_working_copy(Path("/srv/pkg"), job_env) == Path("/srv/pkg")
+    assert job_working_copy(Path("/srv/pkg"), {JOB_CONFIG_ENV: json.dumps({"runtime_env": {}})}) is None
+    assert job_working_copy(Path("/work/main"), {}) is None
+
+
+@pytest.mark.parametrize("cfg, where", [
+    (_search(), "output_dir"),                                      # the default: results/ in the copy
+    (_search(output_dir="/shared/sma", mlflow_tracking_uri="sqlite:///mlflow.db"), "mlflow_tracking_uri"),
+    (_search(output_dir="/shared/sma", cache_dir="cache"), "cache_dir"),
+])
+def test_a_job_keeping_state_in_its_copy_is_refused(cfg, where):
+    with pytest.raises(ConfigError, match=rf"{where}={COPY}/\S+ inside its copy") as err:
+        check_storage_root(cfg, cwd=COPY, environ={})
+    assert "\n" not in str(err.value)
+
+
+def test_relative_optuna_and_ray_storage_in_the_copy_are_refused():
+    cfg = SearchConfig(run=RunConfig(output_dir="/shared/sma", cache_dir="/abs/cache"),
+                       optuna_storage="sqlite:///studies.db", storage_path="ray")
+    with pytest.raises(ConfigError, match=r"optuna_storage=\S+studies.db, storage_path=\S+/ray inside"):
+        check_storage_root(cfg, cwd=COPY, environ={})
+
+
+def test_absolute_or_server_storage_passes_and_nothing_is_checked_outside_a_job(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    ok = SearchConfig(run=RunConfig(output_dir="/shared/sma", cache_dir="/abs/cache",
+                                    mlflow_tracking_uri="http://127.0.0.1:5000"),
+                      optuna_storage="postgresql://db/sma", storage_path="s3://bucket/sma")
+    check_storage_root(ok, cwd=COPY, environ={})
+    check_storage_root(_search(), cwd=Path("/work/main"), environ={})  # not a job: relative is fine
+
+
+# -- a real head, real jobs ------------------------------------------------------------------------------
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _marked(marker: str) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get(MARKER) == marker:
+                out.append(p)
+        except (psutil.Error, OSError):
+            pass
+    return out
+
+
+def _stop_marked(head: subprocess.Popen, marker: str) -> list[str]:
+    """SIGTERM the head's process group, then SIGKILL whatever still carries ``marker``; the leftovers."""
+    try:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    deadline = time.time() + 30
+    while _marked(marker) and time.time() < deadline:
+        time.sleep(1)
+    for p in _marked(marker):
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(_marked(marker), timeout=10)
+    return [" ".join(p.cmdline())[:120] for p in _marked(marker)]
+
+
+@dataclass(frozen=True)
+class Head:
+    url: str
+    temp_dir: Path
+    client_env: dict[str, str]
+
+    def submit(self, *args: str, storage: Path | None, log: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+        """``cluster/submit.sh ARGS`` to the end of the job; its output also kept in ``log``."""
+        env = dict(self.client_env) | ({"SMA_STORAGE_ROOT": str(storage)} if storage else {})
+        done = subprocess.run(["bash", "cluster/submit.sh", *args], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+        log.write_text(done.stdout + done.stderr)
+        return done
+
+    def ray(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "ray"), *args, "--address", self.url], env=self.client_env,
+                              capture_output=True, text=True, timeout=120)
+
+    def copies(self) -> list[Path]:
+        """Ray's unpacked copies of uploaded working directories."""
+        return sorted(self.temp_dir.glob("session_*/runtime_resources/working_dir_files/_ray_pkg_*"))
+
+
+def _wait_for_job_server(url: str, head: subprocess.Popen, env: dict[str, str], log: Path) -> None:
+    deadline = time.time() + 180
+    while True:
+        assert head.poll() is None, log.read_text()[-3000:]
+        assert time.time() < deadline, "the job server did not come up\n" + log.read_text()[-3000:]
+        try:
+            urllib.request.urlopen(f"{url}/api/jobs/", timeout=5)
+            raise AssertionError("the job server answered without a token: token auth is off")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401, exc  # token auth on, as Ray 2.60 ships it
+            listed = subprocess.run([str(BIN / "ray"), "job", "list", "--address", url], env=env,
+                                    capture_output=True, text=True, timeout=60)
+            if listed.returncode == 0:
+                return
+        except OSError:
+            pass
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory) -> Iterator[Head]:
+    # a short temp dir: Ray's socket paths must stay under the 107-byte limit
+    temp_dir = Path(tempfile.mkdtemp(prefix="rayt", dir="/tmp"))
+    work = tmp_path_factory.mktemp("cluster")
+    gcs, dashboard, client, node_manager, object_manager, agent, agent_grpc, runtime_env, metrics = _free_ports(9)
+    low = 30000 + (os.getpid() % 200) * 100  # a worker port range of its own, away from Ray's 10002-19999
+    marker = uuid.uuid4().hex
+    base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE")}
+    head_env = base | {MARKER: marker, "PATH": f"{BIN}:{os.environ['PATH']}", "SMA_CACHE_DIR": str(work / "cache"),
+                       "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    url = f"http://127.0.0.1:{dashboard}"
+    client_env = base | {"PATH": head_env["PATH"], "RAY_ADDRESS": url, "RAY_AUTH_MODE": "token"}
+    # Ray's own token: ~/.ray/auth_token, created only when missing (`ray start` then turns token auth on)
+    subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=base, capture_output=True, check=True)
+    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
+           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--include-dashboard", "true",
+           "--ray-client-server-port", str(client), "--node-manager-port", str(node_manager),
+           "--object-manager-port", str(object_manager), "--dashboard-agent-listen-port", str(agent),
+           "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(runtime_env),
+           "--metrics-export-port", str(metrics), "--min-worker-port", str(low), "--max-worker-port", str(low + 99),
+           "--num-cpus", "2", "--num-gpus", "0", "--object-store-memory", str(200 * 2**20),
+           "--temp-dir", str(temp_dir), "--disable-usage-stats"]
+    log = work / "head.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=head_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        started = time.time()
+        _wait_for_job_server(url, proc, client_env, log)
+        print(f"head up in {time.time() - started:.0f} s at {url} (temp dir {temp_dir})")
+        yield Head(url=url, temp_dir=temp_dir, client_env=client_env)
+    finally:
+        leftovers = _stop_marked(proc, marker)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not leftovers, f"processes of the test cluster left running: {leftovers}"
+
+
+def _job_id(stdout: str) -> str:
+    found = JOB_ID.search(stdout)
+    assert found, stdout[-3000:]
+    return found.group(1)
+
+
+def _trial_states(db: Path, study: str) -> list[str]:
+    from tune.studies import rdb_storage, trials
+
+    return [t.state.name for t in trials(rdb_storage(f"sqlite:///{db}"), study)]
+
+
+def _in_flight(log: str) -> bool:
+    """The followed logs show a finished trial and a trial started after it (the search is mid-way)."""
+    done = log.count(" completed after ")
+    return done >= 1 and log.count(" started with configuration") > done
+
+
+def _runs(storage: Path, experiment: str, role: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{storage}/mlflow.db")
+    exp = client.get_experiment_by_name(experiment)
+    return list(client.search_runs([exp.experiment_id], filter_string=f"tags.role = '{role}'"))
+
+
+def _written_in_copies(head: Head) -> list[str]:
+    """Anything a job wrote into Ray's copies of the working directory (results, databases, MLflow stores)."""
+    out = []
+    for copy in head.copies():
+        out += [str(p) for pattern in ("results", "*.db", "mlruns", "mlartifacts", "**/optuna.db")
+                for p in copy.glob(pattern)]
+    return out
+
+
+@pytest.mark.slow
+def test_a_submitted_smoke_search_succeeds_and_keeps_its_state_under_the_storage_root(head, tmp_path):
+    storage = tmp_path / "storage"
+    started = time.time()
+    done = head.submit("--smoke-test", "--experiment", "jobs", "--sparsity", "0.5", "--trials", "2",
+                       storage=storage, log=tmp_path / "submit.log")
+    print(f"submitted smoke search (1 sparsity x 2 trials): {time.time() - started:.0f} s, submit to SUCCEEDED")
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    job = _job_id(done.stdout)
+    assert f"sma: job {job} SUCCEEDED" in done.stdout
+    assert "Tailing logs until the job exits" in done.stdout + done.stderr  # submit.sh followed the logs
+    status = head.ray("job", "status", job)
+    assert f"Job '{job}' succeeded" in status.stdout + status.stderr
+    # the studies, runs and Ray results are under the storage root, none in Ray's copy of the working dir
+    assert _trial_states(storage / "jobs" / "tune" / "optuna.db", "jobs-s0.50") == ["COMPLETE", "COMPLETE"]
+    children = _runs(storage, "jobs", "trial")
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    assert [p.info.status for p in _runs(storage, "jobs", "study")] == ["FINISHED"]
+    assert (storage / "jobs" / "tune" / "ray" / "jobs-s0.50").is_dir()
+    assert head.copies(), "no uploaded working-dir copy found under the head's temp dir"
+    assert not _written_in_copies(head)
+
+
+@pytest.mark.slow
+def test_a_job_whose_storage_is_relative_is_refused_before_it_writes_anything(head, tmp_path):
+    done = head.submit("--smoke-test", "--experiment", "refused", "--output-dir", "results", storage=None,
+                       log=tmp_path / "submit.log")
+    assert done.returncode == 1, done.stdout[-4000:] + done.stderr[-2000:]
+    job = _job_id(done.stdout)
+    assert f"sma: job {job} FAILED" in done.stdout
+    assert "inside its copy of the working directory" in done.stdout
+    assert not _written_in_copies(head)
+
+
+@pytest.mark.slow
+def test_a_stopped_job_resubmitted_resumes_without_running_a_trial_twice(head, tmp_path):
+    from optuna.trial import TrialState
+
+    from tune.studies import INTERRUPTED_ATTR, rdb_storage, trials
+
+    storage = tmp_path / "storage"
+    args = ("--smoke-test", "--experiment", "resume", "--sparsity", "0.5", "--trials", "3")
+    db = storage / "resume" / "tune" / "optuna.db"
+    out = tmp_path / "submit1.log"
+    env = head.client_env | {"SMA_STORAGE_ROOT": str(storage)}
+    with out.open("w") as fh:
+        first = subprocess.Popen(["bash", "cluster/submit.sh", *args], cwd=REPO, env=env, stdout=fh,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not _in_flight(out.read_text()):
+            assert first.poll() is None, out.read_text()[-4000:]
+            assert time.time() < deadline, "no trial completed while another ran\n" + out.read_text()[-3000:]
+            time.sleep(0.5)
+        job = _job_id(out.read_text())
+        stop = head.ray("job", "stop", job)
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        assert first.wait(timeout=120) == 3, out.read_text()[-3000:]  # submit.sh: exit 3 for STOPPED
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert f"sma: job {job} STOPPED" in out.read_text()
+    st = rdb_storage(f"sqlite:///{db}")
+    done_before = {t.number: (t.datetime_complete, t.user_attrs["mlflow_run_id"])
+                   for t in trials(st, "resume-s0.50") if t.state == TrialState.COMPLETE}
+    print("stopped with", _trial_states(db, "resume-s0.50"))
+
+    again = head.submit(*args, storage=storage, log=tmp_path / "submit2.log")
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-2000:]
+    assert _job_id(again.stdout) != job
+    after = trials(st, "resume-s0.50")
+    assert sum(t.state == TrialState.COMPLETE for t in after) == 3
+    assert all(t.state == TrialState.COMPLETE or t.user_attrs.get(INTERRUPTED_ATTR) for t in after)  # no zombie
+    assert {t.number: (t.datetime_complete, t.user_attrs["mlflow_run_id"]) for t in after
+            if t.number in done_before} == done_before  # finished trials were not run again
+    children = _runs(storage, "resume", "trial")
+    by_trial = {int(c.data.tags["optuna_trial"]): c.info.status for c in children}
+    assert len(children) == len(by_trial)  # one child run per Optuna trial
+    assert "RUNNING" not in by_trial.values()
+    assert sorted(by_trial.values()).count("FINISHED") == 3
+    assert [r.info.status for r in _runs(storage, "resume", "study")] == ["FINISHED"]
+    assert not _written_in_copies(head)
