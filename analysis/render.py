@@ -40,7 +40,8 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join([head, rule, *rows])
 
 
-def to_markdown(title: str, sections: list[Section]) -> str:
+def to_markdown(title: str, sections: list[Section], *, images: bool = True) -> str:
+    """Markdown with each image linked beside it (``images=False``: a page without them, e.g. to check in)."""
     out = [f"# {title}", ""]
     for s in sections:
         out += [f"## {s.title}", ""]
@@ -50,8 +51,9 @@ def to_markdown(title: str, sections: list[Section]) -> str:
             out += ["```bash", s.code, "```", ""]
         for caption, table in s.tables:
             out += [f"**{caption}**", "", markdown_table(table), ""]
-        out += [f"![{p.stem}]({p.name})" for p in s.images]
-        if s.images:
+        shown = s.images if images else ()
+        out += [f"![{p.stem}]({p.name})" for p in shown]
+        if shown:
             out.append("")
         out += [f"- {n}" for n in s.notes]
         if s.notes:

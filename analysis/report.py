@@ -15,14 +15,20 @@ import pandas as pd
 
 from analysis import plots, tables
 from analysis.render import Section, to_html, to_markdown
-from analysis.runs import load_runs, metric_history, per_query
+from analysis.runs import commands, display_uri, load_runs, metric_history, per_query
+from sma.atomic import atomic_file, write_bytes, write_text
 
 log = logging.getLogger(__name__)
 
 
+def _save_csv(table: pd.DataFrame, path: Path) -> None:
+    with atomic_file(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
 def _results_sections(df: pd.DataFrame, out: Path) -> list[Section]:
     results = tables.results_table(df)
-    results.to_csv(out / "results.csv", index=False)
+    _save_csv(results, out / "results.csv")
     sections = [Section("Results per sparsity", "The configuration with the best dev retention at each target "
                         "sparsity, with its test numbers (retention = pruned / dense test nDCG@10).",
                         tables=(("results.csv", results),))]
@@ -33,10 +39,10 @@ def _results_sections(df: pd.DataFrame, out: Path) -> list[Section]:
         images.append(plots.pareto_plot(df, front, x=x, label=x.removeprefix("metrics."), reference_col=ref_col,
                                         path=out / f"pareto_{name}.png"))
         ft = tables.front_table(front, x)
-        ft.to_csv(out / f"pareto_{name}.csv", index=False)
+        _save_csv(ft, out / f"pareto_{name}.csv")
         front_tables.append((f"pareto_{name}.csv", ft))
     hv = tables.hypervolumes(fronts)
-    hv.to_csv(out / "hypervolume.csv", index=False)
+    _save_csv(hv, out / "hypervolume.csv")
     sections.append(Section(
         "Pareto fronts", "Non-dominated configurations by dev retention against actual sparsity, measured speedup "
         "and encoder memory ratio, drawn at their test retention; the dashed line is the published front of the "
@@ -44,7 +50,7 @@ def _results_sections(df: pd.DataFrame, out: Path) -> list[Section]:
         tables=(("hypervolume.csv", hv), *front_tables), images=tuple(images)))
     seeds = tables.seed_table(df)
     if not seeds.empty:
-        seeds.to_csv(out / "seeds.csv", index=False)
+        _save_csv(seeds, out / "seeds.csv")
         sections.append(Section("Across seeds", "Test retention of each configuration run with several seeds: "
                                 "mean, sd and the 95 % t-interval of the mean.", tables=(("seeds.csv", seeds),)))
     return sections
@@ -57,7 +63,7 @@ def _ablation_section(df: pd.DataFrame, uri: str, out: Path, cache: Path, resamp
     table = tables.ablation_table(cells, per_query(uri, cells["run_id"], cache_dir=cache), resamples=resamples)
     if table.empty:
         return []
-    table.to_csv(out / "ablation.csv", index=False)
+    _save_csv(table, out / "ablation.csv")
     return [Section("Ablation", f"Each cell against the reference recipe at the same sparsity: per-query paired "
                     f"difference of test nDCG@10 (per-query means over seeds first), paired bootstrap 95 % CI "
                     f"({resamples} resamples, seeded), Wilcoxon signed-rank p and Holm-adjusted p across cells.",
@@ -89,7 +95,7 @@ def _search_sections(df: pd.DataFrame, results_dir: Path, out: Path, optuna_url:
         keep = [c for c in rep.trials.columns if c in ("number", "state", "value") or c.startswith("params_")
                 or c == "user_attrs_mlflow_run_id"]
         trials = rep.trials[keep]
-        trials.to_csv(out / f"trials_{name}.csv", index=False)
+        _save_csv(trials, out / f"trials_{name}.csv")
         importance = pd.DataFrame({"hyperparameter": list(rep.importance), "importance": list(rep.importance.values())})
         best = (f"best trial {rep.best.number}: dev retention {rep.best.value:.4f}, {rep.best.params}"
                 if rep.best else "no complete trial")
@@ -108,9 +114,18 @@ def _phase1_section(results_dir: Path) -> list[Section]:
                     images=pngs)]
 
 
+def _reproduce_section(experiment: str, uri: str, n_runs: int, command: str) -> Section:
+    made_by = commands(experiment, uri=uri)
+    report = command or f"sma report --experiment {experiment}"
+    return Section("Reproduce", f"{n_runs} result runs of MLflow experiment {experiment!r} "
+                   f"(store {display_uri(uri)}), made by the commands below (each tagged on its MLflow run), "
+                   "then this report:", code="\n".join([*made_by, report]))
+
+
 def build_report(experiment: str, *, uri: str, results_dir: Path, resamples: int = 10_000,
-                 command: str = "", optuna_url: str | None = None) -> Path:
-    """Compute every section from the experiment's result runs and write the report folder; returns it."""
+                 command: str = "", optuna_url: str | None = None, page: Path | None = None) -> Path:
+    """Compute every section from the experiment's result runs and write the report folder; returns it.
+    ``page``: also write the report there as one Markdown file without images."""
     started = time.time()
     df = load_runs(experiment, uri=uri)
     if df.empty:
@@ -123,15 +138,16 @@ def build_report(experiment: str, *, uri: str, results_dir: Path, resamples: int
     sections += _search_sections(df, results_dir, out, optuna_url)
     sections += _curves_section(df, uri, out)
     sections += _phase1_section(results_dir)
-    sections.append(Section("Reproduce", f"{len(df)} result runs of MLflow experiment {experiment!r} at {uri}.",
-                            code=command or f"sma report --experiment {experiment}"))
+    sections.append(_reproduce_section(experiment, uri, len(df), command))
     title = f"SMA report: {experiment}"
     for section in sections:  # every image next to the Markdown that links it
         for image in section.images:
             if image.parent != out:
-                (out / image.name).write_bytes(image.read_bytes())
-    (out / "report.md").write_text(to_markdown(title, sections))
-    (out / "report.html").write_text(to_html(title, sections))
+                write_bytes(out / image.name, image.read_bytes())
+    write_text(out / "report.md", to_markdown(title, sections))
+    write_text(out / "report.html", to_html(title, sections))
+    if page is not None:
+        write_text(page, to_markdown(title, sections, images=False))
     log.info("report of %d runs in %s (%.1f s)", len(df), out, time.time() - started)
     return out
 
@@ -155,10 +171,12 @@ def run_cli(args, cfg) -> int:
     from sma.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(cfg.mlflow_tracking_uri, cfg.output_dir)
-    command = f"sma report --experiment {cfg.experiment} --mlflow-tracking-uri {uri}"
+    command = f"sma report --experiment {cfg.experiment} --mlflow-tracking-uri {display_uri(uri)}"
     try:
+        if args.page is not None:
+            command += f" --page {args.page}"
         folder = build_report(cfg.experiment, uri=uri, results_dir=cfg.run_dir, resamples=args.resamples,
-                              command=command)
+                              command=command, page=args.page)
     except LookupError as exc:
         print(f"sma: error: {exc}")
         return 2

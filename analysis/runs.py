@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from sma.tracking import COMMAND_TAG
+
 RESULT_FILTER = "tags.result = '1'"
 METRICS_ARTIFACT = "metrics.json"
 
@@ -63,6 +65,28 @@ def load_runs(experiment: str, *, uri: str, filter_string: str = RESULT_FILTER,
         return df
     df = df[df["status"].isin(tuple(statuses))].reset_index(drop=True)
     return _numeric_params(df)
+
+
+def commands(experiment: str, *, uri: str) -> list[str]:
+    """The command lines that made the experiment's runs (the ``command`` tag of its top-level runs), oldest
+    first, each once."""
+    import mlflow
+
+    with tracking_uri(uri):
+        df = mlflow.search_runs(experiment_names=[experiment], filter_string=f"tags.{COMMAND_TAG} LIKE '%'",
+                                order_by=["attributes.start_time ASC"], output_format="pandas")
+    if df.empty:
+        return []
+    return list(dict.fromkeys(df[f"tags.{COMMAND_TAG}"].dropna()))
+
+
+def display_uri(uri: str, cwd: Path | None = None) -> str:
+    """``uri`` as a reader types it: a SQLite store under the working directory by its relative path."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return uri
+    path, here = Path(uri.removeprefix(prefix)), (cwd or Path.cwd()).resolve()
+    return f"{prefix}{path.relative_to(here)}" if path.is_absolute() and path.is_relative_to(here) else uri
 
 
 def _artifact(uri: str, run_id: str, name: str, cache_dir: Path) -> Path:

@@ -68,6 +68,9 @@ def store(tmp_path_factory):
                      metrics=_metrics(0.5, 0.91, 0.90, 1.9), cell="criterion=magnitude",
                      per_query_test={"q1": 0.4, "q2": 0.3, "q3": 0.5}),
     }
+    # the commands that made them, on their top-level runs: one run twice (resumed), shown once, oldest first
+    for start, command in ((1, "sma ablate --seeds 2"), (2, "sma ablate --seeds 2"), (3, "sma run --sparsity 0.3")):
+        client.set_terminated(client.create_run(exp_id, start_time=start, tags={"command": command}).info.run_id)
     failed = _log(client, exp_id, tmp, params={**base, "sparsity": 0.7, "alpha": 1.0, "seed": 1},
                   metrics=_metrics(0.7, 0.99, 0.99, 3.0), per_query_test=flat, status="FAILED")
     return uri, ids, failed, tmp
@@ -123,11 +126,17 @@ def test_report_files_and_the_page_in_a_real_browser(store, tmp_path):
     from analysis.report import build_report, log_report
 
     uri, ids, _, _ = store
-    folder = build_report("fx", uri=uri, results_dir=tmp_path / "fx", resamples=1000, command="sma report -e fx")
+    page = tmp_path / "page" / "fx.md"
+    folder = build_report("fx", uri=uri, results_dir=tmp_path / "fx", resamples=1000, command="sma report -e fx",
+                          page=page)
     md = (folder / "report.md").read_text()
+    # the page to check in: the same report, every image line left out
+    text_lines = [line for line in md.splitlines() if line and not line.startswith("![")]
+    assert "![" in md and [line for line in page.read_text().splitlines() if line] == text_lines
     for rid in ids.values():  # every number traceable to its run
         assert rid in md
-    assert "criterion=magnitude" in md and "sma report -e fx" in md
+    assert "criterion=magnitude" in md
+    assert "```bash\nsma ablate --seeds 2\nsma run --sparsity 0.3\nsma report -e fx\n```" in md
     for name in ("results.csv", "ablation.csv", "hypervolume.csv", "pareto_sparsity.png", "ablation.png"):
         assert (folder / name).is_file(), name
     run_id = log_report("fx", uri, folder)
@@ -136,6 +145,14 @@ def test_report_files_and_the_page_in_a_real_browser(store, tmp_path):
     logged = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run_id)}
     assert {"report.html", "report.md", "results.csv"} <= logged
     check_page_in_browser(folder / "report.html", "report-fixture.png")
+
+
+def test_a_store_under_the_working_directory_is_shown_by_its_relative_path(tmp_path):
+    from analysis.runs import display_uri
+
+    assert display_uri(f"sqlite:///{tmp_path}/results/mlflow.db", cwd=tmp_path) == "sqlite:///results/mlflow.db"
+    assert display_uri("sqlite:////elsewhere/mlflow.db", cwd=tmp_path) == "sqlite:////elsewhere/mlflow.db"
+    assert display_uri("http://127.0.0.1:5000", cwd=tmp_path) == "http://127.0.0.1:5000"
 
 
 def test_loading_runs_leaves_the_tracking_uri_as_it_was(store, monkeypatch):

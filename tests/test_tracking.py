@@ -37,8 +37,10 @@ def _artifact_json(uri: str, run_id: str, name: str, dst: Path) -> dict:
     return json.loads(Path(MlflowClient(tracking_uri=uri).download_artifacts(run_id, name, str(dst))).read_text())
 
 
-def test_run_logs_a_parent_and_a_result_run_per_sparsity(tiny_model_dir, tiny_beir, tmp_path, capsys):
+def test_run_logs_a_parent_and_a_result_run_per_sparsity(tiny_model_dir, tiny_beir, tmp_path, capsys,
+                                                         monkeypatch):
     cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path)
+    monkeypatch.setattr("sys.argv", ["/venv/bin/sma", "run", "--set", "prune.split=a b"])
     results = run(cfg)
     uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
     assert results["mlflow"]["tracking_uri"] == uri
@@ -46,6 +48,7 @@ def test_run_logs_a_parent_and_a_result_run_per_sparsity(tiny_model_dir, tiny_be
     assert on_disk["mlflow"] == results["mlflow"]
     [parent] = _runs(uri, "e", "tags.role = 'run'")
     assert parent.info.run_id == results["mlflow"]["run_id"] and parent.info.status == "FINISHED"
+    assert parent.data.tags["command"] == "sma run --set 'prune.split=a b'"  # how to make it again
     assert f"MLflow: run {parent.info.run_id}" in capsys.readouterr().out
     assert {"alpha", "gentleness", "post_prune_epochs", "model", "dataset", "seed"} <= set(parent.data.params)
     assert _artifact_json(uri, parent.info.run_id, "config.json", tmp_path / "dl")["sparsity"] == [0.3, 0.5]
@@ -55,6 +58,7 @@ def test_run_logs_a_parent_and_a_result_run_per_sparsity(tiny_model_dir, tiny_be
     for row in results["sparsities"]:
         child = by_sparsity[row["sparsity"]]
         assert child.info.status == "FINISHED" and child.data.tags["role"] == "sparsity"
+        assert "command" not in child.data.tags
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         numeric = {k: v for k, v in row.items() if k not in ROW_ONLY}
         assert child.data.metrics == pytest.approx({k: float(v) for k, v in numeric.items()})
