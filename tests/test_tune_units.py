@@ -267,3 +267,18 @@ def test_ablation_design_one_factor_at_a_time_and_factorial():
     assert (built.prune.criterion, built.sparsity, built.seed) == ("magnitude", (0.7,), 43)
     with pytest.raises(ConfigError, match="unknown factor"):
         AblationConfig(factors=("nope",))
+
+
+def test_a_driver_without_gpus_says_so_when_the_trials_get_them(monkeypatch, caplog):
+    import torch
+
+    from sma.config import RunConfig
+    from tune.search import warn_if_driver_lacks_gpus
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level("WARNING", logger="tune.search"):
+        warn_if_driver_lacks_gpus(RunConfig(), gpus_per_worker=0)
+        assert not caplog.records  # CPU trials: nothing to say
+        warn_if_driver_lacks_gpus(RunConfig(), gpus_per_worker=1)
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "SMA_ENTRYPOINT_NUM_GPUS=1" in caplog.records[0].getMessage()

@@ -15,9 +15,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from sma.atomic import write_json
 from sma.config import RunConfig, save_config, to_dict
 from sma.config.ablation import AblationConfig, Cell
-from sma.layout import TRIAL_ARTIFACTS, TRIAL_EPOCHS_FILE, TRIAL_RESULT_FILE
+from sma.layout import PHASE1_DIR, TRIAL_ARTIFACTS, TRIAL_EPOCHS_FILE, TRIAL_RESULT_FILE
 from sma.tracking import Tracking, git_commit, resolve_tracking_uri, result_params, result_tags
 from tune.trainable import TrialContext, checkpoint_files, fit_trainer, timings
 from tune.worker import setup_logging
@@ -80,12 +81,12 @@ def _prepare_once(run: RunConfig, todo: list[Unit]) -> None:
         cfg = unit.config(run)
         if cfg.prune.criterion not in seen:
             seen.add(cfg.prune.criterion)
-            prepare(replace(cfg, seed=run.seed), analysis_dir=run.run_dir / "phase1")
+            prepare(replace(cfg, seed=run.seed), analysis_dir=run.run_dir / PHASE1_DIR)
 
 
 def ablate(cfg: AblationConfig) -> dict[str, Any]:
     """Run (or resume) the ablation; returns a summary (units done, failed, the MLflow parent run)."""
-    from tune.search import resolve_run
+    from tune.search import resolve_run, warn_if_driver_lacks_gpus
 
     run = resolve_run(cfg.run, cpus_per_worker=cfg.cpus_per_worker, eval_every_epoch=False)
     root = run.run_dir / "ablate"
@@ -101,13 +102,14 @@ def ablate(cfg: AblationConfig) -> dict[str, Any]:
     log.info("ablation %s: %d cells x %d sparsities x %d seeds = %d units, %d finished before, %d to run",
              study, len(cfg.cells()), len(run.sparsity), cfg.seeds, len(all_units), len(done), len(todo))
     if todo:
+        warn_if_driver_lacks_gpus(run, cfg.gpus_per_worker)
         _prepare_once(run, todo)
         _run_units(cfg, run, todo, tracking=tracking, parent=parent, study=study, root=root)
     _close_stale(tracking, study)
     finished = _finished(tracking, study)
     summary = {"study": study, "units": len(all_units), "finished": len(finished & {u.key for u in all_units}),
                "mlflow_parent_run": parent, "tracking_uri": tracking.uri}
-    (root / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(root / "summary.json", summary)
     status = "FINISHED" if summary["finished"] == summary["units"] else "FAILED"
     tracking.client.set_terminated(parent, status=status)
     return summary

@@ -20,6 +20,7 @@ from typing import Any
 
 from mlflow.exceptions import MlflowException
 
+from sma.atomic import write_json
 from sma.cache import cache_root
 from sma.config import SEARCHED, ConfigError, RunConfig, SearchConfig, save_config, to_dict
 from sma.config.search import space_bounds
@@ -106,6 +107,7 @@ def _search(cfg: SearchConfig, *, mode: str, faults: Mapping[int, str], uri: str
     started = time.time()
     from sma.pipeline import prepare
 
+    warn_if_driver_lacks_gpus(run, cfg.gpus_per_worker)
     prepared = prepare(run, analysis_dir=run.run_dir / PHASE1_DIR)
     prep_info = {"baseline_computed": prepared.teacher_computed, "baseline_key": prepared.teacher.key,
                  "seconds": round(time.time() - started, 1), "finished_at": time.time()}
@@ -121,9 +123,19 @@ def _search(cfg: SearchConfig, *, mode: str, faults: Mapping[int, str], uri: str
             cpus_per_worker=cfg.cpus_per_worker, gpus_per_worker=cfg.gpus_per_worker,
             faults=faults, tags={**tags, "study": name})
         results.append(run_study(cfg, ctx, storage=storage))
-    (tune_dir / "summary.json").write_text(json.dumps([_summary_row(r) for r in results], indent=1) + "\n")
+    write_json(tune_dir / "summary.json", [_summary_row(r) for r in results])
     print(format_summary(results))
     return results
+
+
+def warn_if_driver_lacks_gpus(run: RunConfig, gpus_per_worker: float) -> None:
+    """The driver computes the shared work (baseline, analysis) itself: say so when the trials get GPUs and
+    the driver has none (a job submitted without entrypoint GPUs runs on a CPU head)."""
+    import torch
+
+    if gpus_per_worker > 0 and run.device == "auto" and not torch.cuda.is_available():
+        log.warning("trials use GPUs but this driver sees none: the shared work (baseline, analysis) runs on "
+                    "its CPU; give the job a GPU (cluster/submit.sh: SMA_ENTRYPOINT_NUM_GPUS=1)")
 
 
 def resolve_run(run: RunConfig, *, cpus_per_worker: float, eval_every_epoch: bool = True) -> RunConfig:
