@@ -10,35 +10,16 @@ returns one split's per-query values.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
 from sma.tracking import COMMAND_TAG
+from sma.tracking import fluent_tracking_uri as tracking_uri
 
 RESULT_FILTER = "tags.result = '1'"
 METRICS_ARTIFACT = "metrics.json"
-
-
-@contextmanager
-def tracking_uri(uri: str) -> Iterator[None]:
-    """``mlflow``'s fluent functions (``search_runs``) against ``uri``; afterwards the previous URI and
-    ``$MLFLOW_TRACKING_URI`` (which ``set_tracking_uri`` also sets) are as they were."""
-    import mlflow
-
-    previous, env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
-        if env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 def _numeric_params(df: pd.DataFrame) -> pd.DataFrame:

@@ -64,9 +64,9 @@ def register_best(tracking_uri: str, *, name: str, run_id: str, model_dir: str |
     returned: a resumed search that found no better trial adds no version."""
     from mlflow.entities import LoggedModelOutput
     from mlflow.tracking import MlflowClient
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     import mlflow
+    from sma.tracking import fluent_tracking_uri
 
     client = MlflowClient(tracking_uri=tracking_uri)
     latest = _latest(client, name)
@@ -77,7 +77,7 @@ def register_best(tracking_uri: str, *, name: str, run_id: str, model_dir: str |
     experiment_id = client.get_run(run_id).info.experiment_id
     logged = client.create_logged_model(experiment_id, name=LOGGED_NAME, source_run_id=run_id,
                                         tags=dict(tags), model_type="text-embedding")
-    with _use_tracking_uri(tracking_uri):
+    with fluent_tracking_uri(tracking_uri):
         info = mlflow.pyfunc.log_model(
             name=LOGGED_NAME, python_model=str(MODEL_CODE), artifacts={"encoder": str(model_dir)},
             model_config=dict(encoding), signature=_signature(model_dir), model_id=logged.model_id,

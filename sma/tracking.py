@@ -55,6 +55,25 @@ def resolve_tracking_uri(configured: str | None, output_dir: str | Path) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+@contextmanager
+def fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """``mlflow``'s fluent functions (``search_runs``, ``pyfunc.log_model``) against ``uri``; afterwards MLflow's
+    global URI and ``$MLFLOW_TRACKING_URI`` are exactly as they were. ``mlflow.set_tracking_uri`` also sets the
+    variable, and restoring "the previous URI" with it would pin the default store for every later caller."""
+    from mlflow.tracking._tracking_service import utils
+
+    previous, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    utils.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        utils._tracking_uri = previous
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
 COMMAND_TAG = "command"
 """The ``sma ...`` command line, on the top-level runs a command creates (a report shows how to rerun it)."""
 

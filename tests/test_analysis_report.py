@@ -158,6 +158,11 @@ def test_a_store_under_the_working_directory_is_shown_by_its_relative_path(tmp_p
 def test_loading_runs_leaves_the_tracking_uri_as_it_was(store, monkeypatch):
     import os
 
+    from mlflow.tracking._tracking_service import utils
+
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(utils, "_tracking_uri", None)
     load_runs("fx", uri=store[0])
-    assert "MLFLOW_TRACKING_URI" not in os.environ
+    # neither the variable nor MLflow's global: a pinned global would send later fluent calls (models:/...) and,
+    # through the variable, later searches to the default store
+    assert "MLFLOW_TRACKING_URI" not in os.environ and utils._tracking_uri is None

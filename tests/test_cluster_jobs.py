@@ -276,6 +276,7 @@ def test_a_job_whose_storage_is_relative_is_refused_before_it_writes_anything(he
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # two jobs of a 3-trial search on a 2-CPU head: ~7 min on a busy machine
 def test_a_stopped_job_resubmitted_resumes_without_running_a_trial_twice(head, tmp_path):
     from optuna.trial import TrialState
 
