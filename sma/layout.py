@@ -28,16 +28,5 @@ TRIAL_ARTIFACTS = (PLAN_FILE, METRICS_FILE, TRIAL_STRUCTURES_FILE)
 """Files of a trial logged to MLflow as artifacts."""
 
 
-def trial_run_name(number: int) -> str:
-    """The Ray Train run of Optuna trial ``number``: ``<storage_path>/<study>-train/trial-0003/``."""
-    return f"trial-{number:04d}"
-
-
-def epoch_checkpoint_dir(epoch: int) -> str:
-    """A trial's checkpoint after post-prune epoch ``epoch`` (the pruned model, ``sma.load_pruned``), beside
-    :data:`TRIAL_CHECKPOINT_DIR`; only the newest is kept, so a trial stopped early keeps its last one."""
-    return f"epoch-{epoch:03d}"
-
-
 def sparsity_dir(run_dir: Path, sparsity: float) -> Path:
     return Path(run_dir) / PHASE2_DIR / f"s{sparsity:.2f}"

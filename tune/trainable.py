@@ -25,7 +25,7 @@ import optuna
 from mlflow.exceptions import MlflowException
 
 from sma.config import SEARCHED, RunConfig, SearchSpace, sample, with_params
-from sma.layout import TRIAL_ARTIFACTS, TRIAL_CHECKPOINT_DIR, TRIAL_RESULT_FILE, trial_run_name
+from sma.layout import TRIAL_ARTIFACTS, TRIAL_CHECKPOINT_DIR, TRIAL_RESULT_FILE
 from sma.metrics import OBJECTIVE
 from sma.tracking import CHILD, Tracking, result_params, result_tags
 from tune.studies import finished_trial, rdb_storage, record_error
@@ -34,9 +34,6 @@ from tune.worker import FINAL_REPORT, setup_logging, worker_loop
 log = logging.getLogger(__name__)
 
 TRIAL_KEY = "optuna_trial"
-CHECKPOINT_TAG = "checkpoint"
-"""On a trial's MLflow run: its newest checkpoint, the final result folder or, for a trial stopped early, its
-last epoch's (each holds ``model/``, for ``sma.load_pruned``)."""
 ATTEMPTS_TAG = "attempts"
 """MLflow tag of a trial's child run: how many times the trial started (Ray Tune retries failed trials)."""
 
@@ -151,9 +148,8 @@ def _fit_and_log(ctx: TrialContext, cfg: RunConfig, storage, number: int, *, run
     # the per-epoch rows are already in MLflow: the driver logs them as Tune receives them
     ctx.tracking.log_result(run_id, epochs=[], final=final, step=cfg.distill.post_prune_epochs,
                             files=[files / n for n in TRIAL_ARTIFACTS])
-    checkpoint = f"{ctx.train_storage}/{trial_run_name(number)}/{TRIAL_CHECKPOINT_DIR}"
-    ctx.tracking.client.set_tag(run_id, CHECKPOINT_TAG, checkpoint)
-    _store_in_optuna(storage, ctx.study, number, final, checkpoint=checkpoint)
+    _store_in_optuna(storage, ctx.study, number, final,
+                     checkpoint=f"{ctx.train_storage}/{_run_name(number)}/{TRIAL_CHECKPOINT_DIR}")
     return final
 
 
@@ -177,12 +173,14 @@ def fit_trainer(ctx: TrialContext, cfg: RunConfig, number: int, *, report_final:
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=ctx.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
-        run_config=ray.train.RunConfig(name=trial_run_name(number), storage_path=ctx.train_storage,
-                                       # the newest only: per-epoch models, then the final result
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+        run_config=ray.train.RunConfig(name=_run_name(number), storage_path=ctx.train_storage,
                                        callbacks=[TuneReportCallback() if report_final else EpochReportCallback()]),
     )
     return trainer.fit()
+
+
+def _run_name(number: int) -> str:
+    return f"trial-{number:04d}"
 
 
 def timings(final: dict[str, Any], *, entered: float, fit_started: float, fitted: float) -> dict[str, float]:
