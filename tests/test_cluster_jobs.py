@@ -54,7 +54,7 @@ def test_the_job_copy_is_found_from_the_cwd_or_the_job_config():
     job_env = {JOB_CONFIG_ENV: json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_abc.zip"}})}
     assert job_working_copy(Path("/srv/pkg"), job_env) == Path("/srv/pkg")
     assert job_working_copy(Path("/srv/pkg"), {JOB_CONFIG_ENV: json.dumps({"runtime_env": {}})}) is None
-    assert job_working_copy(Path("/work/main"), {}) is None
+    assert job_working_copy(Path("/home/user/sma"), {}) is None
 
 
 @pytest.mark.parametrize("cfg, where", [
@@ -81,7 +81,7 @@ def test_absolute_or_server_storage_passes_and_nothing_is_checked_outside_a_job(
                                     mlflow_tracking_uri="http://127.0.0.1:5000"),
                       optuna_storage="postgresql://db/sma", storage_path="s3://bucket/sma")
     check_storage_root(ok, cwd=COPY, environ={})
-    check_storage_root(_search(), cwd=Path("/work/main"), environ={})  # not a job: relative is fine
+    check_storage_root(_search(), cwd=Path("/home/user/sma"), environ={})  # not a job: relative is fine
 
 
 # -- a real head, real jobs ------------------------------------------------------------------------------
