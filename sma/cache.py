@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from sma.atomic import atomic_dir, write_bytes
-from sma.atomic import torch_save as save_atomic  # noqa: F401 - the name callers of the cache used before sma.atomic
 
 log = logging.getLogger(__name__)
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from servers import free_port
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sma.prune import PruningPlan, apply_plan, masked, unit_ids
@@ -46,16 +46,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_wrapped_model_prunes_and_trains(tmp_path):
     world = 2
     # spawn, not fork: a child forked after the parent's OpenMP thread pool started can deadlock (it hung CI)
-    mp.start_processes(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True,
+    mp.start_processes(_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True,
                        start_method="spawn")
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
     assert all(r["same"] for r in results), "ranks diverged after a synchronized step"

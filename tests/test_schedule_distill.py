@@ -234,7 +234,7 @@ def test_max_texts_distills_on_a_seeded_subset_of_the_texts(tiny_model_dir, tiny
 
 
 def test_save_atomic_round_trips_and_leaves_no_temporary_file(tmp_path):
-    from sma.cache import save_atomic
+    from sma.atomic import torch_save as save_atomic
 
     path = save_atomic({"x": torch.arange(3)}, tmp_path / "teacher" / "k.pt")
     torch.testing.assert_close(torch.load(path)["x"], torch.arange(3))
