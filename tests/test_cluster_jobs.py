@@ -86,11 +86,17 @@ def test_absolute_or_server_storage_passes_and_nothing_is_checked_outside_a_job(
 
 # -- a real head, real jobs ------------------------------------------------------------------------------
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
+def _free_ports(n: int, avoid: range) -> list[int]:
+    """``n`` distinct free loopback ports, none in ``avoid`` (the worker port range Ray checks them against)."""
+    socks: list[socket.socket] = []
     try:
-        for s in socks:
+        while len(socks) < n:
+            s = socket.socket()
             s.bind(("127.0.0.1", 0))
+            if s.getsockname()[1] in avoid:
+                s.close()
+            else:
+                socks.append(s)  # kept bound until all are drawn, so no port comes twice
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
@@ -174,8 +180,10 @@ def head(tmp_path_factory) -> Iterator[Head]:
     # a short temp dir: Ray's socket paths must stay under the 107-byte limit
     temp_dir = Path(tempfile.mkdtemp(prefix="rayt", dir="/tmp"))
     work = tmp_path_factory.mktemp("cluster")
-    gcs, dashboard, client, node_manager, object_manager, agent, agent_grpc, runtime_env, metrics = _free_ports(9)
-    low = 30000 + (os.getpid() % 200) * 100  # a worker port range of its own, away from Ray's 10002-19999
+    low = 20000 + (os.getpid() % 100) * 100  # a worker port range of its own, away from Ray's 10002-19999
+    workers = range(low, low + 100)
+    gcs, dashboard, client, node_manager, object_manager, agent, agent_grpc, runtime_env, metrics = _free_ports(
+        9, avoid=workers)
     marker = uuid.uuid4().hex
     base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE")}
     head_env = base | {MARKER: marker, "PATH": f"{BIN}:{os.environ['PATH']}", "SMA_CACHE_DIR": str(work / "cache"),
