@@ -28,5 +28,18 @@ TRIAL_ARTIFACTS = (PLAN_FILE, METRICS_FILE, TRIAL_STRUCTURES_FILE)
 """Files of a trial logged to MLflow as artifacts."""
 
 
+def trial_run_name(number: int, attempt: int = 1) -> str:
+    """The Ray Train run of trial ``number``'s ``attempt``-th start: ``trial-0003``, then ``trial-0003-attempt-2``.
+    Each start is a Train run of its own: Train would restore a rerun under the same name from the checkpoints
+    of the start that died, and drop the new start's files as older than those."""
+    return f"trial-{number:04d}" if attempt == 1 else f"trial-{number:04d}-attempt-{attempt}"
+
+
+def epoch_checkpoint_dir(epoch: int) -> str:
+    """A trial's checkpoint after post-prune epoch ``epoch`` (the pruned model, ``sma.load_pruned``), beside
+    :data:`TRIAL_CHECKPOINT_DIR`; only the newest is kept, so a trial stopped early keeps its last one."""
+    return f"epoch-{epoch:03d}"
+
+
 def sparsity_dir(run_dir: Path, sparsity: float) -> Path:
     return Path(run_dir) / PHASE2_DIR / f"s{sparsity:.2f}"

@@ -46,7 +46,8 @@ from sma.teacher import Teacher, get_teacher
 
 log = logging.getLogger(__name__)
 
-Reporter = Callable[[dict[str, float]], None]
+Reporter = Callable[[dict[str, float], Any], None]
+"""Called with each post-prune epoch's metrics row and the student (a :class:`BiEncoder`) after it."""
 
 
 def setup_runtime(cfg: RunConfig) -> None:
@@ -108,7 +109,7 @@ def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None
                 row.update(_dev_row(cfg, prep, student, rank, world))
             history.append(row)
             if reporter is not None:
-                reporter(row)
+                reporter(row, student)
     _distill(cfg, prep, wrapped, teacher, epochs=cfg.distill.post_prune_epochs, rank=rank, world=world,
              seed_offset=0, desc=f"s={sparsity:.2f} post-prune", on_epoch=metrics_by_epoch)
     result = _measure(cfg, prep, teacher, student, sparsity, rank, world)
@@ -121,7 +122,7 @@ def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None
     result = broadcast(result, world)
     if reporter is not None and not history:
         reporter({"epoch": cfg.distill.post_prune_epochs, "dev_retention": result["dev_retention"],
-                  "dev_ndcg_at_10": result["dev_ndcg_at_10"]})
+                  "dev_ndcg_at_10": result["dev_ndcg_at_10"]}, student)
     return result
 
 

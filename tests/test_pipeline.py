@@ -87,7 +87,7 @@ def test_reporter_gets_each_post_prune_epoch(tiny_model_dir, tiny_beir, tmp_path
     cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path, **{"bench.enabled": False, "distill.post_prune_epochs": 2,
                                                        "distill.eval_every_epoch": True, "prune.gentleness": 0.0})
     rows = []
-    res = run_sparsity(cfg, 0.3, out_dir=tmp_path / "x", reporter=rows.append)
+    res = run_sparsity(cfg, 0.3, out_dir=tmp_path / "x", reporter=lambda row, student: rows.append(row))
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[-1]["dev_retention"] == pytest.approx(res["dev_retention"])
 

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from servers import start_mlflow, stop_group
 from test_tune_search import FINAL_METRICS, _states, mlflow_runs, smoke_search
 
+import sma
 from sma.config import DistillConfig, TrainConfig
 from sma.data import load_beir_folder
 from sma.distill import DistillTexts, distill_epochs
@@ -123,6 +124,13 @@ def test_asha_stopped_trials_are_pruned_nan_trials_fail_and_both_count_toward_th
     history = _client(uri).get_metric_history(runs[1].info.run_id, "dev_retention")
     assert [(m.step, m.value) for m in history] == [(1, -1.0)]  # logged while it ran: the trial never got further
     assert "train_loss" in runs[1].data.metrics and "test_retention" not in runs[1].data.metrics
+    # ... and the checkpoint it was judged on: the model after epoch 1, which loads
+    stopped_at = Path(runs[1].data.tags["checkpoint"])
+    assert stopped_at.name == "epoch-001"
+    assert sma.load_pruned(str(stopped_at / "model")).config.num_hidden_layers > 0
+    finished_at = Path(runs[0].data.tags["checkpoint"])  # a complete trial: its final result folder, only
+    assert finished_at == Path(ts[0].user_attrs["checkpoint"]) and (finished_at / "model").is_dir()
+    assert not list(finished_at.parent.glob("epoch-*"))  # only the newest is kept
     assert "the loss is nan at epoch 1" in runs[2].data.tags["error"]
     assert set(FINAL_METRICS) <= set(runs[0].data.metrics)
     assert [m.step for m in _client(uri).get_metric_history(runs[0].info.run_id, "dev_retention")] == [1, 2, 2]

@@ -15,12 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from optuna.trial import TrialState
 from servers import start_mlflow, stop_group
 
 from sma.config import RunConfig, SearchConfig, apply_overrides
 from sma.config.options import smoke_run
+from sma.layout import trial_run_name
 from tune.search import search
 from tune.studies import INTERRUPTED_ATTR, rdb_storage, study_name, trials
 
@@ -102,6 +104,18 @@ def test_two_studies_of_three_trials_share_one_baseline(ray_address, tmp_path):
     assert {"plan.json", "metrics.json", "structures.json"} <= {a.path for a in client.list_artifacts(children[0].info.run_id)}
     assert "best_model" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert (Path(cfg.ray_storage()) / "grid-s0.30").is_dir()
+    # the report of this real search: each sparsity's best dev trial, and each study's Optuna section
+    from analysis.report import build_report
+
+    report = build_report("grid", uri=uri, results_dir=tmp_path / "results" / "grid", resamples=1000)
+    table = pd.read_csv(report / "results.csv")
+    for s, row in zip((0.3, 0.5), table.itertuples(), strict=True):
+        best = max(trials(storage, study_name("grid", s)), key=lambda t: t.value)
+        assert row.Sparsity == f"{100 * s:.0f}%" and row.run_id == best.user_attrs["mlflow_run_id"]
+        assert row.Pruned == pytest.approx(best.user_attrs["metrics"]["test_ndcg_at_10"])
+        study_trials = pd.read_csv(report / f"trials_grid-s{s:.2f}.csv")
+        assert sorted(study_trials["number"]) == [0, 1, 2] and set(study_trials["state"]) == {"COMPLETE"}
+    assert "## Search: grid-s0.30" in (report / "report.md").read_text()
 
 
 # -- resume after SIGKILL of the driver -------------------------------------------------------------------
@@ -155,6 +169,10 @@ def test_resume_after_the_driver_is_killed(ray_address, tmp_path):
     assert {t.number: (t.datetime_complete, t.user_attrs["mlflow_run_id"]) for t in complete
             if t.number in done_before} == done_before
     assert {n: p.stat().st_mtime_ns for n, p in result_files.items()} == stamps
+    for t in complete:  # each kept its files; the one restarted after the kill in a Train run of its own
+        checkpoint = Path(t.user_attrs["checkpoint"])
+        assert (checkpoint / "result.json").is_file() and (checkpoint / "model").is_dir()
+        assert checkpoint.parent.name == trial_run_name(t.number, 2 if t.number in running else 1)
     uri = f"sqlite:///{tmp_path}/results/mlflow.db"
     children = mlflow_runs(uri, "resume", "trial")
     by_trial = {int(c.data.tags["optuna_trial"]): c.info.status for c in children}

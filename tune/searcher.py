@@ -19,19 +19,20 @@ from typing import Any
 
 from optuna.exceptions import UpdateFinishedTrialError
 from ray.tune import Callback
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 from ray.tune.result import AUTO_RESULT_KEYS, DEBUG_METRICS, TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 from sma.tracking import Tracking
 from tune.studies import rdb_storage, record_error
-from tune.trainable import TRIAL_KEY
+from tune.trainable import CHECKPOINT_TAG, TRIAL_KEY
 from tune.worker import FINAL_REPORT
 
 log = logging.getLogger(__name__)
 
 EPOCH_KEY = "epoch"
 NOT_METRICS = frozenset({*AUTO_RESULT_KEYS, *DEBUG_METRICS, EPOCH_KEY, "done", "iterations_since_restore",
-                         "time_since_restore", "checkpoint_dir_name", "should_checkpoint"})
+                         "time_since_restore", "checkpoint_dir_name", "should_checkpoint", CHECKPOINT_PATH_KEY})
 """Keys of a Tune result that Tune adds: not the trial's metrics."""
 
 
@@ -78,6 +79,8 @@ class EpochLogger(Callback):
                 (run,) = self.tracking.children(self.study, number=number)
                 self._runs[number] = run.info.run_id
             self.tracking.log_metrics(self._runs[number], metrics, step=int(result[EPOCH_KEY]))
+            if result.get(CHECKPOINT_PATH_KEY):  # the model after this epoch: what a trial stopped here keeps
+                self.tracking.client.set_tag(self._runs[number], CHECKPOINT_TAG, result[CHECKPOINT_PATH_KEY])
         except Exception as exc:  # noqa: BLE001 - reported by the driver after the Tune run
             error = f"epoch {result[EPOCH_KEY]} not logged to MLflow at {self.tracking.uri}: {exc}"
             log.error("study %s trial %d: %s", self.study, number, error)

@@ -25,7 +25,7 @@ import optuna
 from mlflow.exceptions import MlflowException
 
 from sma.config import SEARCHED, RunConfig, SearchSpace, sample, with_params
-from sma.layout import TRIAL_ARTIFACTS, TRIAL_CHECKPOINT_DIR, TRIAL_RESULT_FILE
+from sma.layout import TRIAL_ARTIFACTS, TRIAL_CHECKPOINT_DIR, TRIAL_RESULT_FILE, trial_run_name
 from sma.metrics import OBJECTIVE
 from sma.tracking import CHILD, Tracking, result_params, result_tags
 from tune.studies import finished_trial, rdb_storage, record_error
@@ -34,6 +34,9 @@ from tune.worker import FINAL_REPORT, setup_logging, worker_loop
 log = logging.getLogger(__name__)
 
 TRIAL_KEY = "optuna_trial"
+CHECKPOINT_TAG = "checkpoint"
+"""On a trial's MLflow run: its newest checkpoint, the final result folder or, for a trial stopped early, its
+last epoch's (each holds ``model/``, for ``sma.load_pruned``)."""
 ATTEMPTS_TAG = "attempts"
 """MLflow tag of a trial's child run: how many times the trial started (Ray Tune retries failed trials)."""
 
@@ -105,9 +108,9 @@ def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
     cfg = trial_config(ctx, params)
     run_id = None
     try:
-        run_id = _open_child_run(ctx, cfg, storage, number)
-        log.info("%s trial %d: %s (mlflow run %s)", ctx.study, number, params, run_id)
-        final = _fit_and_log(ctx, cfg, storage, number, run_id=run_id, entered=entered)
+        run_id, attempt = _open_child_run(ctx, cfg, storage, number)
+        log.info("%s trial %d: %s (mlflow run %s, start %d)", ctx.study, number, params, run_id, attempt)
+        final = _fit_and_log(ctx, cfg, storage, number, run_id=run_id, attempt=attempt, entered=entered)
         ctx.tracking.finish(run_id)
     except BaseException as exc:
         record_error(storage, ctx.study, number, f"{type(exc).__name__}: {exc}",
@@ -118,9 +121,9 @@ def run_trial(config: dict[str, Any], *, ctx: TrialContext) -> None:
     tune.report({**{k: v for k, v in final.items() if isinstance(v, (int, float))}, FINAL_REPORT: 1.0})
 
 
-def _open_child_run(ctx: TrialContext, cfg: RunConfig, storage, number: int) -> str:
+def _open_child_run(ctx: TrialContext, cfg: RunConfig, storage, number: int) -> tuple[str, int]:
     """The trial's MLflow child run (reopened on a retry, its ``attempts`` tag counting the starts), also named
-    in the Optuna trial's ``mlflow_run_id`` attribute from the start."""
+    in the Optuna trial's ``mlflow_run_id`` attribute from the start. Returns the run and this start's count."""
     tags, run_params = trial_tags_params(ctx, cfg)
     tracking = ctx.tracking
     run_id = tracking.child_run(parent_id=ctx.parent_run_id, study=ctx.study, number=number, tags=tags,
@@ -128,15 +131,15 @@ def _open_child_run(ctx: TrialContext, cfg: RunConfig, storage, number: int) -> 
     attempts = int(tracking.client.get_run(run_id).data.tags.get(ATTEMPTS_TAG, "0")) + 1
     tracking.client.set_tag(run_id, ATTEMPTS_TAG, str(attempts))
     storage.set_trial_user_attr(_trial_id(storage, ctx.study, number), "mlflow_run_id", run_id)
-    return run_id
+    return run_id, attempts
 
 
-def _fit_and_log(ctx: TrialContext, cfg: RunConfig, storage, number: int, *, run_id: str,
+def _fit_and_log(ctx: TrialContext, cfg: RunConfig, storage, number: int, *, run_id: str, attempt: int,
                  entered: float) -> dict[str, Any]:
     """Fit the trial's TorchTrainer; log its final metrics and files to MLflow and keep them with the Optuna
     trial. Returns the final metrics."""
     fit_started = time.time()
-    result = fit_trainer(ctx, cfg, number, report_final=False)
+    result = fit_trainer(ctx, cfg, number, attempt=attempt, report_final=False)
     fitted = time.time()
     files = checkpoint_files(result)
     final = json.loads((files / TRIAL_RESULT_FILE).read_text())
@@ -148,14 +151,15 @@ def _fit_and_log(ctx: TrialContext, cfg: RunConfig, storage, number: int, *, run
     # the per-epoch rows are already in MLflow: the driver logs them as Tune receives them
     ctx.tracking.log_result(run_id, epochs=[], final=final, step=cfg.distill.post_prune_epochs,
                             files=[files / n for n in TRIAL_ARTIFACTS])
-    _store_in_optuna(storage, ctx.study, number, final,
-                     checkpoint=f"{ctx.train_storage}/{_run_name(number)}/{TRIAL_CHECKPOINT_DIR}")
+    checkpoint = f"{ctx.train_storage}/{trial_run_name(number, attempt)}/{TRIAL_CHECKPOINT_DIR}"
+    ctx.tracking.client.set_tag(run_id, CHECKPOINT_TAG, checkpoint)
+    _store_in_optuna(storage, ctx.study, number, final, checkpoint=checkpoint)
     return final
 
 
-def fit_trainer(ctx: TrialContext, cfg: RunConfig, number: int, *, report_final: bool = True):
-    """Fit the TorchTrainer of trial ``number``; its workers' reports reach Tune, all of them, or with
-    ``report_final=False`` all but the final one (see :mod:`tune.reports`)."""
+def fit_trainer(ctx: TrialContext, cfg: RunConfig, number: int, *, attempt: int, report_final: bool = True):
+    """Fit the TorchTrainer of trial ``number``'s ``attempt``-th start; its workers' reports reach Tune, all of
+    them, or with ``report_final=False`` all but the final one (see :mod:`tune.reports`)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -173,14 +177,12 @@ def fit_trainer(ctx: TrialContext, cfg: RunConfig, number: int, *, report_final:
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=ctx.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
-        run_config=ray.train.RunConfig(name=_run_name(number), storage_path=ctx.train_storage,
+        run_config=ray.train.RunConfig(name=trial_run_name(number, attempt), storage_path=ctx.train_storage,
+                                       # the newest only: per-epoch models, then the final result
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
                                        callbacks=[TuneReportCallback() if report_final else EpochReportCallback()]),
     )
     return trainer.fit()
-
-
-def _run_name(number: int) -> str:
-    return f"trial-{number:04d}"
 
 
 def timings(final: dict[str, Any], *, entered: float, fit_started: float, fitted: float) -> dict[str, float]:

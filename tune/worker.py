@@ -16,7 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sma.layout import TRIAL_CHECKPOINT_DIR, TRIAL_EPOCHS_FILE, TRIAL_RESULT_FILE, TRIAL_STRUCTURES_FILE
+from sma.layout import (
+    MODEL_DIR,
+    TRIAL_CHECKPOINT_DIR,
+    TRIAL_EPOCHS_FILE,
+    TRIAL_RESULT_FILE,
+    TRIAL_STRUCTURES_FILE,
+    epoch_checkpoint_dir,
+)
 from sma.metrics import OBJECTIVE
 
 log = logging.getLogger(__name__)
@@ -55,6 +62,25 @@ def setup_logging() -> None:
                             datefmt="%H:%M:%S")
 
 
+def report_epoch(metrics: dict[str, float], student, epoch: int) -> None:
+    """One post-prune epoch's report, with the student as its checkpoint when given (rank 0): a trial the
+    scheduler stops keeps its last model."""
+    import ray.train
+
+    from sma.prune import save_pruned
+
+    if student is None:
+        ray.train.report(metrics)
+        return
+    folder = Path(tempfile.mkdtemp(prefix="sma-epoch-"))
+    try:
+        save_pruned(student.encoder, folder / MODEL_DIR, tokenizer=student.tokenizer)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
+                         checkpoint_dir_name=epoch_checkpoint_dir(epoch))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def worker_loop(config: dict[str, Any]) -> None:
     """Every worker runs the pipeline; rank 0 reports the final metrics with the trial's files."""
     worker_started_at = time.time()
@@ -77,12 +103,12 @@ def worker_loop(config: dict[str, Any]) -> None:
     log.info("rank %d: trial %d starts the pipeline", rank, config["trial"])
     epochs: list[dict[str, Any]] = []
 
-    def reporter(row: dict[str, Any]) -> None:
+    def reporter(row: dict[str, Any], student) -> None:
         if config.get("fault") == "poor":
             row = {**row, OBJECTIVE: -1.0}
         epochs.append(dict(row))
         if OBJECTIVE in row:  # Tune rejects results without the objective (rows are the same on all ranks)
-            ray.train.report(_numeric(row))
+            report_epoch(_numeric(row), student if rank == 0 else None, int(row.get("epoch", 0)))
 
     prepared = prepare(cfg)
     out_dir = Path(tempfile.mkdtemp(prefix=f"sma-trial-{config['trial']}-"))
