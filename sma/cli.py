@@ -51,6 +51,12 @@ def _report_extras(p: argparse.ArgumentParser) -> None:
                    help="also write the report as one Markdown page without images (a results page to check in)")
 
 
+def _export_extras(p: argparse.ArgumentParser) -> None:
+    from sma.export import export_extras
+
+    export_extras(p)
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -94,6 +100,11 @@ COMMANDS = (
             "analysis.report:run_cli", _report_extras,
             "writes <output-dir>/<experiment>/report/ (report.md, report.html, PNG, CSV) and logs it to MLflow",
             ("sma.preflight:check_report",)),
+    Command("export", "a pruned model as a sentence-transformers folder that loads without SMA",
+            "sma.export:run_cli", _export_extras,
+            "PATH: a pruned model folder or a sparsity's result folder (results/<exp>/phase2/s0.50). Pooling, "
+            "normalisation and the maximum length come from the model.* keys (--config results/<exp>/config.json "
+            "takes the run's)."),
 )
 
 

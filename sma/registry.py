@@ -26,6 +26,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_encoder.py")
+LOADER_CODE = Path(__file__).with_name("stock_encoder.py")
+"""Shipped with the model (``code_paths``): the pyfunc rebuilds the pruned encoder with it."""
 LOGGED_NAME = "encoder"
 TRIAL_RUN_TAG = "best_trial_run_id"
 """Model version tag: the MLflow run of the trial whose model the version holds."""
@@ -79,7 +81,7 @@ def register_best(tracking_uri: str, *, name: str, run_id: str, model_dir: str |
                                         tags=dict(tags), model_type="text-embedding")
     with fluent_tracking_uri(tracking_uri):
         info = mlflow.pyfunc.log_model(
-            name=LOGGED_NAME, python_model=str(MODEL_CODE), artifacts={"encoder": str(model_dir)},
+            name=LOGGED_NAME, python_model=str(MODEL_CODE), code_paths=[str(LOADER_CODE)], artifacts={"encoder": str(model_dir)},
             model_config=dict(encoding), signature=_signature(model_dir), model_id=logged.model_id,
             pip_requirements=[f"{p}=={version(p)}" for p in REQUIREMENTS], registered_model_name=name)
     client.log_outputs(run_id, models=[LoggedModelOutput(logged.model_id, step=0)])  # the run's Models column

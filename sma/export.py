@@ -1,0 +1,144 @@
+"""``sma export``: a pruned model as a folder that serving tools load without SMA.
+
+    sma export results/<experiment>/phase2/s0.50 --format sentence-transformers --out minilm-s50-st
+    sma export results/<experiment>/phase2/s0.50 --format onnx --out minilm-s50-onnx
+    SentenceTransformer("minilm-s50-st", trust_remote_code=True).encode(["what is a wing"])
+
+The sentence-transformers folder is the pruned model (weights, ``sma_structure.json``, tokenizer) with a
+copy of :mod:`sma.stock_encoder` as its modelling code (``config.json``'s ``auto_map``: layers keep their own
+head and neuron counts, so the speed-up stays), sentence-transformers' stock ``Transformer``, ``Pooling``
+and (with cosine similarity) ``Normalize`` modules configured as :class:`sma.model.BiEncoder` encodes: with the
+``model.*`` settings of the run that wrote the model (its ``config.json``) when there is one.
+sentence-transformers runs code shipped with a model only with ``trust_remote_code=True``. It has one
+maximum length: the documents' (``model.doc_max_length``); queries are cut there, not at
+``model.query_max_length``, which only matters for queries longer than that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from importlib.metadata import version
+from pathlib import Path
+
+from sma.atomic import atomic_dir
+from sma.config import ConfigError, RunConfig
+from sma.config.sections import ModelConfig
+from sma.layout import CONFIG_FILE, MODEL_DIR, PHASE2_DIR
+
+FORMATS = ("sentence-transformers", "onnx")
+LOADER = Path(__file__).with_name("stock_encoder.py")
+AUTO_MAP = {"AutoConfig": f"{LOADER.stem}.SmaPrunedConfig", "AutoModel": f"{LOADER.stem}.SmaPrunedModel"}
+STRUCTURE_FILE = "sma_structure.json"
+ONNX_FILE = "model.onnx"
+
+
+def model_dir(path: str | Path) -> Path:
+    """The pruned model folder at ``path``: the folder itself, or its ``model/`` (a sparsity's result folder
+    ``phase2/s0.50`` or a trial's checkpoint); one line naming ``path`` otherwise."""
+    path = Path(path)
+    for candidate in (path, path / MODEL_DIR):
+        if (candidate / STRUCTURE_FILE).is_file():
+            return candidate
+    raise ConfigError(f"export: {str(path)!r} is not a pruned model folder (no {STRUCTURE_FILE} in it or in "
+                      f"its {MODEL_DIR}/): give a folder written by sma run, e.g. results/<exp>/phase2/s0.50")
+
+
+def _st_modules(model: ModelConfig) -> list[dict]:
+    modules = [("", "sentence_transformers.models.Transformer"), ("1_Pooling", "sentence_transformers.models.Pooling")]
+    if model.normalize:
+        modules.append(("2_Normalize", "sentence_transformers.models.Normalize"))
+    return [{"idx": i, "name": str(i), "path": path, "type": kind} for i, (path, kind) in enumerate(modules)]
+
+
+def export_sentence_transformers(source: Path, out: Path, model: ModelConfig) -> Path:
+    """Write the sentence-transformers folder of the pruned model in ``source`` to ``out`` (replaced whole)."""
+    config = json.loads((source / "config.json").read_text())
+    width = int(config.get("hidden_size", config.get("dim", 0)))
+    with atomic_dir(out) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        shutil.copy2(LOADER, tmp / LOADER.name)
+        (tmp / "config.json").write_text(json.dumps({**config, "auto_map": AUTO_MAP}, indent=2, sort_keys=True))
+        (tmp / "modules.json").write_text(json.dumps(_st_modules(model), indent=2))
+        (tmp / "sentence_bert_config.json").write_text(json.dumps(
+            {"max_seq_length": model.doc_max_length, "do_lower_case": False}, indent=2))
+        (tmp / "1_Pooling").mkdir()
+        (tmp / "1_Pooling" / "config.json").write_text(json.dumps({
+            "word_embedding_dimension": width, "pooling_mode_cls_token": model.pooling == "cls",
+            "pooling_mode_mean_tokens": model.pooling == "mean", "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False}, indent=2))
+        if model.normalize:
+            (tmp / "2_Normalize").mkdir()
+        (tmp / "config_sentence_transformers.json").write_text(json.dumps({
+            "__version__": {p: version(p) for p in ("sentence-transformers", "transformers", "torch")},
+            "similarity_fn_name": "cosine" if model.normalize else "dot"}, indent=2))
+    return out
+
+
+def export_onnx(source: Path, out: Path, model: ModelConfig) -> Path:
+    """Write ``out/model.onnx`` (inputs ``input_ids`` and ``attention_mask``, int64 [batch, tokens]; output
+    ``sentence_embedding`` [batch, hidden], pooled and normalised as :class:`sma.model.BiEncoder` does), the
+    tokenizer, and ``sma_export.json`` with the maximum lengths to tokenize queries and documents with."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from sma.model import BiEncoder
+    from sma.stock_encoder import load_encoder
+
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    # the stock-class rebuild (the ONNX exporter traces it); BiEncoder.forward pools and normalises
+    pooled = BiEncoder(load_encoder(source), tokenizer, pooling=model.pooling, normalize=model.normalize).eval()
+    example = tokenizer(["a query", "a longer document text"], padding=True, return_tensors="pt")
+    batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens")
+    with atomic_dir(out) as tmp:
+        torch.onnx.export(pooled, (example["input_ids"], example["attention_mask"]), str(tmp / ONNX_FILE),
+                          input_names=["input_ids", "attention_mask"], output_names=["sentence_embedding"],
+                          dynamic_shapes=({0: batch, 1: tokens}, {0: batch, 1: tokens}), dynamo=True)
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "sma_export.json").write_text(json.dumps({
+            "pooling": model.pooling, "normalize": model.normalize, "query_max_length": model.query_max_length,
+            "doc_max_length": model.doc_max_length, "inputs": ["input_ids", "attention_mask"],
+            "output": "sentence_embedding"}, indent=2))
+    return out
+
+
+WRITERS = {"sentence-transformers": export_sentence_transformers, "onnx": export_onnx}
+
+
+def export_extras(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="a pruned model folder, or a folder holding one in model/ (results/<exp>/phase2/s0.50)")
+    p.add_argument("--format", choices=FORMATS, default="sentence-transformers", dest="export_format",
+                   help="what to write")
+    p.add_argument("--out", type=Path, default=None,
+                   help="the folder to write (default: <path>/export-<format>; replaced whole)")
+
+
+def out_dir(args: argparse.Namespace) -> Path:
+    return args.out if args.out is not None else Path(args.path) / f"export-{args.export_format}"
+
+
+def run_config_of(source: Path) -> Path | None:
+    """The config of the ``sma run`` that wrote the model in ``source`` (``<run>/phase2/s0.50/model``)."""
+    sparsity_folder = source.parent
+    if sparsity_folder.parent.name == PHASE2_DIR and (sparsity_folder.parent.parent / CONFIG_FILE).is_file():
+        return sparsity_folder.parent.parent / CONFIG_FILE
+    return None
+
+
+def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
+    from sma.config.options import run_config
+    from sma.preflight import check_writable_dir
+
+    source = model_dir(args.path)
+    found = run_config_of(source) if args.config is None else None
+    if found is not None:  # the run's pooling and lengths, then --set on top
+        cfg = run_config(argparse.Namespace(**{**vars(args), "config": str(found)}), "export")
+        print(f"model settings from {found}: pooling {cfg.model.pooling}, normalize {cfg.model.normalize}, "
+              f"lengths {cfg.model.query_max_length}/{cfg.model.doc_max_length}")
+    check_writable_dir(str(out_dir(args).parent), "--out")
+    out = WRITERS[args.export_format](source, out_dir(args), cfg.model)
+    how = {"sentence-transformers": f"SentenceTransformer({str(out)!r}, trust_remote_code=True)",
+           "onnx": f"onnxruntime.InferenceSession({str(out / ONNX_FILE)!r}), tokenizer and lengths beside it"}
+    print(f"wrote {out} ({args.export_format}); load it with {how[args.export_format]}")
+    return 0
