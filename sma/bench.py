@@ -32,6 +32,7 @@ from sma.prune import (
     unwrap,
 )
 from sma.prune.units import encoder_stack
+from sma.quantize import state_bytes
 
 
 @dataclass(frozen=True)
@@ -181,11 +182,14 @@ def _time_interleaved(forwards: list[Callable[[], object]], *, repeats: int, dev
 
 def benchmark(dense: nn.Module, pruned: nn.Module, *, seq_len: int = 256, batch_size: int = 32, repeats: int = 10,
               warmup: int = 2, threads: int = 2, dtype: torch.dtype = torch.float32,
-              device: str | torch.device = "cpu", memory_repeats: int = 3, seed: int = 0) -> BenchResult:
+              device: str | torch.device = "cpu", memory_repeats: int = 3, seed: int = 0,
+              int8: bool = False) -> BenchResult:
     """Time ``dense`` and ``pruned`` (HF encoders, BiEncoders or DDP) on one batch, interleaved; medians.
 
     Models already on ``device`` in ``dtype`` are used as they are; otherwise a converted copy is made
-    (the caller's models are never changed). ``threads`` sets torch's intra-op threads for the run.
+    (the caller's models are never changed). ``threads`` sets torch's intra-op threads for the run. With
+    ``int8`` (CPU, float32) the pruned model is timed with int8 linear layers (:mod:`sma.quantize`), its
+    weight bytes as stored; its parameter counts and sparsity are those of the float model.
     """
     device = torch.device(device)
     models, was_training = [], []
@@ -196,6 +200,13 @@ def benchmark(dense: nn.Module, pruned: nn.Module, *, seq_len: int = 256, batch_
             enc = copy.deepcopy(enc).to(device=device, dtype=dtype)
         was_training.append(enc.training)
         models.append(enc.eval())
+    timed = list(models)
+    if int8:
+        from sma.quantize import quantize_int8
+
+        if device.type != "cpu" or dtype != torch.float32:
+            raise ValueError(f"int8 is timed on the CPU against float32, not {device.type} {dtype}")
+        timed[1] = quantize_int8(models[1])
     vocab = min(int(getattr(models[0].config, "vocab_size", 1000)), 30000)
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000 if vocab > 2000 else 1, vocab, (batch_size, seq_len), generator=gen).to(device)
@@ -205,7 +216,7 @@ def benchmark(dense: nn.Module, pruned: nn.Module, *, seq_len: int = 256, batch_
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            forwards = [(lambda m=m: m(**batch).last_hidden_state) for m in models]
+            forwards = [(lambda m=m: m(**batch).last_hidden_state) for m in timed]
             for _ in range(warmup):
                 for forward in forwards:
                     forward()
@@ -220,15 +231,17 @@ def benchmark(dense: nn.Module, pruned: nn.Module, *, seq_len: int = 256, batch_
             m.train(training)
     runs = []
     for i, m in enumerate(models):
+        weights = ((state_bytes(timed[i]), state_bytes(encoder_stack(timed[i]))) if timed[i] is not m else
+                   (_bytes(list(m.parameters())), _bytes(list(encoder_stack(m).parameters()))))
         runs.append(ModelRun(
             params=sum(p.numel() for p in m.parameters()),
             encoder_params=sum(p.numel() for p in encoder_stack(m).parameters()),
-            weight_bytes=_bytes(list(m.parameters())), encoder_weight_bytes=_bytes(list(encoder_stack(m).parameters())),
+            weight_bytes=weights[0], encoder_weight_bytes=weights[1],
             encoder_sparsity=encoder_sparsity(m).sparsity, latencies_s=tuple(times[i]),
             cpu_times_s=tuple(cpu[i]),
             peak_memory_bytes=int(statistics.median(peaks[i])), batch_size=batch_size))
     return BenchResult(
         device=torch.cuda.get_device_name(device) if cuda else f"cpu ({threads} threads)",
-        dtype=str(dtype).removeprefix("torch."), seq_len=seq_len, batch_size=batch_size, threads=threads,
+        dtype="int8" if int8 else str(dtype).removeprefix("torch."), seq_len=seq_len, batch_size=batch_size, threads=threads,
         repeats=repeats, warmup=warmup, peak_memory_kind="cuda_max_allocated_delta" if cuda else "rss_delta",
         dense=runs[0], pruned=runs[1])

@@ -33,6 +33,8 @@ _PER_SPLIT = (
     Metric("retention", True, "pruned nDCG@10 / dense nDCG@10"),
     Metric("query_cosine", True, "mean cosine of student vs teacher embeddings of the split's queries (no labels)"),
     Metric("top10_overlap", True, "share of the teacher's top 10 per query also in the student's top 10 (no labels)"),
+    Metric("ndcg_at_10_int8", True, "nDCG@10 of the pruned model with int8 linear layers (bench.int8)"),
+    Metric("retention_int8", True, "int8 pruned nDCG@10 / dense float32 nDCG@10 (bench.int8)"),
 )
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
@@ -44,6 +46,9 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("speedup", True, "dense latency / pruned latency, measured side by side in one process"),
     Metric("memory_ratio", False, "pruned / dense encoder weight bytes"),
     Metric("memory_ratio_with_embeddings", False, "pruned / dense weight bytes, embeddings included"),
+    Metric("int8_corpus_cosine", True, "mean cosine of the int8 vs float32 pruned model's document embeddings"),
+    Metric("speedup_int8", True, "dense float32 latency / int8 pruned latency, side by side on the CPU (bench.int8)"),
+    Metric("memory_ratio_int8", False, "int8 pruned / dense float32 encoder weight bytes (bench.int8)"),
     Metric("train_loss", False, "mean distillation loss of a post-prune epoch"),
     Metric("seconds", False, "wall time of one sparsity in the pipeline"),
 )}

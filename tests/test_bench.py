@@ -50,3 +50,37 @@ def test_smoke_cli_writes_json(tmp_path, capsys):
         assert r["dtype"] == "float32"
         assert r["encoder_weight_ratio"] <= 1 - r["target"] + 0.01
         assert len({layer["heads"] for layer in r["structure"]}) == 1, "per_layer/proportional is uniform"
+
+
+def test_int8_rows_time_the_quantized_pruned_model_against_dense_float32(tmp_path):
+    from torch import nn
+
+    dense, pruned = tiny_model(), tiny_model()
+    apply_plan(pruned, PruningPlan(heads={0: (0, 1)}, neurons={1: tuple(range(FFN // 2))}))
+    fp32 = benchmark(dense, pruned, seq_len=16, batch_size=2, repeats=3, warmup=1, threads=1, memory_repeats=1)
+    res = benchmark(dense, pruned, seq_len=16, batch_size=2, repeats=3, warmup=1, threads=1, memory_repeats=1,
+                    int8=True)
+    assert res.dtype == "int8" and res.dense.encoder_weight_bytes == fp32.dense.encoder_weight_bytes
+    assert res.pruned.encoder_params == fp32.pruned.encoder_params  # counts of the float model
+    # each linear layer: int8 weights (1 byte instead of 4), float32 bias, a float32 scale and an int64 zero point
+    linears = [m for m in pruned.encoder.layer.modules() if isinstance(m, nn.Linear)]
+    expected = (fp32.pruned.encoder_weight_bytes - 3 * sum(m.weight.numel() for m in linears) + 12 * len(linears))
+    assert res.pruned.encoder_weight_bytes == expected
+    assert isinstance(next(pruned.parameters()), nn.Parameter) and type(linears[0]) is nn.Linear  # not changed
+    with pytest.raises(ValueError, match="int8 is timed on the CPU"):
+        benchmark(dense, pruned, dtype=__import__("torch").bfloat16, int8=True, repeats=1, warmup=0)
+
+
+def test_sma_bench_int8_dtype_and_where_it_can_run(tmp_path):
+    out = tmp_path / "bench.json"
+    args = make_parser().parse_args(["bench", "--smoke-test", "--sparsity", "0.5", "--dtypes", "float32", "int8",
+                                     "--output", str(out)])
+    assert run_cli(args, build_config(args)) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["dtype"] for r in rows] == ["float32", "int8"]
+    assert rows[1]["encoder_weight_ratio"] < rows[0]["encoder_weight_ratio"] / 3
+    from sma.config import ConfigError
+
+    for argv in (["--dtypes", "int8", "--device", "cuda"], ["--set", "bench.int8=true", "--set", "bench.device=auto"]):
+        with pytest.raises(ConfigError, match="int8 is timed on the CPU"):
+            build_config(make_parser().parse_args(["bench", "--smoke-test", *argv]))

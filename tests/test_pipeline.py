@@ -205,3 +205,33 @@ def test_protected_circuit_units_survive_every_step(tiny_model_dir, tiny_beir, t
     for gone in _removed_by_step(cfg.run_dir / "phase2" / "s0.50"):
         assert not gone & circuit
         _assert_lowest_scored_go(gone, scores, protected=circuit)
+
+
+def test_int8_metrics_are_those_of_the_saved_model_quantized(tiny_model_dir, tiny_beir, tmp_path, monkeypatch):
+    import torch
+    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+
+    from sma import pipeline
+    from sma.quantize import quantize_int8
+
+    evaluated = []  # the models the pipeline evaluates: the float32 student, then its int8 copy
+
+    def spy(model, *args, **kwargs):
+        evaluated.append(sum(isinstance(m, Int8Linear) for m in model.modules()))
+        return evaluate_model(model, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "evaluate_model", spy)
+    cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path, **{"bench.int8": True, "prune.gentleness": 0.0})
+    res = run_sparsity(cfg, 0.5, out_dir=tmp_path / "x")
+    reloaded = BiEncoder.from_config(cfg.model, name=str(tmp_path / "x" / "model"))
+    linears = sum(isinstance(m, torch.nn.Linear) for m in reloaded.modules())
+    assert evaluated[-2] == 0 and evaluated[-1] == linears > 0  # every linear layer int8
+    again, emb = evaluate_model(quantize_int8(reloaded), prepare(cfg).data, cfg)
+    _, float32 = evaluate_model(reloaded, prepare(cfg).data, cfg)
+    cosines = (emb.docs * float32.docs).sum(1) / (emb.docs.norm(dim=1) * float32.docs.norm(dim=1))
+    assert res["int8_corpus_cosine"] == pytest.approx(cosines.mean().item(), abs=1e-6)
+    assert res["test_ndcg_at_10_int8"] == again["test"].mean["ndcg_at_10"]
+    assert res["dev_ndcg_at_10_int8"] == again["dev"].mean["ndcg_at_10"]
+    assert res["test_retention_int8"] == pytest.approx(res["test_ndcg_at_10_int8"] / res["test_dense_ndcg_at_10"])
+    assert res["memory_ratio_int8"] < res["memory_ratio"] / 3 and res["speedup_int8"] > 0
+    assert res["bench_int8"]["dtype"] == "int8"

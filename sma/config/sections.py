@@ -272,7 +272,11 @@ class BenchConfig:
     """Where dense and pruned are timed side by side: ``cpu`` (with ``threads``; the speedups the README
     reports) or an accelerator (``auto``, ``cuda``, ...), independent of the device the run trains on."""
     dtypes: tuple[str, ...] = ()
-    """``sma bench`` only: dtypes timed; empty = float32 on CPU, float32 bfloat16 float16 on CUDA."""
+    """``sma bench`` only: dtypes timed; empty = float32 on CPU, float32 bfloat16 float16 on CUDA; ``int8``
+    times the pruned model with int8 linear layers against the dense float32 one (CPU)."""
+    int8: bool = False
+    """``sma run``: also evaluate and time the pruned model with dynamic int8 linear layers on the CPU
+    (metrics ``*_int8``: retention, speedup over the dense float32 model, memory)."""
 
     def __post_init__(self) -> None:
         check_device_name(self.device, key="bench.device")
@@ -280,6 +284,10 @@ class BenchConfig:
         check_at_least(self, 0, "bench.", "warmup")
         for dtype in self.dtypes:
             check_choice(dtype, DTYPES, "bench.dtypes")
+        check("int8" not in self.dtypes or self.device == "cpu", "bench.dtypes",
+              f"int8 is timed on the CPU: drop it or set bench.device=cpu (not {self.device!r})")
+        check(not self.int8 or self.device == "cpu", "bench.int8",
+              f"int8 is timed on the CPU: set bench.device=cpu (not {self.device!r})")
 
 
 @dataclass(frozen=True)
