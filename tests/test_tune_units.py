@@ -282,3 +282,19 @@ def test_a_driver_without_gpus_says_so_when_the_trials_get_them(monkeypatch, cap
         warn_if_driver_lacks_gpus(RunConfig(), gpus_per_worker=1)
     assert [r.levelname for r in caplog.records] == ["WARNING"]
     assert "SMA_ENTRYPOINT_NUM_GPUS=1" in caplog.records[0].getMessage()
+
+
+def test_a_round_after_a_resume_draws_new_points(tmp_path):
+    """A resumed search starts a new Tuner round with a new sampler: with the first round's seed it drew the
+    first round's points again (seen: a replacement trial rerunning a COMPLETE trial's configuration)."""
+    from tune.search import study_searcher
+
+    storage, study = _study(tmp_path)
+    cfg = SearchConfig()
+    first = study_searcher(cfg, study.study_name, storage)
+    drawn = first.suggest("t0")
+    first.on_trial_complete("t0", {"dev_retention": 0.9, "training_iteration": 1, "final_report": 1.0})
+    again = study_searcher(cfg, study.study_name, storage).suggest("t1")
+    assert [t.params for t in study.trials][0] == {k: drawn[k] for k in study.trials[0].params}
+    assert study.trials[1].params != study.trials[0].params
+    assert (drawn[TRIAL_KEY], again[TRIAL_KEY]) == (0, 1)

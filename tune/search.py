@@ -204,10 +204,9 @@ def _new_tuner(cfg: SearchConfig, ctx: TrialContext, trainable, *, path_name: st
     import ray
     from ray import tune
 
-    from tune.searcher import EpochLogger, StudySearch
+    from tune.searcher import EpochLogger
 
-    searcher = StudySearch(space=DefineSpace(cfg.space), metric=OBJECTIVE, mode=direction(OBJECTIVE),
-                          study_name=ctx.study, storage=storage, seed=cfg.seed)
+    searcher = study_searcher(cfg, ctx.study, storage)
     scheduler = None
     if cfg.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
@@ -225,6 +224,16 @@ def _new_tuner(cfg: SearchConfig, ctx: TrialContext, trainable, *, path_name: st
                                   failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                                   callbacks=[EpochLogger(ctx.tracking, ctx.study, ctx.optuna_url)]),
     )
+
+
+def study_searcher(cfg: SearchConfig, study: str, storage):
+    """Optuna through Ray Tune for one round of ``study``. The sampler's seed moves on with the trials the
+    study already holds: a round after a resume must not draw the first round's points again."""
+    from tune.searcher import StudySearch
+
+    seed = cfg.seed + len(trials(storage, study))
+    return StudySearch(space=DefineSpace(cfg.space), metric=OBJECTIVE, mode=direction(OBJECTIVE),
+                       study_name=study, storage=storage, seed=seed)
 
 
 def concurrency(cfg: SearchConfig, resources: dict[str, float]) -> int:
