@@ -74,14 +74,19 @@ def front_table(front: pd.DataFrame, x: str) -> pd.DataFrame:
     return front[[*cols, "run_id"]].rename(columns=cols).reset_index(drop=True)
 
 
+SEED = "params.seed"
+
+
 def seed_table(df: pd.DataFrame, metric: str = TEST) -> pd.DataFrame:
-    """Per (target sparsity, configuration) with at least two seeds: mean ± sd and the t-interval."""
+    """Per (target sparsity, configuration) with at least two seeds: mean ± sd and the t-interval over seeds
+    (runs of one configuration with the same seed, repeats, count once: their mean)."""
     keys = [SPARSITY, *config_columns(df)]
     rows = []
     for key, group in df.groupby(keys, dropna=False, sort=True):
-        if len(group) < 2:
+        per_seed = group.groupby(SEED)[metric].mean() if SEED in group.columns else group[metric]
+        if len(per_seed) < 2:
             continue
-        s = seed_summary(group[metric].tolist())
+        s = seed_summary(per_seed.tolist())
         rows.append({**dict(zip([k.removeprefix("params.") for k in keys], key, strict=True)),
                      "seeds": s.n, "mean": s.mean, "sd": s.sd, "ci_low": s.ci_low, "ci_high": s.ci_high,
                      "run_ids": " ".join(group["run_id"])})

@@ -4,6 +4,7 @@ and the report page opened in headless Chromium."""
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,18 @@ def test_seeds_and_front(store):
     front = tables.fronts(df)["sparsity"]
     # (sparsity, dev): (0.3, .99) and (0.5, .95) are non-dominated; the rest are dominated by one of them
     assert set(front["run_id"]) == {ids["a30"], ids["ref1"]}
+
+
+def test_repeats_of_one_seed_count_once_across_seeds():
+    import pandas as pd
+
+    runs = pd.DataFrame({"run_id": ["a", "b", "c", "d"], "params.sparsity": [0.5] * 4,
+                         "params.criterion": ["mechanistic"] * 4, "params.seed": [1, 1, 2, 3],
+                         "metrics.test_retention": [0.90, 0.92, 0.95, 0.80]})
+    assert tables.seed_table(runs.iloc[:2]).empty  # one seed twice: no spread to report
+    (row,) = tables.seed_table(runs).to_dict("records")
+    assert row["seeds"] == 3 and row["mean"] == pytest.approx((0.91 + 0.95 + 0.80) / 3)
+    assert row["sd"] == pytest.approx(statistics.stdev([0.91, 0.95, 0.80]))
 
 
 def test_ablation_statistics_by_hand(store, tmp_path):
