@@ -290,6 +290,14 @@ def format_table(results: dict) -> str:
                 lines.append(f"{100 * r['sparsity']:<11.0f}" + "  ".join(
                     f"{r.get(k, float('nan')):.4f}" for k in ("corpus_cosine", "dev_query_cosine", "test_query_cosine",
                                                               "dev_top10_overlap", "test_top10_overlap")))
+        int8 = [r for r in results["sparsities"] if "test_retention_int8" in r]
+        if int8:
+            lines.append("int8 linear layers (CPU): test retention, speedup and memory against dense float32, "
+                         "cosine of int8 vs float32 document embeddings")
+            for r in int8:
+                lines.append(f"{100 * r['sparsity']:<11.0f}{100 * r['test_retention_int8']:<12.2f}"
+                             f"{r['speedup_int8']:<10.3f}{100 * r['memory_ratio_int8']:<8.1f}"
+                             f"{r['int8_corpus_cosine']:.4f}")
     return "\n".join(lines)
 
 

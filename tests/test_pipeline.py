@@ -235,3 +235,6 @@ def test_int8_metrics_are_those_of_the_saved_model_quantized(tiny_model_dir, tin
     assert res["test_retention_int8"] == pytest.approx(res["test_ndcg_at_10_int8"] / res["test_dense_ndcg_at_10"])
     assert res["memory_ratio_int8"] < res["memory_ratio"] / 3 and res["speedup_int8"] > 0
     assert res["bench_int8"]["dtype"] == "int8"
+    table = pipeline.format_table({"model": "m", "dataset": "d", "num_documents": 1, "sparsities": [res],
+                                   "baseline": {"metrics": {}}, "config": {"train": {"baseline_epochs": 0}}})
+    assert f"{100 * res['test_retention_int8']:.2f}" in table.split("int8 linear layers")[1]
