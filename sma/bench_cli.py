@@ -77,7 +77,8 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
     rows = []
     for target in cfg.sparsity:
         pruned = copy.deepcopy(dense)
-        plan = plan_for_sparsity(pruned, scorer(pruned), target, allocation=cfg.prune.allocation, split=cfg.prune.split)
+        plan = plan_for_sparsity(pruned, scorer(pruned), target, allocation=cfg.prune.allocation, split=cfg.prune.split,
+                                 neuron_multiple=cfg.prune.neuron_multiple)
         apply_plan(pruned, plan)
         for dt in dtypes:
             res = benchmark(dense, pruned, seq_len=b.seq_len, batch_size=b.batch_size, repeats=b.repeats,

@@ -238,3 +238,17 @@ def test_int8_metrics_are_those_of_the_saved_model_quantized(tiny_model_dir, tin
     table = pipeline.format_table({"model": "m", "dataset": "d", "num_documents": 1, "sparsities": [res],
                                    "baseline": {"metrics": {}}, "config": {"train": {"baseline_epochs": 0}}})
     assert f"{100 * res['test_retention_int8']:.2f}" in table.split("int8 linear layers")[1]
+
+
+def test_the_pipeline_rounds_neuron_counts_when_asked(tiny_model_dir, tiny_beir, tmp_path):
+    from sma.prune import unit_ids
+
+    cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path, **{"bench.enabled": False, "prune.neuron_multiple": 16,
+                                                       "prune.gentleness": 0.5, "distill.post_prune_epochs": 0})
+    run_sparsity(cfg, 0.5, out_dir=tmp_path / "x")
+    kept = [len(u.neurons) for u in unit_ids(load_pruned(tmp_path / "x" / "model"))]
+    plain = _cfg(tiny_model_dir, tiny_beir, tmp_path / "plain", **{"bench.enabled": False, "prune.gentleness": 0.5,
+                                                                    "distill.post_prune_epochs": 0})
+    run_sparsity(plain, 0.5, out_dir=tmp_path / "y")
+    exact = [len(u.neurons) for u in unit_ids(load_pruned(tmp_path / "y" / "model"))]
+    assert all(k % 16 == 0 for k in kept) and any(e % 16 for e in exact), (kept, exact)

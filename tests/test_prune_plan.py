@@ -204,3 +204,43 @@ def test_proportional_split_keeps_its_shape_when_protection_runs_out(minilm_shap
     # the joint split meets the same target by taking more (unprotected) heads instead
     joint = plan_for_sparsity(model, scores, 0.7, allocation="per_layer", split="joint", protected=protected)
     assert joint.num_heads > 6 * 8
+
+
+@pytest.mark.parametrize("multiple", [32, 64])
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
+def test_neuron_counts_rounded_to_a_multiple_keep_the_most_important(target, multiple, minilm_shaped):
+    import copy
+
+    model = copy.deepcopy(minilm_shaped)
+    scores = random_scores(model, 4)
+    exact = plan_for_sparsity(model, scores, target, allocation="per_layer", split="proportional")
+    plan = plan_for_sparsity(model, scores, target, allocation="per_layer", split="proportional",
+                             neuron_multiple=multiple)
+    assert plan.heads == exact.heads  # head counts stay whole and untouched
+    for layer in range(6):
+        kept_exact = 1536 - len(exact.neurons[layer])
+        kept = 1536 - len(plan.neurons[layer])
+        assert kept == multiple * int(kept_exact / multiple + 0.5)  # the nearest multiple
+        order = sorted(range(1536), key=lambda u: scores.neurons[layer][u])  # least important first
+        assert set(plan.neurons[layer]) == set(order[:1536 - kept])
+    apply_plan(model, plan)
+    actual = encoder_sparsity(model).sparsity
+    assert plan.expected_sparsity == pytest.approx(actual, abs=1e-12)
+    assert abs(actual - target) <= 6 * (multiple / 2) * MINI_NEURON / (6 * MINI_LAYER) + 0.005  # on average
+    assert len(plan.decisions) == plan.num_heads + plan.num_neurons
+    rounded = [d for d in plan.decisions if f"multiple of {multiple}" in d.reason]
+    assert len(rounded) == sum(max(len(plan.neurons[i]) - len(exact.neurons[i]), 0) for i in range(6))
+
+
+def test_rounding_takes_unprotected_neurons_first(minilm_shaped):
+    import copy
+
+    model = copy.deepcopy(minilm_shaped)
+    scores = random_scores(model, 5)
+    exact = plan_for_sparsity(model, scores, 0.6, allocation="per_layer", split="proportional")
+    kept = 1536 - len(exact.neurons[0])
+    assert kept % 64 and kept % 64 < 32, "the test needs layer 0 to round down"
+    weakest_kept = min((u for u in range(1536) if u not in exact.neurons[0]), key=lambda u: scores.neurons[0][u])
+    plan = plan_for_sparsity(model, scores, 0.6, allocation="per_layer", split="proportional", neuron_multiple=64,
+                             protected=[("neuron", 0, weakest_kept)])
+    assert (1536 - len(plan.neurons[0])) % 64 == 0 and weakest_kept not in plan.neurons[0]

@@ -195,13 +195,16 @@ class PruneConfig:
     neurons) or ``joint`` (heads and neurons compete by score per parameter; on MiniLM this strips heads
     first: 6 of 12 heads gone at 30 % sparsity)."""
     min_heads_per_layer: int = 0
+    neuron_multiple: int = 1
+    """Each layer keeps a multiple of this many FFN neurons (the nearest; the target is then met on average
+    over layers): matrix kernels run faster on such shapes. 1 = exactly the target."""
 
     def __post_init__(self) -> None:
         check_choice(self.criterion, CRITERIA, "prune.criterion")
         check_choice(self.allocation, ALLOCATIONS, "prune.allocation")
         check_choice(self.split, SPLITS, "prune.split")
         check(0.0 <= self.gentleness <= 1.0, "prune.gentleness", f"must be in [0, 1], got {self.gentleness}")
-        check_at_least(self, 1, "prune.", "max_steps")
+        check_at_least(self, 1, "prune.", "max_steps", "neuron_multiple")
         check_at_least(self, 0, "prune.", "step_epochs", "min_heads_per_layer")
 
 

@@ -133,9 +133,12 @@ def _reason(c: _Candidate, rank: int, n: int, scope: str, target: float) -> str:
     return f"low importance per parameter: {base}"
 
 
-def _check_args(target: float, allocation: str, split: str, protected: Collection[tuple[str, int, int]]) -> None:
+def _check_args(target: float, allocation: str, split: str, protected: Collection[tuple[str, int, int]],
+                neuron_multiple: int) -> None:
     if not 0.0 <= target < 1.0:
         raise ValueError(f"target must be in [0, 1), got {target}")
+    if neuron_multiple < 1:
+        raise ValueError(f"neuron_multiple must be at least 1, got {neuron_multiple}")
     if allocation not in ALLOCATIONS or split not in SPLITS:
         raise ValueError(f"allocation must be one of {ALLOCATIONS} and split one of {SPLITS}, "
                          f"got {allocation!r}/{split!r}")
@@ -169,9 +172,32 @@ def _fill(group: list[_Candidate], cnts: list[LayerCount], needed: float, state:
     return got
 
 
+def _round_neurons(cands: list[_Candidate], ids: list[LayerUnits], state: _State, multiple: int) -> set[int]:
+    """Make every layer keep a multiple of ``multiple`` FFN neurons (the nearest one it can hold): take the
+    least important kept neurons, or give back the most important ones this plan took. Returns the ids of
+    the candidates taken for the rounding."""
+    added: set[int] = set()
+    for layer, units in enumerate(ids):
+        present = len(units.neurons)
+        mine = [c for c in state.chosen if c.kind == "neuron" and c.layer == layer]
+        kept = present - len(mine)
+        goal = multiple * math.floor(kept / multiple + 0.5)
+        if goal > present:
+            goal -= multiple
+        if goal < kept:
+            taken = {id(c) for c in state.chosen}
+            more = [c for c in cands if c.kind == "neuron" and c.layer == layer and id(c) not in taken]
+            for c in more[:kept - goal]:  # least important first (unprotected before protected)
+                state.take(c)
+                added.add(id(c))
+        for c in sorted(mine, key=lambda c: c.key, reverse=True)[:max(goal - kept, 0)]:
+            state.give_back(c)
+    return added
+
+
 def plan_for_sparsity(model: nn.Module, scores: UnitScores, target: float, *, allocation: str = "global",
                       min_heads_per_layer: int = 0, protected: Collection[tuple[str, int, int]] = (),
-                      split: str = "joint") -> PruningPlan:
+                      split: str = "joint", neuron_multiple: int = 1) -> PruningPlan:
     """A plan that brings the encoder (embeddings excluded) to ``target`` sparsity vs the DENSE model.
 
     ``model`` may already be pruned: only units it still holds are listed, and the plan removes what is
@@ -181,9 +207,11 @@ def plan_for_sparsity(model: nn.Module, scores: UnitScores, target: float, *, al
     whole heads) and fills the rest with neurons, which keeps layer shapes uniform. ``protected`` units
     ``("head"|"neuron", layer, original id)`` go last, only if the target is unreachable without them (with
     ``"proportional"``: if their kind's share is unreachable without them, so layers keep the split).
+    ``neuron_multiple`` > 1 then rounds each layer's kept FFN neurons to the nearest multiple it can hold
+    (shapes the matrix kernels like): the target is met on average over layers, not exactly.
     Raises ``ValueError`` if the target cannot be reached under ``min_heads_per_layer``.
     """
-    _check_args(target, allocation, split, protected)
+    _check_args(target, allocation, split, protected, neuron_multiple)
     counts, ids = layer_counts(model), unit_ids(model)
     _check_scores(model, scores, len(counts))
     cands = _candidates(scores, ids, counts, {(k, int(la), int(u)) for k, la, u in protected})
@@ -206,12 +234,15 @@ def plan_for_sparsity(model: nn.Module, scores: UnitScores, target: float, *, al
         got = _fill(group, cnts, needed, state, target=target, split=split)
         excess = got - needed
         ranks.update({id(c): (i, len(group)) for i, c in enumerate(group)})
+    rounded = _round_neurons(cands, ids, state, neuron_multiple) if neuron_multiple > 1 else set()
     if already >= target * dense:
         notes.append(f"model already at {already / dense:.4f} sparsity >= target {target:g}; nothing to remove")
     scope = "all layers" if allocation == "global" else "within its layer"
     decisions = tuple(
         UnitDecision(kind=c.kind, layer=c.layer, unit=c.unit, score=c.score, params=c.cost,
-                     reason=_reason(c, *ranks[id(c)], scope, target))
+                     reason=(f"rounds the layer's neurons to a multiple of {neuron_multiple} (least important "
+                             f"kept neuron, score {c.score:.4g})") if id(c) in rounded
+                     else _reason(c, *ranks[id(c)], scope, target))
         for c in sorted(state.chosen, key=lambda c: (c.layer, c.kind, c.unit)))
     heads: dict[int, list[int]] = {}
     neurons: dict[int, list[int]] = {}
