@@ -180,16 +180,53 @@ def _time_interleaved(forwards: list[Callable[[], object]], *, repeats: int, dev
     return times, cpu
 
 
+def _runtimes(models: list[nn.Module], *, int8: bool, onnx: bool, device: torch.device, dtype: torch.dtype,
+              threads: int) -> tuple[list[nn.Module], Any]:
+    """What is timed: the models, the pruned one as an int8 copy with ``int8``; with ``onnx`` also the pruned
+    one's ONNX Runtime session (timed in its place)."""
+    if (int8 or onnx) and (device.type != "cpu" or dtype != torch.float32):
+        raise ValueError(f"{'int8' if int8 else 'onnx'} is timed on the CPU against float32, not {device.type} {dtype}")
+    timed = list(models)
+    if int8:
+        from sma.quantize import quantize_int8
+
+        timed[1] = quantize_int8(models[1])
+    session = None
+    if onnx:
+        from sma.export import onnx_session
+
+        session = onnx_session(models[1], threads=threads)
+    return timed, session
+
+
+def _model_run(model: nn.Module, timed: nn.Module, *, latencies: list[float], cpu: list[float], peaks: list[int],
+               batch_size: int) -> ModelRun:
+    """One model's row: counts and sparsity of ``model``; weight bytes of ``timed`` as stored when it is a
+    converted copy (int8)."""
+    if timed is not model:
+        weights = (state_bytes(timed), state_bytes(encoder_stack(timed)))
+    else:
+        weights = (_bytes(list(model.parameters())), _bytes(list(encoder_stack(model).parameters())))
+    return ModelRun(
+        params=sum(p.numel() for p in model.parameters()),
+        encoder_params=sum(p.numel() for p in encoder_stack(model).parameters()),
+        weight_bytes=weights[0], encoder_weight_bytes=weights[1], encoder_sparsity=encoder_sparsity(model).sparsity,
+        latencies_s=tuple(latencies), cpu_times_s=tuple(cpu), peak_memory_bytes=int(statistics.median(peaks)),
+        batch_size=batch_size)
+
+
 def benchmark(dense: nn.Module, pruned: nn.Module, *, seq_len: int = 256, batch_size: int = 32, repeats: int = 10,
               warmup: int = 2, threads: int = 2, dtype: torch.dtype = torch.float32,
               device: str | torch.device = "cpu", memory_repeats: int = 3, seed: int = 0,
-              int8: bool = False) -> BenchResult:
+              int8: bool = False, onnx: bool = False) -> BenchResult:
     """Time ``dense`` and ``pruned`` (HF encoders, BiEncoders or DDP) on one batch, interleaved; medians.
 
     Models already on ``device`` in ``dtype`` are used as they are; otherwise a converted copy is made
     (the caller's models are never changed). ``threads`` sets torch's intra-op threads for the run. With
     ``int8`` (CPU, float32) the pruned model is timed with int8 linear layers (:mod:`sma.quantize`), its
-    weight bytes as stored; its parameter counts and sparsity are those of the float model.
+    weight bytes as stored; its parameter counts and sparsity are those of the float model. With ``onnx``
+    (CPU, float32) the pruned model runs in ONNX Runtime (exported by :func:`sma.export.onnx_session`) against
+    the dense model in PyTorch.
     """
     device = torch.device(device)
     models, was_training = [], []
@@ -200,13 +237,7 @@ def benchmark(dense: nn.Module, pruned: nn.Module, *, seq_len: int = 256, batch_
             enc = copy.deepcopy(enc).to(device=device, dtype=dtype)
         was_training.append(enc.training)
         models.append(enc.eval())
-    timed = list(models)
-    if int8:
-        from sma.quantize import quantize_int8
-
-        if device.type != "cpu" or dtype != torch.float32:
-            raise ValueError(f"int8 is timed on the CPU against float32, not {device.type} {dtype}")
-        timed[1] = quantize_int8(models[1])
+    timed, session = _runtimes(models, int8=int8, onnx=onnx, device=device, dtype=dtype, threads=threads)
     vocab = min(int(getattr(models[0].config, "vocab_size", 1000)), 30000)
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000 if vocab > 2000 else 1, vocab, (batch_size, seq_len), generator=gen).to(device)
@@ -217,6 +248,9 @@ def benchmark(dense: nn.Module, pruned: nn.Module, *, seq_len: int = 256, batch_
     try:
         with torch.inference_mode():
             forwards = [(lambda m=m: m(**batch).last_hidden_state) for m in timed]
+            if session is not None:
+                feeds = {k: v.cpu().numpy() for k, v in batch.items()}
+                forwards[1] = lambda: session.run(None, feeds)
             for _ in range(warmup):
                 for forward in forwards:
                     forward()
@@ -229,19 +263,11 @@ def benchmark(dense: nn.Module, pruned: nn.Module, *, seq_len: int = 256, batch_
         torch.set_num_threads(old_threads)
         for m, training in zip(models, was_training, strict=True):
             m.train(training)
-    runs = []
-    for i, m in enumerate(models):
-        weights = ((state_bytes(timed[i]), state_bytes(encoder_stack(timed[i]))) if timed[i] is not m else
-                   (_bytes(list(m.parameters())), _bytes(list(encoder_stack(m).parameters()))))
-        runs.append(ModelRun(
-            params=sum(p.numel() for p in m.parameters()),
-            encoder_params=sum(p.numel() for p in encoder_stack(m).parameters()),
-            weight_bytes=weights[0], encoder_weight_bytes=weights[1],
-            encoder_sparsity=encoder_sparsity(m).sparsity, latencies_s=tuple(times[i]),
-            cpu_times_s=tuple(cpu[i]),
-            peak_memory_bytes=int(statistics.median(peaks[i])), batch_size=batch_size))
+    runs = [_model_run(m, t, latencies=times[i], cpu=cpu[i], peaks=peaks[i], batch_size=batch_size)
+            for i, (m, t) in enumerate(zip(models, timed, strict=True))]
     return BenchResult(
         device=torch.cuda.get_device_name(device) if cuda else f"cpu ({threads} threads)",
-        dtype="int8" if int8 else str(dtype).removeprefix("torch."), seq_len=seq_len, batch_size=batch_size, threads=threads,
+        dtype="int8" if int8 else "onnx" if onnx else str(dtype).removeprefix("torch."), seq_len=seq_len,
+        batch_size=batch_size, threads=threads,
         repeats=repeats, warmup=warmup, peak_memory_kind="cuda_max_allocated_delta" if cuda else "rss_delta",
         dense=runs[0], pruned=runs[1])

@@ -76,31 +76,55 @@ def export_sentence_transformers(source: Path, out: Path, model: ModelConfig) ->
     return out
 
 
-def export_onnx(source: Path, out: Path, model: ModelConfig) -> Path:
-    """Write ``out/model.onnx`` (inputs ``input_ids`` and ``attention_mask``, int64 [batch, tokens]; output
-    ``sentence_embedding`` [batch, hidden], pooled and normalised as :class:`sma.model.BiEncoder` does), the
-    tokenizer, and ``sma_export.json`` with the maximum lengths to tokenize queries and documents with."""
+def write_onnx(encoder_dir: Path, path: Path, *, pooling: str = "mean", normalize: bool = True) -> Path:
+    """The ONNX model of the pruned encoder saved in ``encoder_dir`` at ``path``: inputs ``input_ids`` and
+    ``attention_mask`` (int64 [batch, tokens], both dynamic), output ``sentence_embedding`` [batch, hidden],
+    pooled and normalised as :class:`sma.model.BiEncoder` does. The exporter traces the stock-class rebuild."""
     import torch
-    from transformers import AutoTokenizer
 
     from sma.model import BiEncoder
     from sma.stock_encoder import load_encoder
 
-    tokenizer = AutoTokenizer.from_pretrained(str(source))
-    # the stock-class rebuild (the ONNX exporter traces it); BiEncoder.forward pools and normalises
-    pooled = BiEncoder(load_encoder(source), tokenizer, pooling=model.pooling, normalize=model.normalize).eval()
-    example = tokenizer(["a query", "a longer document text"], padding=True, return_tensors="pt")
+    encoder = load_encoder(encoder_dir)
+    pooled = BiEncoder(encoder, None, pooling=pooling, normalize=normalize).eval()
+    ids = torch.randint(1, min(int(encoder.config.vocab_size), 1000), (2, 8), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
     batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens")
+    torch.onnx.export(pooled, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
+                      output_names=["sentence_embedding"], dynamic_shapes=({0: batch, 1: tokens}, {0: batch, 1: tokens}),
+                      dynamo=True)
+    return path
+
+
+def export_onnx(source: Path, out: Path, model: ModelConfig) -> Path:
+    """Write ``out/model.onnx`` (:func:`write_onnx`), the tokenizer, and ``sma_export.json`` with the maximum
+    lengths to tokenize queries and documents with."""
+    from transformers import AutoTokenizer
+
     with atomic_dir(out) as tmp:
-        torch.onnx.export(pooled, (example["input_ids"], example["attention_mask"]), str(tmp / ONNX_FILE),
-                          input_names=["input_ids", "attention_mask"], output_names=["sentence_embedding"],
-                          dynamic_shapes=({0: batch, 1: tokens}, {0: batch, 1: tokens}), dynamo=True)
-        tokenizer.save_pretrained(str(tmp))
+        write_onnx(source, tmp / ONNX_FILE, pooling=model.pooling, normalize=model.normalize)
+        AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(tmp))
         (tmp / "sma_export.json").write_text(json.dumps({
             "pooling": model.pooling, "normalize": model.normalize, "query_max_length": model.query_max_length,
             "doc_max_length": model.doc_max_length, "inputs": ["input_ids", "attention_mask"],
             "output": "sentence_embedding"}, indent=2))
     return out
+
+
+def onnx_session(encoder, *, threads: int):
+    """An ONNX Runtime CPU session of ``encoder`` (an in-memory pruned encoder), for benchmarks."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from sma.prune import save_pruned
+
+    with tempfile.TemporaryDirectory(prefix="sma-onnx-") as tmp:
+        path = write_onnx(save_pruned(encoder, Path(tmp) / MODEL_DIR), Path(tmp) / ONNX_FILE)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 WRITERS = {"sentence-transformers": export_sentence_transformers, "onnx": export_onnx}

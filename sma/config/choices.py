@@ -28,7 +28,8 @@ SCHEDULERS = ("none", "asha")
 """``scheduler`` of a search."""
 BENCH_SCORES = ("magnitude", "first_n")
 """Units ``sma bench`` removes (the benchmark measures shapes, not quality)."""
-DTYPES = ("float32", "bfloat16", "float16", "int8")
-"""``bench.dtypes``; ``int8``: the pruned model with dynamic int8 linear layers against dense float32 (CPU)."""
+DTYPES = ("float32", "bfloat16", "float16", "int8", "onnx")
+"""``bench.dtypes``; ``int8``: the pruned model with dynamic int8 linear layers against dense float32 (CPU);
+``onnx``: the pruned model in ONNX Runtime against dense float32 in PyTorch (CPU)."""
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 """Accepted ``device`` / ``bench.device`` names (resolved by :func:`sma.device.resolve_device`)."""

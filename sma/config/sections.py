@@ -287,8 +287,9 @@ class BenchConfig:
         check_at_least(self, 0, "bench.", "warmup")
         for dtype in self.dtypes:
             check_choice(dtype, DTYPES, "bench.dtypes")
-        check("int8" not in self.dtypes or self.device == "cpu", "bench.dtypes",
-              f"int8 is timed on the CPU: drop it or set bench.device=cpu (not {self.device!r})")
+        for cpu_only in ("int8", "onnx"):
+            check(cpu_only not in self.dtypes or self.device == "cpu", "bench.dtypes",
+                  f"{cpu_only} is timed on the CPU: drop it or set bench.device=cpu (not {self.device!r})")
         check(not self.int8 or self.device == "cpu", "bench.int8",
               f"int8 is timed on the CPU: set bench.device=cpu (not {self.device!r})")
 
