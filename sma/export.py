@@ -71,7 +71,8 @@ def export_sentence_transformers(source: Path, out: Path, model: ModelConfig) ->
         if model.normalize:
             (tmp / "2_Normalize").mkdir()
         (tmp / "config_sentence_transformers.json").write_text(json.dumps({
-            "__version__": {p: version(p) for p in ("sentence-transformers", "transformers", "torch")},
+            "__version__": {"sentence_transformers": version("sentence-transformers"),
+                            "transformers": version("transformers"), "pytorch": version("torch")},
             "similarity_fn_name": "cosine" if model.normalize else "dot"}, indent=2))
     return out
 
