@@ -100,11 +100,11 @@ COMMANDS = (
             "analysis.report:run_cli", _report_extras,
             "writes <output-dir>/<experiment>/report/ (report.md, report.html, PNG, CSV) and logs it to MLflow",
             ("sma.preflight:check_report",)),
-    Command("export", "a pruned model as a sentence-transformers folder that loads without SMA",
+    Command("export", "a pruned model as a sentence-transformers folder or an ONNX model, loadable without SMA",
             "sma.export:run_cli", _export_extras,
             "PATH: a pruned model folder or a sparsity's result folder (results/<exp>/phase2/s0.50). Pooling, "
-            "normalisation and the maximum length come from the model.* keys (--config results/<exp>/config.json "
-            "takes the run's)."),
+            "normalisation and lengths are those of the run that wrote the model (its config.json), else the "
+            "model.* keys; --set applies on top."),
 )
 
 

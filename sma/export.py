@@ -25,12 +25,11 @@ from pathlib import Path
 from sma.atomic import atomic_dir
 from sma.config import ConfigError, RunConfig
 from sma.config.sections import ModelConfig
-from sma.layout import CONFIG_FILE, MODEL_DIR, PHASE2_DIR
+from sma.layout import CONFIG_FILE, MODEL_DIR, PHASE2_DIR, STRUCTURE_FILE
 
 FORMATS = ("sentence-transformers", "onnx")
 LOADER = Path(__file__).with_name("stock_encoder.py")
 AUTO_MAP = {"AutoConfig": f"{LOADER.stem}.SmaPrunedConfig", "AutoModel": f"{LOADER.stem}.SmaPrunedModel"}
-STRUCTURE_FILE = "sma_structure.json"
 ONNX_FILE = "model.onnx"
 
 

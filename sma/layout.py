@@ -18,6 +18,8 @@ PHASE2_DIR = "phase2"
 PLAN_FILE = "plan.json"
 METRICS_FILE = "metrics.json"
 MODEL_DIR = "model"
+STRUCTURE_FILE = "sma_structure.json"
+"""In a pruned model folder: the heads and neurons each layer kept (``sma.prune.save_pruned``)."""
 
 TRIAL_CHECKPOINT_DIR = "result"
 """A search trial's final checkpoint folder: ``<storage_path>/<study>-train/trial-0003/result/``."""

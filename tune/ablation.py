@@ -166,7 +166,7 @@ def run_cell(config: dict[str, Any], *, ctx: TrialContext) -> None:
         fit_started = time.time()
         # this unit's runs so far, this one included: each start fits a Train run of its own
         attempt = sum(r.data.tags.get("unit") == unit.key for r in tracking.children(ctx.study, role=CELL_ROLE))
-        result = fit_trainer(replace(ctx, sparsity=unit.sparsity), cfg, unit.number, attempt=max(attempt, 1))
+        result = fit_trainer(replace(ctx, sparsity=unit.sparsity), cfg, unit.number, attempt=attempt)
         files = checkpoint_files(result)
         final = json.loads((files / TRIAL_RESULT_FILE).read_text())
         final.update(timings(final, entered=entered, fit_started=fit_started, fitted=time.time()))

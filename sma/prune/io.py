@@ -22,13 +22,13 @@ from transformers import AutoConfig, AutoModel, PreTrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from sma.atomic import atomic_dir
+from sma.layout import STRUCTURE_FILE
 from sma.prune.apply import apply_plan
 from sma.prune.arch import unwrap
 from sma.prune.schema import PruningPlan
 from sma.prune.sparsity import encoder_sparsity
 from sma.prune.units import dense_sizes, unit_ids
 
-STRUCTURE_FILE = "sma_structure.json"
 WEIGHTS_FILE = "model.safetensors"
 MODEL_TYPE = "sma_pruned"
 FORMAT_VERSION = 1
