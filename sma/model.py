@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -44,6 +45,24 @@ def _load_hf(name: str):
             f"{' (HF_HUB_OFFLINE=1)' if hub_offline('TRANSFORMERS_OFFLINE') else ''}: {HOW_TO}."
         ) from exc
     return encoder, tokenizer
+
+
+@contextmanager
+def gradient_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Within the block, ``model``'s HF encoder (inside a BiEncoder and/or DDP wrapper) recomputes each layer's
+    activations during backward instead of keeping them (transformers' activation checkpointing, non-reentrant);
+    turned off again on exit. Pruned encoders work the same: their layers are the library's own modules."""
+    from sma.prune.arch import unwrap
+
+    encoder = unwrap(model)
+    if not enabled:
+        yield
+        return
+    encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        yield
+    finally:
+        encoder.activation_checkpointing_disable()
 
 
 class BiEncoder(nn.Module):

@@ -37,6 +37,7 @@ from sma.layout import (
     RESULTS_FILE,
     sparsity_dir,
 )
+from sma.model import gradient_checkpointing
 from sma.prepare import Prepared, load_run_data
 from sma.prepare import prepare as prepare_shared
 from sma.prune import PruningPlan, apply_plan, encoder_sparsity, plan_for_sparsity, save_pruned, structure
@@ -128,9 +129,10 @@ def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None
 
 def _distill(cfg: RunConfig, prep: Prepared, model: torch.nn.Module, teacher, *, epochs: float, rank: int, world: int,
              seed_offset: int, desc: str, on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
-    return distill_epochs(model, prep.texts, cfg.distill, epochs=epochs, seed=cfg.seed + 1000 * seed_offset,
-                          task=prep.task, teacher=teacher, rank=rank, world_size=world, on_epoch=on_epoch,
-                          show_progress=cfg.eval.show_progress, desc=desc)
+    with gradient_checkpointing(model, cfg.gradient_checkpointing):
+        return distill_epochs(model, prep.texts, cfg.distill, epochs=epochs, seed=cfg.seed + 1000 * seed_offset,
+                              task=prep.task, teacher=teacher, rank=rank, world_size=world, on_epoch=on_epoch,
+                              show_progress=cfg.eval.show_progress, desc=desc)
 
 
 def _dev_row(cfg: RunConfig, prep: Prepared, student, rank: int, world: int) -> dict[str, float]:

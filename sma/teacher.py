@@ -17,7 +17,7 @@ from sma.config import RunConfig
 from sma.data import RetrievalData, doc_text
 from sma.device import resolve_device
 from sma.evaluate import EvalEmbeddings, EvalResult, eval_embeddings, evaluate_model
-from sma.model import BiEncoder
+from sma.model import BiEncoder, gradient_checkpointing
 from sma.seeding import set_seed
 from sma.train import train_baseline
 
@@ -74,8 +74,9 @@ def get_teacher(cfg: RunConfig, data: RetrievalData) -> Teacher:
         stats = None
         if cfg.train.baseline_epochs > 0:
             corpus, queries, qrels = data.split(cfg.data.train_split)
-            stats = train_baseline(model, corpus, queries, qrels, cfg.train, seed=cfg.seed,
-                                   show_progress=cfg.eval.show_progress)
+            with gradient_checkpointing(model, cfg.gradient_checkpointing):
+                stats = train_baseline(model, corpus, queries, qrels, cfg.train, seed=cfg.seed,
+                                       show_progress=cfg.eval.show_progress)
             model.encoder.save_pretrained(tmp / "model")
             model.tokenizer.save_pretrained(tmp / "model")
         built["metrics"], built["emb"] = evaluate_model(model, data, cfg)

@@ -78,6 +78,8 @@ FLAGS: tuple[Flag, ...] = (
     _f("--device", "device", MODELLED, help="auto (CUDA when torch sees it, else CPU), cpu, cuda, cuda:N or mps"),
     _f("--threads", "threads", MODELLED, type=int, help="torch CPU threads"),
     _f("--deterministic", "deterministic", MODELLED, const=True, help="deterministic torch kernels"),
+    _f("--gradient-checkpointing", "gradient_checkpointing", PIPELINE, const=True,
+       help="recompute activations in the backward pass: less memory for large encoders, more time"),
     _f("--max-samples", "data.max_samples", MODELLED, type=int,
        help="seeded subset of queries per split (and their documents)"),
     _f("--experiment", "experiment", (*MODELLED, "report"), help="results/<experiment>/ and the MLflow experiment name"),

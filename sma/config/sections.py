@@ -306,6 +306,10 @@ class RunConfig:
     """``auto`` (the CUDA device when torch sees one, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     Under Ray Train, ``auto`` is the device Ray assigned to the worker."""
     threads: int | None = None
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass of every training phase (teacher fine-tuning
+    and recovery): activation memory of one layer instead of all, for about a third more compute. For large
+    encoders or long texts on a small GPU; results do not change."""
     cache_dir: str | None = None
     """Where shared work is cached by content hash; default ``$SMA_CACHE_DIR`` or ~/.cache/sma."""
     mlflow_tracking_uri: str | None = None
