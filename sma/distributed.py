@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -37,8 +39,32 @@ def gather(obj: Any) -> list[Any]:
     return out
 
 
+@contextmanager
+def rank_zero_first(world: int) -> Iterator[None]:
+    """Rank 0 runs the block, then the other ranks do (e.g. cached work: rank 0 computes and stores it, the
+    others read it back instead of computing it at the same time). One process: just the block."""
+    if world == 1:
+        yield
+        return
+    rank = dist.get_rank()
+    if rank != 0:
+        dist.barrier()
+    yield
+    if rank == 0:
+        dist.barrier()
+
+
 def wrap_ddp(model: torch.nn.Module, world: int) -> torch.nn.Module:
-    """``model`` under DistributedDataParallel when ``world > 1`` (rebuild it whenever shapes change)."""
+    """``model`` under DistributedDataParallel when ``world > 1`` (rebuild it whenever shapes change).
+
+    A BERT pooler is frozen first: a bi-encoder pools the last hidden state itself, so the pooler never gets a
+    gradient, and DDP fails a backward pass in which a trainable parameter got none. (It does not train in one
+    process either: without a gradient the optimizer leaves it as it is.)"""
     if world == 1:
         return model
+    from sma.prune.arch import unwrap
+
+    pooler = getattr(unwrap(model), "pooler", None)
+    if pooler is not None:
+        pooler.requires_grad_(False)
     return torch.nn.parallel.DistributedDataParallel(model)

@@ -25,7 +25,7 @@ from sma.config import RunConfig, save_config, to_dict
 from sma.data import RetrievalData
 from sma.device import resolve_device
 from sma.distill import distill_epochs
-from sma.distributed import broadcast, rank_and_world, wrap_ddp
+from sma.distributed import broadcast, rank_and_world, rank_zero_first, wrap_ddp
 from sma.evaluate import evaluate_model, evaluate_splits, split_agreement
 from sma.layout import (
     BASELINE_PER_QUERY_FILE,
@@ -207,18 +207,24 @@ def run(cfg: RunConfig) -> dict:
     """Run the whole job described by ``cfg``; write ``results/<experiment>/`` and return ``results.json``.
 
     With ``cfg.track``, MLflow gets a parent run (role ``run``) and a child run per sparsity (role
-    ``sparsity``, tagged ``result=1``): see :class:`sma.tracking.RunTracking`. Tracking only observes."""
+    ``sparsity``, tagged ``result=1``): see :class:`sma.tracking.RunTracking`. Tracking only observes.
+    Under torch.distributed (``sma run --workers N``: every Ray Train worker calls this) rank 0 computes the
+    shared work first and the others read it from the cache; only rank 0 writes, tracks and prints."""
     started = time.time()
+    rank, world = rank_and_world()
+    lead = rank == 0
     setup_runtime(cfg)
     out = cfg.run_dir
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / CONFIG_FILE)
-    with _tracked(cfg, out / CONFIG_FILE) as tracked:
-        data = load_run_data(cfg)
-        baseline = get_teacher(cfg, data)
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / CONFIG_FILE)
+    with _tracked(cfg, out / CONFIG_FILE) if lead else contextlib.nullcontext() as tracked:
+        with rank_zero_first(world):
+            data = load_run_data(cfg)
+            baseline = get_teacher(cfg, data)
         results: dict[str, Any] = {
             "experiment": cfg.experiment, "model": cfg.model.name, "dataset": data.name,
-            "num_documents": len(data.corpus), "config": to_dict(cfg),
+            "num_documents": len(data.corpus), "config": to_dict(cfg), "world_size": world,
             **({"mlflow": tracked.info} if tracked is not None else {}),
             "baseline": {"key": baseline.key, "cached": baseline.cached,
                          "pretrained": _pretrained_metrics(cfg, data, baseline),
@@ -226,22 +232,27 @@ def run(cfg: RunConfig) -> dict:
                          "train_losses": list(baseline.train_losses)},
             "sparsities": [],
         }
-        write_json(out / BASELINE_PER_QUERY_FILE, {s: r.per_query for s, r in baseline.metrics.items()})
-        print(format_table(results), flush=True)  # the dense numbers now; the pruning rows when they are done
-        # analysis and teacher targets only when something is pruned
-        prep = prepare(cfg, analysis_dir=out / PHASE1_DIR, data=data, dense=baseline) if cfg.sparsity else None
+        if lead:
+            write_json(out / BASELINE_PER_QUERY_FILE, {s: r.per_query for s, r in baseline.metrics.items()})
+            print(format_table(results), flush=True)  # the dense numbers now; the pruning rows when they are done
+        prep = None
+        if cfg.sparsity:  # analysis and teacher targets only when something is pruned
+            with rank_zero_first(world):
+                prep = prepare(cfg, analysis_dir=out / PHASE1_DIR if lead else None, data=data, dense=baseline)
         for s in cfg.sparsity:
             with tracked.sparsity(s) if tracked is not None else contextlib.nullcontext() as child:
                 r = run_sparsity(cfg, s, prepared=prep)
                 results["sparsities"].append({k: v for k, v in r.items()
                                               if k not in ("per_query", "bench", "bench_int8", "history")})
-                write_json(out / RESULTS_FILE, results, indent=2)
+                if lead:
+                    write_json(out / RESULTS_FILE, results, indent=2)
                 if tracked is not None:
                     files = r.get("artifacts", {})
                     tracked.log_sparsity(child, r, [files[k] for k in ("plan", "metrics") if k in files])
         results["seconds"] = round(time.time() - started, 1)
-        write_json(out / RESULTS_FILE, results, indent=2)
-    if cfg.sparsity:
+        if lead:
+            write_json(out / RESULTS_FILE, results, indent=2)
+    if cfg.sparsity and lead:
         print(format_table(results))
     return results
 
@@ -304,6 +315,12 @@ def format_table(results: dict) -> str:
 
 
 def run_cli(args, cfg: RunConfig) -> int:
-    """``sma run``: the whole job (``cfg`` comes from the front door, :mod:`sma.config.options`)."""
-    run(cfg)
+    """``sma run``: the whole job (``cfg`` comes from the front door, :mod:`sma.config.options`), in this
+    process or, with several workers or GPUs per worker, as a Ray Train TorchTrainer (:mod:`tune.run_on_ray`)."""
+    if cfg.workers.on_ray:
+        from tune.run_on_ray import run_on_workers
+
+        run_on_workers(cfg)
+    else:
+        run(cfg)
     return 0

@@ -118,8 +118,14 @@ def check_inputs(cfg: RunConfig, *, tracked: bool) -> None:
 
 
 def check_run(cfg: RunConfig) -> None:
-    """``sma run``."""
+    """``sma run``; on Ray workers also where its state goes and the cluster it joins."""
     check_inputs(cfg, tracked=cfg.track)
+    if cfg.workers.on_ray:
+        from tune.ray_connect import preflight
+        from tune.storage_root import check_storage_root
+
+        check_storage_root(cfg)
+        preflight(cfg)
 
 
 def check_analyze(cfg: RunConfig) -> None:

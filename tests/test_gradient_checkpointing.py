@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import torch
 
 import sma.pipeline as pipeline
-from sma.config import RunConfig
 from sma.cli import make_parser
+from sma.config import RunConfig
 from sma.config.options import run_config
 from sma.model import gradient_checkpointing
 from sma.prune import apply_plan

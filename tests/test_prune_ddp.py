@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 from servers import free_port
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from sma.distributed import wrap_ddp
 from sma.prune import PruningPlan, apply_plan, masked, unit_ids
 from sma.tiny import FFN, HEADS, inputs, run, tiny_model
 
@@ -30,9 +31,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         assert pruned is ddp and ddp.module is model
         assert unit_ids(ddp)[1].heads == (0, 3)
         torch.testing.assert_close(run(model, inputs(0)), expected, atol=1e-5, rtol=0)
-        model.pooler = None  # unused by a bi-encoder; DDP requires every parameter to get a gradient
         model.train()
-        ddp = DDP(model)  # re-wrap after pruning; the optimizer is rebuilt too
+        ddp = wrap_ddp(model, world)  # re-wrap after pruning (the pooler gets no gradient); a new optimizer too
         opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
         loss = ddp(**inputs(seed=rank + 1)).last_hidden_state.pow(2).mean()  # different data per rank
         loss.backward()

@@ -194,8 +194,8 @@ def mlflow_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two_worker_search(ray_address, mlflow_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
-    cfg = smoke_search(tmp, experiment="ddp", sparsity=(0.5,), trials_per_study=2, num_workers=2,
-                       fail_on_trial=0, **{"run.mlflow_tracking_uri": mlflow_server})
+    cfg = smoke_search(tmp, experiment="ddp", sparsity=(0.5,), trials_per_study=2, fail_on_trial=0,
+                       **{"run.workers.num_workers": 2, "run.mlflow_tracking_uri": mlflow_server})
     started = time.time()
     results = search(cfg)
     print(f"2 trials on 2 workers (one failing): {time.time() - started:.0f} s")

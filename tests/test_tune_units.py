@@ -36,7 +36,8 @@ def test_search_config_rejects_unknown_keys_everywhere(tmp_path):
 
 @pytest.mark.parametrize("override", [
     {"space.alpha": "0.2 1.5"}, {"space.gentleness": "0.8 0.2"}, {"space.post_prune_epochs": "-1 2"},
-    {"scheduler": "hyperband"}, {"trials_per_study": 0}, {"num_workers": 0}, {"max_concurrent_trials": 0},
+    {"scheduler": "hyperband"}, {"trials_per_study": 0}, {"run.workers.num_workers": 0}, {"max_concurrent_trials": 0},
+    {"run.workers.gpus_per_worker": -1},
 ])
 def test_search_config_validates_values(override):
     with pytest.raises(ConfigError):
@@ -55,9 +56,9 @@ def test_trials_get_absolute_paths_and_a_dev_retention_every_epoch(tmp_path, mon
     from tune.search import resolve_run
 
     monkeypatch.chdir(tmp_path)
-    cfg = apply_overrides(SearchConfig(), {"run.output_dir": "res", "run.cache_dir": "cache", "cpus_per_worker": 4,
+    cfg = apply_overrides(SearchConfig(), {"run.output_dir": "res", "run.cache_dir": "cache", "run.workers.cpus_per_worker": 4,
                                            "run.distill.eval_every_epoch": False})
-    run = resolve_run(cfg.run, cpus_per_worker=cfg.cpus_per_worker)
+    run = resolve_run(cfg.run)
     assert run.output_dir == str(tmp_path / "res") and run.cache_dir == str(tmp_path / "cache")
     assert run.distill.eval_every_epoch and run.threads == 4 and not run.eval.show_progress
 
@@ -65,9 +66,9 @@ def test_trials_get_absolute_paths_and_a_dev_retention_every_epoch(tmp_path, mon
 def test_concurrency_follows_resources():
     cfg = SearchConfig()
     assert concurrency(cfg, {"CPU": 2}) == 2
-    assert concurrency(apply_overrides(cfg, {"num_workers": 2}), {"CPU": 2}) == 1
-    assert concurrency(apply_overrides(cfg, {"num_workers": 4}), {"CPU": 2}) == 1  # never 0
-    assert concurrency(apply_overrides(cfg, {"gpus_per_worker": 1, "cpus_per_worker": 2}), {"CPU": 32, "GPU": 4}) == 4
+    assert concurrency(apply_overrides(cfg, {"run.workers.num_workers": 2}), {"CPU": 2}) == 1
+    assert concurrency(apply_overrides(cfg, {"run.workers.num_workers": 4}), {"CPU": 2}) == 1  # never 0
+    assert concurrency(apply_overrides(cfg, {"run.workers.gpus_per_worker": 1, "run.workers.cpus_per_worker": 2}), {"CPU": 32, "GPU": 4}) == 4
     assert concurrency(apply_overrides(cfg, {"max_concurrent_trials": 3}), {"CPU": 2}) == 3
 
 
@@ -112,10 +113,10 @@ def _args(*argv: str) -> argparse.Namespace:
 
 def test_cli_precedence_file_then_flags_then_set(tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text("trials_per_study: 7\nnum_workers: 2\nrun: {experiment: from-file, seed: 1}\n")
+    path.write_text("trials_per_study: 7\nrun: {experiment: from-file, seed: 1, workers: {num_workers: 2}}\n")
     cfg = search_config(_args("--config", str(path), "--seed", "5", "--trials", "9",
-                                    "--set", "run.distill.batch_size=4", "--set", "num_workers=3"))
-    assert (cfg.trials_per_study, cfg.num_workers, cfg.run.seed, cfg.run.experiment) == (9, 3, 5, "from-file")
+                                    "--set", "run.distill.batch_size=4", "--workers", "3"))
+    assert (cfg.trials_per_study, cfg.run.workers.num_workers, cfg.run.seed, cfg.run.experiment) == (9, 3, 5, "from-file")
     assert cfg.run.distill.batch_size == 4
     with pytest.raises(ConfigError, match="unknown config key"):
         search_config(_args("--set", "run.distill.nope=1"))
@@ -277,9 +278,9 @@ def test_a_driver_without_gpus_says_so_when_the_trials_get_them(monkeypatch, cap
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with caplog.at_level("WARNING", logger="tune.search"):
-        warn_if_driver_lacks_gpus(RunConfig(), gpus_per_worker=0)
+        warn_if_driver_lacks_gpus(RunConfig())
         assert not caplog.records  # CPU trials: nothing to say
-        warn_if_driver_lacks_gpus(RunConfig(), gpus_per_worker=1)
+        warn_if_driver_lacks_gpus(apply_overrides(RunConfig(), {"workers.gpus_per_worker": 1}))
     assert [r.levelname for r in caplog.records] == ["WARNING"]
     assert "SMA_ENTRYPOINT_NUM_GPUS=1" in caplog.records[0].getMessage()
 

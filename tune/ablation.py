@@ -88,7 +88,7 @@ def ablate(cfg: AblationConfig) -> dict[str, Any]:
     """Run (or resume) the ablation; returns a summary (units done, failed, the MLflow parent run)."""
     from tune.search import resolve_run, warn_if_driver_lacks_gpus
 
-    run = resolve_run(cfg.run, cpus_per_worker=cfg.cpus_per_worker, eval_every_epoch=False)
+    run = resolve_run(cfg.run, eval_every_epoch=False)
     root = run.run_dir / "ablate"
     root.mkdir(parents=True, exist_ok=True)
     save_config(replace(cfg, run=run), root / "ablation.json")
@@ -102,7 +102,7 @@ def ablate(cfg: AblationConfig) -> dict[str, Any]:
     log.info("ablation %s: %d cells x %d sparsities x %d seeds = %d units, %d finished before, %d to run",
              study, len(cfg.cells()), len(run.sparsity), cfg.seeds, len(all_units), len(done), len(todo))
     if todo:
-        warn_if_driver_lacks_gpus(run, cfg.gpus_per_worker)
+        warn_if_driver_lacks_gpus(run)
         _prepare_once(run, todo)
         _run_units(cfg, run, todo, tracking=tracking, parent=parent, study=study, root=root)
     _close_stale(tracking, study)
@@ -130,8 +130,6 @@ def _run_units(cfg: AblationConfig, run: RunConfig, todo: list[Unit], *, trackin
     try:
         ctx = TrialContext(run=run, study=study, sparsity=0.0, optuna_url="", tracking=tracking,
                            parent_run_id=parent, train_storage=f"{_storage(cfg, root)}/{study}-train",
-                           num_workers=cfg.num_workers, cpus_per_worker=cfg.cpus_per_worker,
-                           gpus_per_worker=cfg.gpus_per_worker,
                            tags={"experiment": run.experiment, "git_commit": git_commit(), "study": study})
         trainable = tune.with_resources(tune.with_parameters(run_cell, ctx=ctx), DRIVER_RESOURCES)
         tune.Tuner(trainable, param_space={"unit": tune.grid_search([to_dict(u) for u in todo])},

@@ -86,7 +86,7 @@ def _search(cfg: SearchConfig, *, mode: str, faults: Mapping[int, str], uri: str
 
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    run = resolve_run(cfg.run, cpus_per_worker=cfg.cpus_per_worker)
+    run = resolve_run(cfg.run)
     cfg = replace(cfg, run=run)
     tune_dir = cfg.tune_dir
     tune_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,7 @@ def _search(cfg: SearchConfig, *, mode: str, faults: Mapping[int, str], uri: str
     started = time.time()
     from sma.pipeline import prepare
 
-    warn_if_driver_lacks_gpus(run, cfg.gpus_per_worker)
+    warn_if_driver_lacks_gpus(run)
     prepared = prepare(run, analysis_dir=run.run_dir / PHASE1_DIR)
     prep_info = {"baseline_computed": prepared.teacher_computed, "baseline_key": prepared.teacher.key,
                  "seconds": round(time.time() - started, 1), "finished_at": time.time()}
@@ -119,26 +119,24 @@ def _search(cfg: SearchConfig, *, mode: str, faults: Mapping[int, str], uri: str
     for sparsity, name in zip(run.sparsity, names, strict=True):
         ctx = TrialContext(
             run=run, study=name, sparsity=sparsity, optuna_url=cfg.optuna_url(), tracking=tracking,
-            parent_run_id="", train_storage=f"{cfg.ray_storage()}/{name}-train", num_workers=cfg.num_workers,
-            cpus_per_worker=cfg.cpus_per_worker, gpus_per_worker=cfg.gpus_per_worker,
-            faults=faults, tags={**tags, "study": name})
+            parent_run_id="", train_storage=f"{cfg.ray_storage()}/{name}-train", faults=faults, tags={**tags, "study": name})
         results.append(run_study(cfg, ctx, storage=storage))
     write_json(tune_dir / "summary.json", [_summary_row(r) for r in results])
     print(format_summary(results))
     return results
 
 
-def warn_if_driver_lacks_gpus(run: RunConfig, gpus_per_worker: float) -> None:
+def warn_if_driver_lacks_gpus(run: RunConfig) -> None:
     """The driver computes the shared work (baseline, analysis) itself: say so when the trials get GPUs and
     the driver has none (a job submitted without entrypoint GPUs runs on a CPU head)."""
     import torch
 
-    if gpus_per_worker > 0 and run.device == "auto" and not torch.cuda.is_available():
+    if run.workers.gpus_per_worker > 0 and run.device == "auto" and not torch.cuda.is_available():
         log.warning("trials use GPUs but this driver sees none: the shared work (baseline, analysis) runs on "
                     "its CPU; give the job a GPU (cluster/submit.sh: SMA_ENTRYPOINT_NUM_GPUS=1)")
 
 
-def resolve_run(run: RunConfig, *, cpus_per_worker: float, eval_every_epoch: bool = True) -> RunConfig:
+def resolve_run(run: RunConfig, *, eval_every_epoch: bool = True) -> RunConfig:
     """Absolute paths (trials run elsewhere), per-epoch dev retention (for schedulers), quiet progress bars,
     and the threads a worker owns."""
     changes: dict[str, Any] = {"output_dir": str(Path(run.output_dir).resolve()),
@@ -154,7 +152,7 @@ def resolve_run(run: RunConfig, *, cpus_per_worker: float, eval_every_epoch: boo
     distill = replace(run.distill, eval_every_epoch=eval_every_epoch or run.distill.eval_every_epoch)
     return replace(run, **changes, data=data, model=model, distill=distill,
                    eval=replace(run.eval, show_progress=False),
-                   threads=run.threads or max(1, int(cpus_per_worker)))
+                   threads=run.threads or max(1, int(run.workers.cpus_per_worker)))
 
 
 def run_study(cfg: SearchConfig, ctx: TrialContext, *, storage) -> StudyResult:
@@ -166,7 +164,7 @@ def run_study(cfg: SearchConfig, ctx: TrialContext, *, storage) -> StudyResult:
         study=name, tags=ctx.tags | {"sparsity": ctx.sparsity},
         params={"sparsity": ctx.sparsity, "trials_per_study": cfg.trials_per_study,
                 **{f"space.{k}": list(v) for k, v in space_bounds(cfg.space).items()},
-                "model": cfg.run.model.name, "dataset": cfg.run.data.dataset, "num_workers": cfg.num_workers})
+                "model": cfg.run.model.name, "dataset": cfg.run.data.dataset, "num_workers": cfg.run.workers.num_workers})
     tracking.client.log_dict(parent_id, to_dict(cfg), "search.json")
     ctx = replace(ctx, parent_run_id=parent_id)
     # The trial function only waits on its TorchTrainer: it holds no CPU (Ray needs a non-empty bundle).
@@ -240,9 +238,10 @@ def concurrency(cfg: SearchConfig, resources: dict[str, float]) -> int:
     """``max_concurrent_trials``: configured, else as many trials as the cluster's CPUs (and GPUs) hold."""
     if cfg.max_concurrent_trials:
         return cfg.max_concurrent_trials
-    n = int(resources.get("CPU", 1) // (cfg.num_workers * cfg.cpus_per_worker))
-    if cfg.gpus_per_worker > 0:
-        n = min(n, int(resources.get("GPU", 0) // (cfg.num_workers * cfg.gpus_per_worker)))
+    w = cfg.run.workers
+    n = int(resources.get("CPU", 1) // (w.num_workers * w.cpus_per_worker))
+    if w.gpus_per_worker > 0:
+        n = min(n, int(resources.get("GPU", 0) // (w.num_workers * w.gpus_per_worker)))
     return max(1, n)
 
 

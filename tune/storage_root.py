@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from sma.cache import cache_root
-from sma.config import ConfigError, SearchConfig
+from sma.config import ConfigError, RunConfig, SearchConfig
 from sma.config.ablation import AblationConfig
 
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -46,14 +46,14 @@ def local_path(location: str | None) -> str | None:
     return None if "://" in location else location
 
 
-def stored_places(cfg: SearchConfig | AblationConfig) -> dict[str, str | None]:
-    """What a search or an ablation writes to, as configured (relative paths are relative to the working directory). The default MLflow
-    store, Optuna database and Ray storage lie under ``output_dir``."""
-    run = cfg.run
+def stored_places(cfg: SearchConfig | AblationConfig | RunConfig) -> dict[str, str | None]:
+    """What a search, an ablation or a run on Ray workers writes to, as configured (relative paths are relative
+    to the working directory). The default MLflow store, Optuna database and Ray storage lie under ``output_dir``."""
+    run = cfg if isinstance(cfg, RunConfig) else cfg.run
     return {
         "output_dir": run.output_dir,
         "optuna_storage": local_path(getattr(cfg, "optuna_storage", None)),
-        "storage_path": local_path(cfg.storage_path),
+        "storage_path": local_path(getattr(cfg, "storage_path", None)),
         "mlflow_tracking_uri": local_path(run.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")),
         "cache_dir": str(cache_root(run.cache_dir)),
     }
@@ -72,7 +72,7 @@ def misplaced(places: Mapping[str, str | None], copy: Path, cwd: Path) -> dict[s
     return out
 
 
-def check_storage_root(cfg: SearchConfig | AblationConfig, *, cwd: Path | None = None, environ: Mapping[str, str] | None = None) -> None:
+def check_storage_root(cfg: SearchConfig | AblationConfig | RunConfig, *, cwd: Path | None = None, environ: Mapping[str, str] | None = None) -> None:
     """Raise :class:`~sma.config.ConfigError` (one line) when ``cfg`` runs as a Ray job and would keep any of
     its state inside the job's copy of the working directory."""
     cwd = Path.cwd() if cwd is None else cwd

@@ -65,9 +65,6 @@ class TrialContext:
     parent_run_id: str
     train_storage: str
     """Where the TorchTrainer runs of this study persist (``<storage_path>/<study>/train``)."""
-    num_workers: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
     faults: Mapping[int, str] = field(default_factory=dict)
     """Test hooks: trial number -> what goes wrong in its worker (one of :data:`tune.worker.FAULTS`)."""
     tags: dict[str, str] = field(default_factory=dict)
@@ -161,22 +158,15 @@ def fit_trainer(ctx: TrialContext, cfg: RunConfig, number: int, *, attempt: int,
     """Fit the TorchTrainer of trial ``number``'s ``attempt``-th start; its workers' reports reach Tune, all of
     them, or with ``report_final=False`` all but the final one (see :mod:`tune.reports`)."""
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from tune.reports import EpochReportCallback
+    from tune.run_on_ray import torch_trainer
 
-    use_gpu = ctx.gpus_per_worker > 0
-    resources = {"CPU": ctx.cpus_per_worker, **({"GPU": ctx.gpus_per_worker} if use_gpu else {})}
-    trainer = TorchTrainer(
+    trainer = torch_trainer(
         worker_loop,
-        train_loop_config={
-            "run": cfg, "sparsity": ctx.sparsity,
-            "fault": ctx.faults.get(number), "trial": number,
-        },
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=ctx.num_workers, use_gpu=use_gpu,
-                                               resources_per_worker=resources),
+        {"run": cfg, "sparsity": ctx.sparsity, "fault": ctx.faults.get(number), "trial": number},
+        cfg.workers,
         run_config=ray.train.RunConfig(name=trial_run_name(number, attempt), storage_path=ctx.train_storage,
                                        # the newest only: per-epoch models, then the final result
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),

@@ -76,9 +76,6 @@ class AblationConfig:
     factors: tuple[str, ...] = tuple(f.name for f in FACTORS)
     factorial: bool = False
     seeds: int = 3
-    num_workers: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
     max_concurrent_trials: int | None = None
     storage_path: str | None = None
     """Ray results; ``None`` = ``<results>/<experiment>/ablate/ray``."""
@@ -87,8 +84,8 @@ class AblationConfig:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.factors) - set(FACTORS_BY_NAME))
         check(not unknown, "factors", f"unknown factor(s) {unknown}; choose from {', '.join(FACTORS_BY_NAME)}")
-        check_at_least(self, 1, "", "seeds", "num_workers", "max_concurrent_trials")
-        check_at_least(self, 0, "", "cpus_per_worker", "gpus_per_worker", "max_failures")
+        check_at_least(self, 1, "", "seeds", "max_concurrent_trials")
+        check_at_least(self, 0, "", "max_failures")
         check(bool(self.run.sparsity), "run.sparsity", "must list at least one sparsity")
 
     def cells(self) -> list[Cell]:

@@ -6,9 +6,8 @@ from the table. Example YAML (``cluster/search.yaml``)::
 
     trials_per_study: 20
     space: {alpha: [0.0, 1.0], gentleness: [0.0, 1.0], post_prune_epochs: [0, 8]}
-    num_workers: 1
-    gpus_per_worker: 1
-    run: {experiment: nfcorpus-search, sparsity: [0.3, 0.5, 0.7], data: {dataset: nfcorpus}}
+    run: {experiment: nfcorpus-search, sparsity: [0.3, 0.5, 0.7], data: {dataset: nfcorpus},
+          workers: {num_workers: 1, gpus_per_worker: 1}}
 """
 
 from __future__ import annotations
@@ -103,10 +102,6 @@ class SearchConfig:
     """Finished trials (COMPLETE or FAIL) each study ends with; interrupted ones are retried."""
     sampler_seed: int | None = None
     """Seed of Optuna's TPE sampler; ``None`` uses ``run.seed``."""
-    num_workers: int = 1
-    """Ray Train workers per trial (DDP over them when > 1)."""
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
     max_concurrent_trials: int | None = None
     """``None``: as many as the cluster's CPUs and GPUs hold at once."""
     scheduler: str = "none"
@@ -123,8 +118,8 @@ class SearchConfig:
     """Test hook: the trial with this Optuna number raises inside its Ray Train worker."""
 
     def __post_init__(self) -> None:
-        check_at_least(self, 1, "", "trials_per_study", "num_workers", "max_concurrent_trials", "asha_grace_period")
-        check_at_least(self, 0, "", "cpus_per_worker", "gpus_per_worker", "max_failures")
+        check_at_least(self, 1, "", "trials_per_study", "max_concurrent_trials", "asha_grace_period")
+        check_at_least(self, 0, "", "max_failures")
         check_choice(self.scheduler, SCHEDULERS, "scheduler")
         check(bool(self.run.sparsity), "run.sparsity", "must list at least one sparsity")
 

@@ -295,6 +295,26 @@ class BenchConfig:
 
 
 @dataclass(frozen=True)
+class WorkersConfig:
+    """The Ray Train workers that run one pipeline: a search trial, an ablation cell, or ``sma run`` itself
+    when it has more than one worker or any GPU per worker (otherwise ``sma run`` runs in its own process)."""
+
+    num_workers: int = 1
+    """DDP over the workers when > 1 (gloo on CPUs, nccl on GPUs)."""
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_at_least(self, 1, "workers.", "num_workers")
+        check_at_least(self, 0, "workers.", "cpus_per_worker", "gpus_per_worker")
+
+    @property
+    def on_ray(self) -> bool:
+        """Whether ``sma run`` goes through Ray Train (a TorchTrainer of these workers)."""
+        return self.num_workers > 1 or self.gpus_per_worker > 0
+
+
+@dataclass(frozen=True)
 class RunConfig:
     experiment: str = "default"
     output_dir: str = "results"
@@ -324,6 +344,7 @@ class RunConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
 
     def __post_init__(self) -> None:
         check_device_name(self.device)
