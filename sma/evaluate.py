@@ -194,17 +194,38 @@ def agreement(student_q: torch.Tensor, student_d: torch.Tensor, teacher_q: torch
     )
 
 
+def _teacher_docs_in_student_order(student: EvalEmbeddings, teacher: EvalEmbeddings) -> torch.Tensor:
+    if student.doc_ids == teacher.doc_ids:
+        return teacher.docs
+    at = {d: i for i, d in enumerate(teacher.doc_ids)}
+    if len(at) != len(student.doc_ids) or any(d not in at for d in student.doc_ids):
+        raise ValueError("student and teacher embeddings cover different documents")
+    return teacher.docs[[at[d] for d in student.doc_ids]]
+
+
 def split_agreement(student: EvalEmbeddings, teacher: EvalEmbeddings, *, k: int = 10) -> dict[str, Agreement]:
     """:func:`agreement` per split both embeddings cover (the teacher's documents matched by id)."""
-    teacher_docs = teacher.docs
-    if student.doc_ids != teacher.doc_ids:
-        at = {d: i for i, d in enumerate(teacher.doc_ids)}
-        if len(at) != len(student.doc_ids) or any(d not in at for d in student.doc_ids):
-            raise ValueError("student and teacher embeddings cover different documents")
-        teacher_docs = teacher.docs[[at[d] for d in student.doc_ids]]
+    teacher_docs = _teacher_docs_in_student_order(student, teacher)
     out = {}
     for split, qids in student.query_ids.items():
         if teacher.query_ids.get(split) != qids:
             continue
         out[split] = agreement(student.queries[split], student.docs, teacher.queries[split], teacher_docs, k=k)
     return out
+
+
+def longer_than(tokenizer, corpus: Corpus, tokens: int) -> set[str]:
+    """Ids of the documents whose text is longer than ``tokens`` tokens (special tokens included)."""
+    ids = list(corpus)
+    lengths = tokenizer([doc_text(corpus[d]) for d in ids], truncation=False, verbose=False)["input_ids"]
+    return {d for d, n in zip(ids, lengths, strict=True) if len(n) > tokens}
+
+
+def subset_cosine(student: EvalEmbeddings, teacher: EvalEmbeddings, doc_ids: set[str]) -> float | None:
+    """Mean student-teacher cosine over the documents ``doc_ids`` (``None`` when there are none): e.g. the
+    documents longer than the distillation length, whose tail the student was never distilled on."""
+    rows = [i for i, d in enumerate(student.doc_ids) if d in doc_ids]
+    if not rows:
+        return None
+    teacher_docs = _teacher_docs_in_student_order(student, teacher)
+    return F.cosine_similarity(student.docs[rows], teacher_docs[rows], dim=-1).mean().item()

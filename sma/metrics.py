@@ -43,6 +43,9 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("actual_sparsity_with_embeddings", None, "share of all parameters removed, embeddings included"),
     *(Metric(f"{split}_{m.name}", m.higher_is_better, f"{split}: {m.meaning}") for split in SPLITS for m in _PER_SPLIT),
     Metric("corpus_cosine", True, "mean cosine of student vs teacher embeddings of every document (no labels)"),
+    Metric("corpus_cosine_long", True, "corpus_cosine over the documents longer than distill.max_length tokens, "
+           "whose tail the student was never distilled on (no labels)"),
+    Metric("long_documents", None, "documents longer than distill.max_length tokens"),
     Metric("speedup", True, "dense latency / pruned latency, measured side by side in one process"),
     Metric("memory_ratio", False, "pruned / dense encoder weight bytes"),
     Metric("memory_ratio_with_embeddings", False, "pruned / dense weight bytes, embeddings included"),

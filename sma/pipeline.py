@@ -26,7 +26,7 @@ from sma.data import RetrievalData
 from sma.device import resolve_device
 from sma.distill import distill_epochs
 from sma.distributed import broadcast, rank_and_world, rank_zero_first, wrap_ddp
-from sma.evaluate import evaluate_model, evaluate_splits, split_agreement
+from sma.evaluate import evaluate_model, evaluate_splits, longer_than, split_agreement, subset_cosine
 from sma.layout import (
     BASELINE_PER_QUERY_FILE,
     CONFIG_FILE,
@@ -152,6 +152,10 @@ def _measure(cfg: RunConfig, prep: Prepared, teacher, student, sparsity: float, 
         out = {"sparsity": sparsity, "actual_sparsity": report.sparsity,
                "actual_sparsity_with_embeddings": report.sparsity_with_embeddings,
                "per_query": {s: r.per_query for s, r in res.items()}}
+        long_docs = longer_than(student.tokenizer, prep.data.corpus, cfg.distill.max_length)
+        if (long := subset_cosine(mine, prep.teacher_eval, long_docs)) is not None:
+            out["corpus_cosine_long"] = long
+            out["long_documents"] = len(long_docs)
         for split, agree in split_agreement(mine, prep.teacher_eval).items():
             out["corpus_cosine"] = agree.corpus_cosine  # the same corpus for every split
             out[f"{split}_query_cosine"] = agree.query_cosine
@@ -298,11 +302,14 @@ def format_table(results: dict) -> str:
         agree = [r for r in results["sparsities"] if "corpus_cosine" in r]
         if agree:
             lines.append("Agreement with the dense teacher (no labels): mean cosine of document / dev query / test "
-                         "query embeddings, share of the teacher's top 10 kept (dev / test)")
+                         "query embeddings, share of the teacher's top 10 kept (dev / test), cosine of the documents "
+                         "longer than the distillation length (distill.max_length)")
             for r in agree:
                 lines.append(f"{100 * r['sparsity']:<11.0f}" + "  ".join(
                     f"{r.get(k, float('nan')):.4f}" for k in ("corpus_cosine", "dev_query_cosine", "test_query_cosine",
-                                                              "dev_top10_overlap", "test_top10_overlap")))
+                                                              "dev_top10_overlap", "test_top10_overlap",
+                                                              "corpus_cosine_long"))
+                    + (f" ({r['long_documents']} documents)" if "long_documents" in r else ""))
         int8 = [r for r in results["sparsities"] if "test_retention_int8" in r]
         if int8:
             lines.append("int8 linear layers (CPU): test retention, speedup and memory against dense float32, "

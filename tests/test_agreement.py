@@ -50,3 +50,22 @@ def test_split_agreement_matches_documents_by_id_and_skips_other_queries():
     assert split_agreement(a, wrong)["dev"].corpus_cosine == pytest.approx(0.0, abs=1e-7)  # a<->b: orthogonal
     with pytest.raises(ValueError, match="different documents"):
         split_agreement(a, EvalEmbeddings(doc_ids=("a", "c"), docs=d, query_ids={}, queries={}))
+
+
+def test_cosine_of_long_documents_by_hand(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from sma.evaluate import longer_than, subset_cosine
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))  # word-level: [CLS] + one token a word + [SEP]
+    corpus = {"a": {"title": "", "text": "wing"}, "b": {"title": "flow", "text": "shock wave"},
+              "c": {"title": "", "text": "heat transfer in a shell plate"}}
+    assert longer_than(tokenizer, corpus, 5) == {"c"}  # 3, 5 and 8 tokens
+    assert longer_than(tokenizer, corpus, 4) == {"b", "c"}
+    assert longer_than(tokenizer, corpus, 2) == {"a", "b", "c"}
+    student = EvalEmbeddings(doc_ids=("a", "b", "c"), docs=_unit([1, 0], [1, 1], [0, 1]), query_ids={}, queries={})
+    teacher = EvalEmbeddings(doc_ids=("c", "b", "a"), docs=_unit([1, 1], [1, 1], [1, 0]), query_ids={}, queries={})
+    # matched by id: a 1.0, b 1.0, c cos([0,1], [1,1]) = 1/sqrt(2)
+    assert subset_cosine(student, teacher, {"b", "c"}) == pytest.approx((1 + 1 / math.sqrt(2)) / 2)
+    assert subset_cosine(student, teacher, {"a"}) == pytest.approx(1.0)
+    assert subset_cosine(student, teacher, set()) is None
