@@ -82,7 +82,7 @@ def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None
     teacher = prep.load_teacher()
     student = copy.deepcopy(teacher)  # the same weights as a second load, without reading them again
     scores = prep.importance.scores_for(cfg.prune.criterion)
-    protected = prep.importance.circuit if cfg.prune.protect_circuits else frozenset()
+    protected = prep.importance.circuit if cfg.prune.protects_circuit else frozenset()
     schedule = sparsity_schedule(sparsity, cfg.prune.gentleness, max_steps=cfg.prune.max_steps)
     plans: list[dict] = []
     history: list[dict[str, float]] = []

@@ -184,8 +184,10 @@ def _weakest(scores: UnitScores, share: float) -> set[Unit]:
     return out
 
 
-def test_protected_circuit_units_survive_every_step(tiny_model_dir, tiny_beir, tmp_path, monkeypatch):
-    """The circuit made of the units the criterion scores lowest: without protection they would go first."""
+@pytest.mark.parametrize("criterion", ["mechanistic", "attribution"])
+def test_protected_circuit_units_survive_every_step(criterion, tiny_model_dir, tiny_beir, tmp_path, monkeypatch):
+    """The circuit made of the units the criterion scores lowest: without protection they would go first, as they
+    do under ``attribution`` (the same scores, never protected)."""
     get_importance = prepare_mod.get_importance
     circuits: list[set[Unit]] = []
 
@@ -196,15 +198,17 @@ def test_protected_circuit_units_survive_every_step(tiny_model_dir, tiny_beir, t
 
     monkeypatch.setattr(prepare_mod, "get_importance", weakest_are_the_circuit)
     cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path, **{
-        "prune.criterion": "magnitude", "sparsity": "0.5", "bench.enabled": False, "distill.post_prune_epochs": 0,
+        "prune.criterion": criterion, "sparsity": "0.5", "bench.enabled": False, "distill.post_prune_epochs": 0,
         "prune.step_epochs": 0.25})
     run(cfg)
     (circuit,) = circuits
     assert len(circuit) == 2 * (1 + 16)  # 2 layers: 1 of 4 heads, 16 of 64 neurons each
-    scores = _phase1_scores(cfg.run_dir / "phase1", "magnitude")
+    scores = _phase1_scores(cfg.run_dir / "phase1", "attribution")
+    protected = circuit if criterion == "mechanistic" else set()
     for gone in _removed_by_step(cfg.run_dir / "phase2" / "s0.50"):
-        assert not gone & circuit
-        _assert_lowest_scored_go(gone, scores, protected=circuit)
+        assert not gone & protected
+        _assert_lowest_scored_go(gone, scores, protected=protected)
+    assert (gone & circuit) == (set() if protected else circuit)  # unprotected, the weakest all went
 
 
 def test_int8_metrics_are_those_of_the_saved_model_quantized(tiny_model_dir, tiny_beir, tmp_path, monkeypatch):

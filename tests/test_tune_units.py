@@ -255,15 +255,14 @@ def test_ablation_design_one_factor_at_a_time_and_factorial():
 
     run = RunConfig()
     ofat = cells(run, ("criterion", "distill"), factorial=False)
-    assert [c.name for c in ofat] == ["reference", "criterion=attribution", "criterion=magnitude",
-                                      "criterion=random", "distill=0.0"]
-    assert dict(ofat[4].overrides) == {"distill.alpha": 0.0}
-    assert len(cells(run, ("criterion", "distill"), factorial=True)) == 4 * 2  # 3 + reference levels x 2
+    assert [c.name for c in ofat] == ["reference", "criterion=magnitude", "criterion=random", "distill=0.0"]
+    assert dict(ofat[3].overrides) == {"distill.alpha": 0.0}
+    assert len(cells(run, ("criterion", "distill"), factorial=True)) == 3 * 2  # 2 + reference levels x 2
     # a level equal to the reference recipe's value is not a cell of its own
     one_shot = apply_overrides(run, {"prune.gentleness": 0.0})
     assert [c.name for c in cells(one_shot, ("gentleness",), factorial=False)] == ["reference"]
     cfg = AblationConfig(seeds=2)
-    cell = cfg.cells()[2]
+    cell = cfg.cells()[1]
     built = cell.config(run, sparsity=0.7, seed=cfg.seed_list()[1])
     assert (built.prune.criterion, built.sparsity, built.seed) == ("magnitude", (0.7,), 43)
     with pytest.raises(ConfigError, match="unknown factor"):

@@ -27,7 +27,8 @@ class Factor:
 
 
 FACTORS: tuple[Factor, ...] = (
-    Factor("criterion", "prune.criterion", ("attribution", "magnitude", "random"), "how units are chosen"),
+    # attribution (the mechanistic scores, unprotected) is the protect_circuits=False cell: not a level here
+    Factor("criterion", "prune.criterion", ("magnitude", "random"), "how units are chosen"),
     Factor("distill", "distill.alpha", (0.0,), "distillation off (alpha 0: task loss only)"),
     Factor("protect_circuits", "prune.protect_circuits", (False,), "circuit protection off"),
     Factor("gentleness", "prune.gentleness", (0.0,), "one-shot pruning instead of the schedule"),

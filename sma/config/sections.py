@@ -188,6 +188,8 @@ class PruneConfig:
     step_epochs: float = 1.0
     """Distillation epochs between two pruning steps."""
     protect_circuits: bool = True
+    """Keep the named circuit's units (criterion ``mechanistic`` only: the other criteria are its scores without
+    protection, or the comparisons)."""
     allocation: str = "per_layer"
     """``per_layer`` (every layer loses the target share; uniform shapes) or ``global``."""
     split: str = "proportional"
@@ -206,6 +208,11 @@ class PruneConfig:
         check(0.0 <= self.gentleness <= 1.0, "prune.gentleness", f"must be in [0, 1], got {self.gentleness}")
         check_at_least(self, 1, "prune.", "max_steps", "neuron_multiple")
         check_at_least(self, 0, "prune.", "step_epochs", "min_heads_per_layer")
+
+    @property
+    def protects_circuit(self) -> bool:
+        """Whether the plan keeps the circuit: the ``mechanistic`` criterion with ``protect_circuits``."""
+        return self.criterion == "mechanistic" and self.protect_circuits
 
 
 @dataclass(frozen=True)
