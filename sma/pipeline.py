@@ -229,6 +229,7 @@ def run(cfg: RunConfig) -> dict:
         results: dict[str, Any] = {
             "experiment": cfg.experiment, "model": cfg.model.name, "dataset": data.name,
             "num_documents": len(data.corpus), "config": to_dict(cfg), "world_size": world,
+            "complete": False,  # until every sparsity is done: an interrupted run's file keeps the finished ones
             **({"mlflow": tracked.info} if tracked is not None else {}),
             "baseline": {"key": baseline.key, "cached": baseline.cached,
                          "pretrained": _pretrained_metrics(cfg, data, baseline),
@@ -254,6 +255,7 @@ def run(cfg: RunConfig) -> dict:
                     files = r.get("artifacts", {})
                     tracked.log_sparsity(child, r, [files[k] for k in ("plan", "metrics") if k in files])
         results["seconds"] = round(time.time() - started, 1)
+        results["complete"] = True
         if lead:
             write_json(out / RESULTS_FILE, results, indent=2)
     if cfg.sparsity and lead:

@@ -86,6 +86,7 @@ def test_fixed_length_tuples_and_distill_checks():
     (["--post-prune-epochs", "-3"], "post_prune_epochs"), (["--alpha", "2"], "alpha"),
     (["--set", "prune.split=diagonal"], "prune.split"), (["--batch-size", "0"], "batch_size"),
     (["--set", "model.pooling=max"], "model.pooling"), (["--set", "bench.repeats=0"], "bench.repeats"),
+    (["--alpha", "0.3", "--no-distill"], "--alpha and --no-distill both set distill.alpha"),
 ])
 def test_bad_values_fail_in_the_front_door_naming_the_key(argv, key):
     with pytest.raises(ConfigError, match=key):

@@ -35,7 +35,8 @@ def test_pipeline_end_to_end_writes_table_and_files(tiny_model_dir, tiny_beir, t
     cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path)
     results = run(cfg)
     out = tmp_path / "results" / "e"
-    assert json.loads((out / "results.json").read_text())["sparsities"] == json.loads(json.dumps(results["sparsities"]))
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["sparsities"] == json.loads(json.dumps(results["sparsities"])) and saved["complete"] is True
     table = capsys.readouterr().out
     assert "Sparsity" in table and "Retention" in table and "Speedup" in table
     shared = prepare(cfg)  # data and teacher embeddings, from the cache

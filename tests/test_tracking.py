@@ -132,6 +132,8 @@ def test_a_sparsity_that_raises_fails_its_run_and_the_parent(tiny_model_dir, tin
     children = {float(c.data.params["sparsity"]): c for c in _runs(uri, "e", "tags.role = 'sparsity'")}
     assert parent.info.status == status and children[0.5].info.status == status
     assert children[0.3].info.status == "FINISHED" and children[0.3].data.metrics["test_retention"] == 0.9
+    saved = json.loads((cfg.run_dir / "results.json").read_text())  # the finished sparsity, marked incomplete
+    assert saved["complete"] is False and [r["sparsity"] for r in saved["sparsities"]] == [0.3]
     if status == "FAILED":
         assert children[0.5].data.tags["error"] == "RuntimeError: boom"
         assert parent.data.tags["error"] == "RuntimeError: boom"

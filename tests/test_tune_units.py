@@ -216,6 +216,11 @@ def test_searched_keys_cannot_be_fixed_by_run_flags_and_no_distill_narrows_the_s
     assert cfg.space.alpha == (0.0, 0.0) and cfg.run.prune.protect_circuits is False
     cfg = search_config(_args("--set", "space.alpha=[0.3,0.3]"))
     assert cfg.space.alpha == (0.3, 0.3)
+    # two ways of setting alpha at once: an error, not the last one silently winning
+    with pytest.raises(ConfigError, match=r"--alpha and --no-distill both set distill.alpha"):
+        search_config(_args("--no-distill", "--alpha", "0.3"))
+    with pytest.raises(ConfigError, match=r"--no-distill and --set space.alpha=\[0.5,1\] both set"):
+        search_config(_args("--no-distill", "--set", "space.alpha=[0.5,1]"))
 
 
 def test_the_search_space_and_sampling_derive_from_the_table(tmp_path):

@@ -192,12 +192,17 @@ def add_config_options(parser: argparse.ArgumentParser, command: str) -> None:
 def flag_overrides(args: argparse.Namespace, command: str) -> dict[str, Any]:
     """Dotted key -> value for every flag of ``command`` given on the command line."""
     out: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for f in FLAGS:
         value = getattr(args, f.dest, None)
         if command not in f.commands or value is None or value is False:
             continue
         for key in f.keys:
-            out[key] = f.const if f.const is not None else value
+            value_ = f.const if f.const is not None else value
+            if key in out and out[key] != value_:
+                raise ConfigError(f"{given[key]} and {f.flag} both set {key} ({out[key]!r} and {value_!r}): "
+                                  "give one of them")
+            out[key], given[key] = value_, f.flag
     return out
 
 
@@ -256,6 +261,9 @@ def search_config(args: argparse.Namespace) -> SearchConfig:
     sets = set_overrides(args.set)
     run_keys = {k: v for k, v in flags.items() if k not in OUTER_KEYS}
     if getattr(args, "no_distill", None):
+        if "space.alpha" in sets:
+            raise ConfigError(f"--no-distill and --set space.alpha={sets['space.alpha']} both set the searched alpha: "
+                              "give one of them")
         run_keys.pop("distill.alpha")
         sets = {"space.alpha": "[0, 0]", **sets}
     for key in [*run_keys, *(k.removeprefix("run.") for k in sets if k.startswith("run."))]:
