@@ -19,6 +19,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from sma.metrics import METRICS
+
 Direction = Literal["max", "min"]
 
 DUPLICATES_COLUMN = "n_duplicates"
@@ -34,16 +36,20 @@ class Axis:
     why: str
 
 
-_RETENTION = Axis("max", 0.0, "fraction of the dense model's score kept; 0 = nothing kept")
-_SPARSITY = Axis("max", 0.0, "fraction of prunable units removed; 0 = the dense model")
+def _better(metric: str) -> Direction:
+    return METRICS[metric].direction  # type: ignore[return-value]
+
+
+_RETENTION = Axis(_better("test_retention"), 0.0, "fraction of the dense model's score kept; 0 = nothing kept")
+_SPARSITY = Axis("max", 0.0, "fraction of prunable units removed; 0 = the dense model")  # on a front, more is better
 AXES: dict[str, Axis] = {
     "sparsity": _SPARSITY,
     "actual_sparsity": _SPARSITY,
     "retention": _RETENTION,
     "dev_retention": _RETENTION,
     "test_retention": _RETENTION,
-    "speedup": Axis("max", 1.0, "dense latency / pruned latency; 1 = no faster than the dense model"),
-    "memory_ratio": Axis("min", 1.0, "pruned / dense memory; 1 = no smaller than the dense model"),
+    "speedup": Axis(_better("speedup"), 1.0, "dense latency / pruned latency; 1 = no faster than the dense model"),
+    "memory_ratio": Axis(_better("memory_ratio"), 1.0, "pruned / dense memory; 1 = no smaller than the dense model"),
 }
 """Direction and reference value per column. Every reference is what the *dense* model (or a model that
 kept nothing) scores, so the hypervolume measures only what pruning gained: with (sparsity, retention)

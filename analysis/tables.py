@@ -11,17 +11,18 @@ import pandas as pd
 from analysis.pareto import REFERENCE_FRONT, hypervolume, pareto_front, select_on_dev
 from analysis.stats import seed_summary
 from sma.config import SEARCHED
+from sma.metrics import METRICS, OBJECTIVE, RETENTION
 
 SPARSITY = "params.sparsity"
-DEV, TEST = "metrics.dev_retention", "metrics.test_retention"
+DEV, TEST = f"metrics.{OBJECTIVE}", f"metrics.{RETENTION}"
 CONFIG_PARAMS = tuple(f"params.{name}" for name in ("criterion", *(p.name for p in SEARCHED), "protect_circuits"))
 """What makes two result runs the same configuration (the seed aside)."""
 
 AXES = {
     # name: (x column, x better, reference point (x, retention), reference front column)
     "sparsity": ("metrics.actual_sparsity", "max", (0.0, 0.0), "sparsity"),
-    "speedup": ("metrics.speedup", "max", (1.0, 0.0), "speedup"),
-    "memory": ("metrics.memory_ratio", "min", (1.0, 0.0), None),
+    "speedup": ("metrics.speedup", METRICS["speedup"].direction, (1.0, 0.0), "speedup"),
+    "memory": ("metrics.memory_ratio", METRICS["memory_ratio"].direction, (1.0, 0.0), None),
 }
 """The three Pareto views: retention against sparsity, measured speedup and memory ratio."""
 
