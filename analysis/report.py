@@ -29,8 +29,9 @@ def _save_csv(table: pd.DataFrame, path: Path) -> None:
 def _results_sections(df: pd.DataFrame, out: Path) -> list[Section]:
     results = tables.results_table(df)
     _save_csv(results, out / "results.csv")
-    sections = [Section("Results per sparsity", "The configuration with the best dev retention at each target "
-                        "sparsity, with its test numbers (retention = pruned / dense test nDCG@10).",
+    sections = [Section("Results per sparsity", "The configuration with the best mean dev retention over its seeds "
+                        "at each target sparsity, with its means over those seeds (retention = pruned / dense test "
+                        "nDCG@10).",
                         tables=(("results.csv", results),))]
     fronts = tables.fronts(df)
     images, front_tables = [], []
