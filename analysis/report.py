@@ -174,10 +174,12 @@ def run_cli(args, cfg) -> int:
     uri = resolve_tracking_uri(cfg.mlflow_tracking_uri, cfg.output_dir)
     command = f"sma report --experiment {cfg.experiment} --mlflow-tracking-uri {display_uri(uri)}"
     try:
+        if args.optuna_storage is not None:
+            command += f" --optuna-storage {display_uri(args.optuna_storage)}"
         if args.page is not None:
             command += f" --page {args.page}"
         folder = build_report(cfg.experiment, uri=uri, results_dir=cfg.run_dir, resamples=args.resamples,
-                              command=command, page=args.page)
+                              command=command, optuna_url=args.optuna_storage, page=args.page)
     except LookupError as exc:
         print(f"sma: error: {exc}")
         return 2

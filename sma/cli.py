@@ -49,6 +49,8 @@ def _report_extras(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resamples", type=int, default=10_000, help="paired bootstrap resamples (seeded)")
     p.add_argument("--page", type=Path, default=None, metavar="FILE.md",
                    help="also write the report as one Markdown page without images (a results page to check in)")
+    p.add_argument("--optuna-storage", default=None, metavar="URL",
+                   help="the search's Optuna storage when it was not the default <output-dir>/<experiment>/tune/optuna.db")
 
 
 def _export_extras(p: argparse.ArgumentParser) -> None:

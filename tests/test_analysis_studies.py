@@ -92,3 +92,31 @@ def test_analysis_imports_without_torch_or_ray():
     code = ("import sys, analysis, analysis.pareto, analysis.stats, analysis.studies; "
             "bad = [m for m in ('torch', 'ray') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_sma_report_reads_a_search_kept_in_another_optuna_storage(tmp_path, monkeypatch):
+    """``sma report --optuna-storage URL``: a search whose studies live elsewhere than
+    ``<results>/<experiment>/tune/optuna.db`` still gets its study sections; without the flag it has none."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis.report import run_cli
+    from sma.cli import make_parser
+    from sma.config.options import run_config
+
+    url = make_study(tmp_path, "srch-s0.50", PARAMS)  # <tmp>/o.db, not the default place
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("srch", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(exp, tags={"result": "1", "role": "trial", "study": "srch-s0.50"})
+    for k, v in {"sparsity": 0.5, "alpha": 0.3, "gentleness": 0.2, "post_prune_epochs": 1}.items():
+        client.log_param(run.info.run_id, k, v)
+    for k, v in {"actual_sparsity": 0.5, "dev_retention": 0.9, "test_retention": 0.91, "speedup": 1.8,
+                 "memory_ratio": 0.5}.items():
+        client.log_metric(run.info.run_id, k, v)
+    client.set_terminated(run.info.run_id)
+    monkeypatch.chdir(tmp_path)
+    for extra, studied in (([], False), (["--optuna-storage", url], True)):
+        args = make_parser().parse_args(["report", "--experiment", "srch", "--mlflow-tracking-uri", uri,
+                                         "--resamples", "100", *extra])
+        assert run_cli(args, run_config(args, "report")) == 0
+        assert (tmp_path / "results" / "srch" / "report" / "trials_srch-s0.50.csv").is_file() == studied
