@@ -73,7 +73,6 @@ def test_two_studies_of_three_trials_share_one_baseline(ray_address, tmp_path):
             m = t.user_attrs["metrics"]
             assert m["dev_retention"] == pytest.approx(t.value)  # the objective is dev retention
             assert abs(m["actual_sparsity"] - s) < 0.05 and set(FINAL_METRICS) <= set(m)
-            assert 0.0 <= t.params["alpha"] <= 1.0 and t.params["post_prune_epochs"] in (0, 1)
             per_trial.append(m)
     # shared work: the driver computed the baseline once, every trial found it in the cache
     prepared = [json.loads(line) for line in (cfg.tune_dir / "prepare.jsonl").read_text().splitlines()]
