@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 # --- collection -------------------------------------------------------------------------------------------
 
@@ -86,6 +88,7 @@ def tiny_model(family: str = "bert", seed: int = 0, *, perturb: float = 0.05, po
     ``sizes`` (``layers``, ``heads``, ``hidden``, ``intermediate``, ``vocab_size`` and any other config
     field) go to :func:`tiny_config`; ``pooler=False`` leaves out BERT's pooler; ``attention`` picks the
     attention implementation (e.g. ``"eager"``)."""
+    import torch
     from transformers import AutoModel
 
     cfg = tiny_config(family, **sizes)
@@ -137,6 +140,8 @@ def smoke_assets(root: Path) -> tuple[Path, Path]:
 
 def inputs(seed: int = 0, batch: int = 3, length: int = 9) -> dict[str, torch.Tensor]:
     """Seeded random token ids below :data:`VOCAB`; the first sequence ends in 3 padding positions."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, VOCAB, (batch, length), generator=g)
     mask = torch.ones_like(ids)
@@ -146,6 +151,8 @@ def inputs(seed: int = 0, batch: int = 3, length: int = 9) -> dict[str, torch.Te
 
 def run(model, batch) -> torch.Tensor:
     """``last_hidden_state`` without gradients."""
+    import torch
+
     with torch.no_grad():
         return model(**batch).last_hidden_state
 

@@ -246,6 +246,17 @@ def test_a_dead_ray_address_fails_fast(poison, tiny_model_dir, tiny_beir, tmp_pa
     assert f"Ray address '{address}' (from RAY_ADDRESS) does not answer" in line
 
 
+def test_smoke_test_with_a_dead_ray_address_fails_fast_once_its_assets_exist(poison, tmp_path):
+    """``--smoke-test`` builds its tiny model once (that needs torch); afterwards the bad address is found
+    before torch is imported, as for any other search."""
+    from sma.tiny import smoke_assets
+
+    smoke_assets(tmp_path / "cache" / "smoke")  # sma_fails runs with SMA_CACHE_DIR=<tmp>/cache
+    address = f"127.0.0.1:{free_port()}"
+    line = sma_fails(poison, tmp_path, "tune", "--smoke-test", env={"RAY_ADDRESS": address})
+    assert f"Ray address '{address}' (from RAY_ADDRESS) does not answer" in line
+
+
 @pytest.fixture
 def ray_init(monkeypatch, tmp_path) -> list[dict]:
     """``ray.init`` recorded instead of run; Ray's temp dir (and its current-cluster file) under tmp_path."""
