@@ -33,7 +33,7 @@ test: install browser
 	$(BIN)/pytest -q
 
 # The results table (reference recipe at 30/50/70 %, 3 seeds) and the ablation around it, then their report,
-# from scratch: 72 units of about 20 min each on 2 CPU cores at full settings (a day), fewer hours with GPUs.
+# from scratch: 63 units of about 20 min each on 2 CPU cores at full settings (a day), fewer hours with GPUs.
 reproduce: install
 	$(BIN)/sma ablate --config cluster/ablation.yaml
 	$(BIN)/sma report --experiment cranfield-ablation --page results/cranfield-ablation.md

@@ -251,7 +251,7 @@ def test_the_shipped_ablation_config_loads():
     from sma.config.ablation import AblationConfig
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "cluster" / "ablation.yaml", AblationConfig)
-    assert cfg.seeds == 3 and cfg.run.sparsity == (0.3, 0.5, 0.7) and len(cfg.cells()) == 8
+    assert cfg.seeds == 3 and cfg.run.sparsity == (0.3, 0.5, 0.7) and len(cfg.cells()) == 7
 
 
 def test_ablation_design_one_factor_at_a_time_and_factorial():
