@@ -115,13 +115,18 @@ def _marked(marker: str) -> list[psutil.Process]:
 
 
 def _stop_marked(head: subprocess.Popen, marker: str) -> list[str]:
-    """SIGTERM the head's process group, then SIGKILL whatever still carries ``marker``; the leftovers."""
+    """SIGTERM the head's process group and every process carrying ``marker`` (Ray's own ``ray stop`` order),
+    then SIGKILL whatever is still there after a grace period; the leftovers."""
     try:
         os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=60)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+    except ProcessLookupError:
         pass
-    deadline = time.time() + 30
+    for p in _marked(marker):
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    deadline = time.time() + 20
     while _marked(marker) and time.time() < deadline:
         time.sleep(1)
     for p in _marked(marker):
@@ -130,22 +135,48 @@ def _stop_marked(head: subprocess.Popen, marker: str) -> list[str]:
         except psutil.Error:
             pass
     psutil.wait_procs(_marked(marker), timeout=10)
+    try:
+        head.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        head.kill()
     return [" ".join(p.cmdline())[:120] for p in _marked(marker)]
 
 
 @dataclass(frozen=True)
 class Head:
     url: str
+    gcs: str
     temp_dir: Path
     client_env: dict[str, str]
 
     def submit(self, *args: str, storage: Path | None, log: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-        """``cluster/submit.sh ARGS`` to the end of the job; its output also kept in ``log``."""
+        """``cluster/submit.sh ARGS`` to the end of the job; its output also kept in ``log``. A job that does
+        not end in ``timeout`` fails the test with its log's tail and what the cluster held at that moment."""
         env = dict(self.client_env) | ({"SMA_STORAGE_ROOT": str(storage)} if storage else {})
-        done = subprocess.run(["bash", "cluster/submit.sh", *args], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=timeout)
+        try:
+            done = subprocess.run(["bash", "cluster/submit.sh", *args], cwd=REPO, env=env, capture_output=True,
+                                  text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            out = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+                          for x in (exc.stdout, exc.stderr))
+            log.write_text(out)
+            pytest.fail(f"cluster/submit.sh {' '.join(args)} did not end in {timeout:.0f} s\n{out[-6000:]}\n"
+                        f"{self.state()}", pytrace=False)
         log.write_text(done.stdout + done.stderr)
         return done
+
+    def state(self) -> str:
+        """What the cluster holds: resource usage, placement groups and live actors (for a failure message)."""
+        parts = []
+        for args in (["status", "--address", self.gcs], ["list", "placement-groups", "--address", self.gcs, "--detail"],
+                     ["list", "actors", "--address", self.gcs, "--filter", "state=ALIVE"]):
+            try:
+                got = subprocess.run([str(BIN / "ray"), *args], env=self.client_env, capture_output=True, text=True,
+                                     timeout=60)
+                parts.append(f"$ ray {' '.join(args)}\n{(got.stdout + got.stderr)[-4000:]}")
+            except subprocess.TimeoutExpired:
+                parts.append(f"$ ray {' '.join(args)}: no answer in 60 s")
+        return "\n".join(parts)
 
     def ray(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "ray"), *args, "--address", self.url], env=self.client_env,
@@ -207,7 +238,7 @@ def head(tmp_path_factory) -> Iterator[Head]:
         started = time.time()
         _wait_for_job_server(url, proc, client_env, log)
         print(f"head up in {time.time() - started:.0f} s at {url} (temp dir {temp_dir})")
-        yield Head(url=url, temp_dir=temp_dir, client_env=client_env)
+        yield Head(url=url, gcs=f"127.0.0.1:{gcs}", temp_dir=temp_dir, client_env=client_env)
     finally:
         leftovers = _stop_marked(proc, marker)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -250,29 +281,6 @@ def _written_in_copies(head: Head) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_submitted_smoke_search_succeeds_and_keeps_its_state_under_the_storage_root(head, tmp_path):
-    storage = tmp_path / "storage"
-    started = time.time()
-    done = head.submit("--smoke-test", "--experiment", "jobs", "--sparsity", "0.5", "--trials", "2",
-                       storage=storage, log=tmp_path / "submit.log")
-    print(f"submitted smoke search (1 sparsity x 2 trials): {time.time() - started:.0f} s, submit to SUCCEEDED")
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    job = _job_id(done.stdout)
-    assert f"sma: job {job} SUCCEEDED" in done.stdout
-    assert "Tailing logs until the job exits" in done.stdout + done.stderr  # submit.sh followed the logs
-    status = head.ray("job", "status", job)
-    assert f"Job '{job}' succeeded" in status.stdout + status.stderr
-    # the studies, runs and Ray results are under the storage root, none in Ray's copy of the working dir
-    assert _trial_states(storage / "jobs" / "tune" / "optuna.db", "jobs-s0.50") == ["COMPLETE", "COMPLETE"]
-    children = _runs(storage, "jobs", "trial")
-    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
-    assert [p.info.status for p in _runs(storage, "jobs", "study")] == ["FINISHED"]
-    assert (storage / "jobs" / "tune" / "ray" / "jobs-s0.50").is_dir()
-    assert head.copies(), "no uploaded working-dir copy found under the head's temp dir"
-    assert not _written_in_copies(head)
-
-
-@pytest.mark.slow
 def test_a_job_whose_storage_is_relative_is_refused_before_it_writes_anything(head, tmp_path):
     done = head.submit("--smoke-test", "--experiment", "refused", "--output-dir", "results", storage=None,
                        log=tmp_path / "submit.log")
@@ -284,8 +292,11 @@ def test_a_job_whose_storage_is_relative_is_refused_before_it_writes_anything(he
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)  # two jobs of a 3-trial search on a 2-CPU head: ~7 min on a busy machine
-def test_a_stopped_job_resubmitted_resumes_without_running_a_trial_twice(head, tmp_path):
+@pytest.mark.timeout(1200)  # two jobs of a 3-trial search on a 2-CPU head: ~4 min, ~7 on a busy machine
+def test_a_stopped_job_resubmitted_resumes_and_succeeds_keeping_its_state_under_the_storage_root(head, tmp_path):
+    """The smoke search submitted with ``cluster/submit.sh``, stopped with ``ray job stop`` while a trial runs,
+    then the same command again: the second job resumes the search and follows it to SUCCEEDED, its studies,
+    runs and Ray results all under the storage root, nothing in Ray's copies of the working directory."""
     from optuna.trial import TrialState
 
     from tune.studies import INTERRUPTED_ATTR, rdb_storage, trials
@@ -317,9 +328,18 @@ def test_a_stopped_job_resubmitted_resumes_without_running_a_trial_twice(head, t
                    for t in trials(st, "resume-s0.50") if t.state == TrialState.COMPLETE}
     print("stopped with", _trial_states(db, "resume-s0.50"))
 
+    started = time.time()
     again = head.submit(*args, storage=storage, log=tmp_path / "submit2.log")
+    print(f"resubmitted: {time.time() - started:.0f} s, submit to SUCCEEDED")
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-2000:]
-    assert _job_id(again.stdout) != job
+    job2 = _job_id(again.stdout)
+    assert job2 != job and f"sma: job {job2} SUCCEEDED" in again.stdout
+    assert "Tailing logs until the job exits" in again.stdout + again.stderr  # submit.sh followed the logs
+    status = head.ray("job", "status", job2)
+    assert f"Job '{job2}' succeeded" in status.stdout + status.stderr
+    # the driver's entrypoint CPU is not the trials': one trial at a time on this 2-CPU head (the first job
+    # chose it; the second restores that Ray experiment with it)
+    assert "at most 1 trial(s) at a time (cluster: 2 CPU, 0 GPU; this driver's job holds 1 CPU, 0 GPU)" in out.read_text()
     after = trials(st, "resume-s0.50")
     assert sum(t.state == TrialState.COMPLETE for t in after) == 3
     assert all(t.state == TrialState.COMPLETE or t.user_attrs.get(INTERRUPTED_ATTR) for t in after)  # no zombie
@@ -331,4 +351,7 @@ def test_a_stopped_job_resubmitted_resumes_without_running_a_trial_twice(head, t
     assert "RUNNING" not in by_trial.values()
     assert sorted(by_trial.values()).count("FINISHED") == 3
     assert [r.info.status for r in _runs(storage, "resume", "study")] == ["FINISHED"]
+    # the studies, runs and Ray results are under the storage root, none in Ray's copy of the working dir
+    assert (storage / "resume" / "tune" / "ray" / "resume-s0.50").is_dir()
+    assert head.copies(), "no uploaded working-dir copy found under the head's temp dir"
     assert not _written_in_copies(head)

@@ -69,7 +69,19 @@ def test_concurrency_follows_resources():
     assert concurrency(apply_overrides(cfg, {"run.workers.num_workers": 2}), {"CPU": 2}) == 1
     assert concurrency(apply_overrides(cfg, {"run.workers.num_workers": 4}), {"CPU": 2}) == 1  # never 0
     assert concurrency(apply_overrides(cfg, {"run.workers.gpus_per_worker": 1, "run.workers.cpus_per_worker": 2}), {"CPU": 32, "GPU": 4}) == 4
+    # what the driver's own job holds (a submitted job's entrypoint resources) is not the trials'
+    assert concurrency(cfg, {"CPU": 2}, {"CPU": 1}) == 1
+    assert concurrency(cfg, {"CPU": 8}, {"CPU": 1}) == 7
+    gpu = apply_overrides(cfg, {"run.workers.gpus_per_worker": 1})
+    assert concurrency(gpu, {"CPU": 32, "GPU": 4}, {"CPU": 1, "GPU": 1}) == 3
     assert concurrency(apply_overrides(cfg, {"max_concurrent_trials": 3}), {"CPU": 2}) == 3
+
+
+def test_outside_a_submitted_job_the_driver_holds_nothing():
+    from tune.ray_connect import driver_reservation
+
+    assert driver_reservation({}) == {}
+    assert driver_reservation({"RAY_JOB_CONFIG_JSON_ENV_VAR": '{"runtime_env": {}}'}) == {}
 
 
 def _study(tmp_path, name="e-s0.50"):

@@ -121,7 +121,7 @@ def _run_units(cfg: AblationConfig, run: RunConfig, todo: list[Unit], *, trackin
     import ray
     from ray import tune
 
-    from tune.search import concurrency
+    from tune.search import cluster_concurrency
 
     started_ray = not ray.is_initialized()
     if started_ray:
@@ -133,7 +133,7 @@ def _run_units(cfg: AblationConfig, run: RunConfig, todo: list[Unit], *, trackin
                            tags={"experiment": run.experiment, "git_commit": git_commit(), "study": study})
         trainable = tune.with_resources(tune.with_parameters(run_cell, ctx=ctx), DRIVER_RESOURCES)
         tune.Tuner(trainable, param_space={"unit": tune.grid_search([to_dict(u) for u in todo])},
-                   tune_config=tune.TuneConfig(max_concurrent_trials=concurrency(cfg, ray.cluster_resources())),
+                   tune_config=tune.TuneConfig(max_concurrent_trials=cluster_concurrency(cfg)),
                    run_config=tune.RunConfig(name=f"{study}-{int(time.time())}", storage_path=_storage(cfg, root),
                                              verbose=1,
                                              failure_config=tune.FailureConfig(max_failures=cfg.max_failures)),

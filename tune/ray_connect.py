@@ -12,6 +12,7 @@ sets ``$RAY_ADDRESS`` for its entrypoint, so a submitted search joins its cluste
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sma.preflight import PreflightError, check_tcp
+from tune.storage_root import JOB_CONFIG_ENV
 
 log = logging.getLogger(__name__)
 
@@ -99,3 +101,28 @@ def preflight(cfg: Any) -> None:
     """The front door's check for ``sma tune`` / ``sma ablate`` (``cfg`` unused: the address is not a config
     key, it comes from ``$RAY_ADDRESS``)."""
     check_address(cluster_address())
+
+
+SUPERVISOR_PREFIX = "_ray_internal_job_actor_"
+"""Ray names a submitted job's supervisor actor (which holds the job's entrypoint resources) this + its id."""
+
+
+def driver_reservation(environ: dict[str, str] | None = None) -> dict[str, float]:
+    """What this driver's own job holds while it runs: a job submitted with ``--entrypoint-num-cpus/gpus``
+    (``cluster/submit.sh``, a KubeRay ``RayJob``) keeps those resources on its supervisor actor for its whole
+    life, so trials cannot use them. Empty outside a submitted job, or when Ray's state API cannot say (logged)."""
+    raw = (os.environ if environ is None else environ).get(JOB_CONFIG_ENV)
+    submission = json.loads(raw).get("metadata", {}).get("job_submission_id") if raw else None
+    if not submission:
+        return {}
+    try:
+        from ray.util.state import list_actors
+
+        found = list_actors(filters=[("name", "=", SUPERVISOR_PREFIX + submission), ("state", "=", "ALIVE")],
+                            detail=True, raise_on_missing_output=False)
+    except Exception as exc:  # noqa: BLE001 - the state API is advisory here
+        log.warning("cannot read job %s's entrypoint resources from Ray's state API: %s", submission, exc)
+        return {}
+    held = dict(found[0].required_resources or {}) if found else {}
+    log.info("Ray: this job's driver holds %s", held or "no resources")
+    return {k: float(v) for k, v in held.items()}

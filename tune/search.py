@@ -199,7 +199,6 @@ def run_study(cfg: SearchConfig, ctx: TrialContext, *, storage) -> StudyResult:
 
 
 def _new_tuner(cfg: SearchConfig, ctx: TrialContext, trainable, *, path_name: str, num_samples: int, storage):
-    import ray
     from ray import tune
 
     from tune.searcher import EpochLogger
@@ -214,7 +213,7 @@ def _new_tuner(cfg: SearchConfig, ctx: TrialContext, trainable, *, path_name: st
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
-                                    max_concurrent_trials=concurrency(cfg, ray.cluster_resources()),
+                                    max_concurrent_trials=cluster_concurrency(cfg),
                                     # keep a trial's process (and its imports) for the next trial; not under
                                     # a scheduler, whose stopped trials must take their TorchTrainer down
                                     reuse_actors=scheduler is None),
@@ -234,15 +233,31 @@ def study_searcher(cfg: SearchConfig, study: str, storage):
                        study_name=study, storage=storage, seed=seed)
 
 
-def concurrency(cfg: SearchConfig, resources: dict[str, float]) -> int:
-    """``max_concurrent_trials``: configured, else as many trials as the cluster's CPUs (and GPUs) hold."""
+def concurrency(cfg: SearchConfig, resources: dict[str, float], held: dict[str, float] | None = None) -> int:
+    """``max_concurrent_trials``: configured, else as many trials as the cluster's CPUs (and GPUs) hold once
+    ``held`` (what this driver's job keeps for itself, :func:`tune.ray_connect.driver_reservation`) is taken
+    out. A trial started beyond that would only wait for its workers' placement group, retrying every minute."""
     if cfg.max_concurrent_trials:
         return cfg.max_concurrent_trials
+    held = held or {}
     w = cfg.run.workers
-    n = int(resources.get("CPU", 1) // (w.num_workers * w.cpus_per_worker))
+    n = int((resources.get("CPU", 1) - held.get("CPU", 0)) // (w.num_workers * w.cpus_per_worker))
     if w.gpus_per_worker > 0:
-        n = min(n, int(resources.get("GPU", 0) // (w.num_workers * w.gpus_per_worker)))
+        n = min(n, int((resources.get("GPU", 0) - held.get("GPU", 0)) // (w.num_workers * w.gpus_per_worker)))
     return max(1, n)
+
+
+def cluster_concurrency(cfg: SearchConfig) -> int:
+    """:func:`concurrency` on the connected cluster, logged."""
+    import ray
+
+    from tune.ray_connect import driver_reservation
+
+    resources, held = ray.cluster_resources(), driver_reservation()
+    n = concurrency(cfg, resources, held)
+    log.info("at most %d trial(s) at a time (cluster: %g CPU, %g GPU; this driver's job holds %g CPU, %g GPU)", n,
+             resources.get("CPU", 0), resources.get("GPU", 0), held.get("CPU", 0), held.get("GPU", 0))
+    return n
 
 
 def _rounds(exp_root: str, name: str) -> list[str]:
