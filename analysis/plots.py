@@ -43,7 +43,8 @@ def pareto_plot(df: pd.DataFrame, front: pd.DataFrame, *, x: str, label: str, re
 def effect_plot(table: pd.DataFrame, path: Path) -> Path:
     """Mean paired difference of test nDCG@10 per ablation cell with its bootstrap 95 % interval."""
     t = table.reset_index(drop=True)
-    labels = [f"{c} @ {100 * s:.0f}%" for c, s in zip(t["cell"], t["sparsity"], strict=True)]
+    where = t["collection"] + " " if "collection" in t.columns and t["collection"].nunique() > 1 else [""] * len(t)
+    labels = [f"{w}{c} @ {100 * s:.0f}%" for w, c, s in zip(where, t["cell"], t["sparsity"], strict=True)]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(t) + 1.2))
     y = range(len(t))
     ax.errorbar(t["mean diff nDCG@10"], y, xerr=[t["mean diff nDCG@10"] - t["ci_low"],

@@ -3,8 +3,8 @@
 Every pruned model SMA measures is an MLflow run tagged ``result=1``: a ``sma run`` sparsity (role
 ``sparsity``), a search trial (``trial``), an ablation cell (``cell``). :func:`load_runs` reads them with
 ``mlflow.search_runs`` into one frame (``run_id``, ``status``, ``params.*`` made numeric where they are,
-``metrics.*``, ``tags.*``). :func:`per_query` downloads a run's ``metrics.json`` once into a local cache and
-returns one split's per-query values.
+``metrics.*``, ``tags.*``, and :data:`COLLECTION`). :func:`per_query` downloads a run's ``metrics.json``
+once into a local cache and returns one split's per-query values.
 """
 
 from __future__ import annotations
@@ -20,6 +20,17 @@ from sma.tracking import fluent_tracking_uri as tracking_uri
 
 RESULT_FILTER = "tags.result = '1'"
 METRICS_ARTIFACT = "metrics.json"
+COLLECTION = "collection"
+"""Column of :func:`load_runs`: the collection a run measured, by name (``params.dataset`` may be a folder
+path, a name under ``$SMA_DATA_DIR`` or a hub name: ``../data/cacm`` and ``cacm`` are one collection)."""
+
+
+def collection_name(dataset: object) -> str:
+    """The last part of a dataset argument: ``../shared/data/cacm/`` -> ``cacm``, ``BeIR/scifact`` -> ``scifact``;
+    ``""`` when no dataset was logged."""
+    if not isinstance(dataset, str) or not dataset.strip():
+        return ""
+    return Path(dataset.strip().rstrip("/\\")).name
 
 
 def _numeric_params(df: pd.DataFrame) -> pd.DataFrame:
@@ -45,6 +56,8 @@ def load_runs(experiment: str, *, uri: str, filter_string: str = RESULT_FILTER,
     if df.empty:
         return df
     df = df[df["status"].isin(tuple(statuses))].reset_index(drop=True)
+    dataset = df["params.dataset"] if "params.dataset" in df.columns else pd.Series("", index=df.index)
+    df[COLLECTION] = dataset.map(collection_name)
     return _numeric_params(df)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis.pareto import REFERENCE_FRONT, hypervolume, pareto_front
+from analysis.runs import COLLECTION
 from analysis.stats import seed_summary
 from sma.config import SEARCHED
 from sma.metrics import METRICS, OBJECTIVE, RETENTION
@@ -31,32 +32,49 @@ def config_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in CONFIG_PARAMS if c in df.columns]
 
 
+def by_collection(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """``(collection, its runs)`` in name order: numbers of two collections are never pooled. A frame
+    without the :data:`~analysis.runs.COLLECTION` column is one unnamed collection."""
+    if COLLECTION not in df.columns:
+        return [("", df)]
+    return [(str(name), runs) for name, runs in df.groupby(COLLECTION, sort=True, dropna=False)]
+
+
 def results_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per target sparsity, the configuration (runs alike but for the seed) with the best mean dev retention
-    over its seeds, shown with its means over those seeds: the seed-style results table. Ties go to the
-    configuration met first; ``run_id`` lists every run averaged."""
+    """Per collection and target sparsity, the configuration (runs alike but for the seed) with the best mean
+    dev retention over its seeds, shown with its means over those seeds (and the sd of test retention over
+    them): the seed-style results table, a row per collection and sparsity. Ties go to the configuration met
+    first; ``run_id`` lists every run averaged."""
     cols = config_columns(df)
     rows = []
-    for _, at in df.dropna(subset=[DEV]).groupby(SPARSITY, sort=True):
-        configs = [runs for _, runs in at.groupby(cols, dropna=False, sort=False)] if cols else [at]
-        runs = max(configs, key=lambda r: r[DEV].mean())  # max keeps the first of equals
-
-        def mean(column: str, runs: pd.DataFrame = runs) -> float | None:
-            return runs[column].mean() if column in runs.columns else None
-
-        rows.append({
-            "Sparsity": f"{100 * runs[SPARSITY].iloc[0]:.0f}%",
-            "Actual": f"{100 * mean('metrics.actual_sparsity'):.2f}%",
-            "Baseline": mean("metrics.test_dense_ndcg_at_10"),
-            "Pruned": mean("metrics.test_ndcg_at_10"),
-            "Retention": f"{100 * mean(TEST):.2f}%",
-            "Dev retention": f"{100 * mean(DEV):.2f}%",
-            "Speedup": mean("metrics.speedup"),
-            "Memory": mean("metrics.memory_ratio"),
-            "Seeds": len(runs),
-            "run_id": ", ".join(runs["run_id"]),
-        })
+    for collection, runs_of in by_collection(df.dropna(subset=[DEV])):
+        for _, at in runs_of.groupby(SPARSITY, sort=True):
+            configs = [runs for _, runs in at.groupby(cols, dropna=False, sort=False)] if cols else [at]
+            runs = max(configs, key=lambda r: r[DEV].mean())  # max keeps the first of equals
+            rows.append(_result_row(collection, runs))
     return pd.DataFrame(rows)
+
+
+def _result_row(collection: str, runs: pd.DataFrame) -> dict[str, object]:
+    def mean(column: str) -> float | None:
+        return runs[column].mean() if column in runs.columns else None
+
+    return {
+        "Collection": collection,
+        "Sparsity": f"{100 * runs[SPARSITY].iloc[0]:.0f}%",
+        "Actual": f"{100 * mean('metrics.actual_sparsity'):.2f}%",
+        "Baseline": mean("metrics.test_dense_ndcg_at_10"),
+        "Pruned": mean("metrics.test_ndcg_at_10"),
+        "Retention": f"{100 * mean(TEST):.2f}%",
+        "sd": f"{100 * runs[TEST].std():.2f}" if len(runs) > 1 else "",
+        "Dev retention": f"{100 * mean(DEV):.2f}%",
+        "Top-10 kept": mean("metrics.test_top10_overlap"),
+        "Corpus cosine": mean("metrics.corpus_cosine"),
+        "Speedup": mean("metrics.speedup"),
+        "Memory": mean("metrics.memory_ratio"),
+        "Seeds": len(runs),
+        "run_id": ", ".join(runs["run_id"]),
+    }
 
 
 def fronts(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -91,9 +109,9 @@ SEED = "params.seed"
 
 
 def seed_table(df: pd.DataFrame, metric: str = TEST) -> pd.DataFrame:
-    """Per (target sparsity, configuration) with at least two seeds: mean ± sd and the t-interval over seeds
-    (runs of one configuration with the same seed, repeats, count once: their mean)."""
-    keys = [SPARSITY, *config_columns(df)]
+    """Per (collection, target sparsity, configuration) with at least two seeds: mean ± sd and the t-interval
+    over seeds (runs of one configuration with the same seed, repeats, count once: their mean)."""
+    keys = [*([COLLECTION] if COLLECTION in df.columns else []), SPARSITY, *config_columns(df)]
     rows = []
     for key, group in df.groupby(keys, dropna=False, sort=True):
         per_seed = group.groupby(SEED)[metric].mean() if SEED in group.columns else group[metric]
@@ -112,25 +130,28 @@ REFERENCE_CELL = "reference"
 
 def ablation_table(df: pd.DataFrame, per_query_by_run: dict[str, dict[str, float]], *, resamples: int = 10_000,
                    seed: int = 0) -> pd.DataFrame:
-    """Every ablation cell against the reference recipe at the same sparsity: the per-query paired difference
-    of test nDCG@10 (per-query means over seeds first), its bootstrap CI, Wilcoxon p and Holm-adjusted p."""
+    """Every ablation cell against the reference recipe at the same collection and sparsity: the per-query
+    paired difference of test nDCG@10 (per-query means over seeds first), its bootstrap CI, Wilcoxon p and
+    Holm-adjusted p."""
     from analysis.stats import holm, mean_over_seeds, paired_difference
 
     if CELL not in df.columns:
         return pd.DataFrame()
     rows = []
-    for sparsity, at in df.groupby(SPARSITY, sort=True):
-        means = {cell: mean_over_seeds([per_query_by_run[r] for r in runs["run_id"]])
-                 for cell, runs in at.groupby(CELL)}
-        if REFERENCE_CELL not in means:
-            continue
-        for cell, runs in at.groupby(CELL):
-            if cell == REFERENCE_CELL:
+    for collection, runs_of in by_collection(df):
+        for sparsity, at in runs_of.groupby(SPARSITY, sort=True):
+            means = {cell: mean_over_seeds([per_query_by_run[r] for r in runs["run_id"]])
+                     for cell, runs in at.groupby(CELL)}
+            if REFERENCE_CELL not in means:
                 continue
-            d = paired_difference(means[cell], means[REFERENCE_CELL], resamples=resamples, seed=seed)
-            rows.append({"sparsity": sparsity, "cell": cell, "seeds": len(runs), "queries": d.n,
-                         "mean diff nDCG@10": d.mean, "ci_low": d.ci_low, "ci_high": d.ci_high,
-                         "wilcoxon p": d.p_value, "run_ids": " ".join(runs["run_id"])})
+            for cell, runs in at.groupby(CELL):
+                if cell == REFERENCE_CELL:
+                    continue
+                d = paired_difference(means[cell], means[REFERENCE_CELL], resamples=resamples, seed=seed)
+                rows.append({"collection": collection, "sparsity": sparsity, "cell": cell, "seeds": len(runs),
+                             "queries": d.n,
+                             "mean diff nDCG@10": d.mean, "ci_low": d.ci_low, "ci_high": d.ci_high,
+                             "wilcoxon p": d.p_value, "run_ids": " ".join(runs["run_id"])})
     table = pd.DataFrame(rows)
     if not table.empty:
         table.insert(table.columns.get_loc("wilcoxon p") + 1, "holm p", holm(table["wilcoxon p"].tolist()))

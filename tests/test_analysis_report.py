@@ -46,7 +46,8 @@ def store(tmp_path_factory):
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     exp_id = client.create_experiment("fx", artifact_location=(tmp / "artifacts").as_uri())
-    base = {"criterion": "mechanistic", "gentleness": 0.5, "post_prune_epochs": 8, "protect_circuits": "True"}
+    base = {"criterion": "mechanistic", "gentleness": 0.5, "post_prune_epochs": 8, "protect_circuits": "True",
+            "dataset": "../data/cranfield/"}
     flat = dict.fromkeys(QUERIES, 0.5)
     ids = {
         "a30": _log(client, exp_id, tmp, params={**base, "sparsity": 0.3, "alpha": 1.0, "seed": 1},
@@ -82,6 +83,7 @@ def test_runs_load_into_one_frame_with_numeric_params(store):
     df = load_runs("fx", uri=uri)
     assert set(df["run_id"]) == set(ids.values())  # the FAILED run is not a result
     assert df["params.sparsity"].dtype.kind == "f" and df["params.criterion"].dtype.kind not in "iuf"
+    assert set(df["collection"]) == {"cranfield"}  # the dataset argument's folder name
     with pytest.raises(LookupError, match="no MLflow experiment 'nope'"):
         load_runs("nope", uri=uri)
 
@@ -96,6 +98,58 @@ def test_results_table_takes_the_best_dev_configuration_per_sparsity_averaged_ov
     assert list(table["Retention"]) == ["98.00%", "96.50%"] and list(table["Dev retention"]) == ["99.00%", "94.50%"]
     assert list(table["Seeds"]) == [1, 2]
     assert table["run_id"][0] == ids["a30"] and set(table["run_id"][1].split(", ")) == {ids["ref1"], ids["ref2"]}
+
+
+def test_a_collection_is_named_by_the_last_part_of_its_dataset_argument():
+    from analysis.runs import collection_name
+
+    assert [collection_name(d) for d in ("../shared/data/cacm", "cacm/", "BeIR/scifact", "cranfield")] == [
+        "cacm", "cacm", "scifact", "cranfield"]
+    assert collection_name(None) == collection_name(float("nan")) == collection_name("") == ""
+
+
+def _two_collections():
+    import pandas as pd
+
+    # the same recipe at 50 % on two collections, two seeds each; on cranfield a second recipe with a better
+    # dev mean (0.97) but a worse test mean
+    rows = [("cacm", "mechanistic", 1, 0.95, 0.99), ("cacm", "mechanistic", 2, 0.96, 0.97),
+            ("cranfield", "mechanistic", 1, 0.94, 0.90), ("cranfield", "mechanistic", 2, 0.92, 0.94),
+            ("cranfield", "magnitude", 1, 0.97, 0.85), ("cranfield", "magnitude", 2, 0.97, 0.89)]
+    return pd.DataFrame({"run_id": [f"r{i}" for i in range(len(rows))], "collection": [r[0] for r in rows],
+                         "params.criterion": [r[1] for r in rows], "params.seed": [r[2] for r in rows],
+                         "params.sparsity": 0.5, "metrics.dev_retention": [r[3] for r in rows],
+                         "metrics.test_retention": [r[4] for r in rows],
+                         "metrics.test_top10_overlap": [0.6, 0.5, 0.7, 0.8, 0.4, 0.6],
+                         "metrics.actual_sparsity": 0.5})
+
+
+def test_results_table_has_a_row_per_collection_chosen_on_that_collections_dev():
+    table = tables.results_table(_two_collections()).set_index("Collection")
+    assert list(table.index) == ["cacm", "cranfield"] and list(table["Sparsity"]) == ["50%", "50%"]
+    # cacm: (0.99 + 0.97) / 2; the sd of two values is |0.99 - 0.97| / sqrt(2) = 1.41 points
+    assert table.loc["cacm", "Retention"] == "98.00%" and table.loc["cacm", "sd"] == "1.41"
+    assert table.loc["cacm", "Top-10 kept"] == pytest.approx(0.55) and table.loc["cacm", "run_id"] == "r0, r1"
+    # cranfield: magnitude's dev mean 0.97 beats mechanistic's 0.93, so its test mean (0.85 + 0.89) / 2 is shown
+    assert table.loc["cranfield", "Retention"] == "87.00%" and table.loc["cranfield", "Dev retention"] == "97.00%"
+    assert table.loc["cranfield", "run_id"] == "r4, r5" and table.loc["cranfield", "Seeds"] == 2
+
+
+def test_seed_and_ablation_tables_never_pool_two_collections():
+    df = _two_collections()
+    seeds = tables.seed_table(df).set_index(["collection", "criterion"])
+    assert seeds.loc[("cacm", "mechanistic"), "mean"] == pytest.approx(0.98)
+    assert seeds.loc[("cranfield", "mechanistic"), "mean"] == pytest.approx(0.92)
+    assert seeds.loc[("cranfield", "mechanistic"), "seeds"] == 2 and len(seeds) == 3
+    # ablation: both collections have query ids "1" and "2"; each cell is paired with its own collection's
+    # reference (cacm: 0.5 -> 0.3 on both queries; cranfield: 0.8 -> 0.9 and 0.6 -> 0.6)
+    cells = df.iloc[[0, 1, 2, 4]].assign(**{"tags.cell": ["reference", "x", "reference", "x"]})
+    pq = {"r0": {"1": 0.5, "2": 0.5}, "r1": {"1": 0.3, "2": 0.3},
+          "r2": {"1": 0.8, "2": 0.6}, "r4": {"1": 0.9, "2": 0.6}}
+    table = tables.ablation_table(cells, pq, resamples=500).set_index("collection")
+    assert table.loc["cacm", "mean diff nDCG@10"] == pytest.approx(-0.2)
+    assert table.loc["cranfield", "mean diff nDCG@10"] == pytest.approx(0.05)
+    assert table.loc["cacm", "queries"] == table.loc["cranfield", "queries"] == 2
 
 
 def test_seeds_and_front(store):
