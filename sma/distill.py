@@ -97,7 +97,7 @@ def _tokenize(model: nn.Module, tokenizer, texts: Sequence[str], max_length: int
 def _embed(model: nn.Module, tokenizer, texts: Sequence[str], max_length: int) -> torch.Tensor:
     """One forward pass over ``texts`` (queries and documents alike: the encoder is shared and the max length
     is one). ``model`` is a BiEncoder or a DDP wrapper of one, so DDP sees exactly one forward per step."""
-    return model(**_tokenize(model, tokenizer, texts, max_length))
+    return model(**_tokenize(model, tokenizer, texts, max_length), group_lengths=True)
 
 
 def nearest_neighbors(emb: torch.Tensor, *, k: int, chunk: int = 2048) -> torch.Tensor:
@@ -229,7 +229,7 @@ def _batch_loss(student: nn.Module, texts: DistillTexts, idx: list[int], cfg: Di
     if layer_kd:
         emb, s_hidden = student(**batch, output_hidden_states=True)
     else:
-        emb = student(**batch)
+        emb = student(**batch, group_lengths=True)
     loss = torch.zeros((), device=emb.device)
     if kd_texts:
         s = emb[:len(kd_texts)]

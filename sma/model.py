@@ -146,17 +146,19 @@ class BiEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, *, output_hidden_states: bool = False,
-                ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+                group_lengths: bool = False) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Pooled embeddings; with ``output_hidden_states`` also every layer's token states (embeddings
         output first), for layer-wise distillation.
 
-        A batch of very uneven lengths (short queries next to long documents) runs as a few groups of
-        similar length, each cut to its own longest text (:func:`length_groups`): the same embeddings and
-        gradients for fewer padded tokens. One call is still one forward, as DDP requires."""
+        With ``group_lengths`` (distillation batches), a batch of very uneven lengths (short queries next to
+        long documents) runs as a few groups of similar length, each cut to its own longest text
+        (:func:`length_groups`): the same embeddings and gradients for fewer padded tokens. One call is still
+        one forward, as DDP requires. Off by default: forward hooks that read the whole batch's mask (the
+        mechanistic analysis) see one pass."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        groups = None if output_hidden_states else length_groups(attention_mask)
+        groups = length_groups(attention_mask) if group_lengths and not output_hidden_states else None
         if groups is not None:
             parts = [self.pool(self.encoder(**{k: v[rows, :width] for k, v in kwargs.items()}).last_hidden_state,
                                attention_mask[rows, :width]) for rows, width in groups]

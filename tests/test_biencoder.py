@@ -114,13 +114,14 @@ def test_uneven_lengths_run_in_groups_with_the_same_embeddings_and_gradients():
         torch.manual_seed(0)
         model = BiEncoder(tiny_model(hidden=32, layers=2, intermediate=64, vocab_size=64), tokenizer=None)
         model.eval()  # no dropout: both passes see the same network
-        sizes = model_module.GROUP_SIZES
+        calls: list[int] = []
+        hook = model.encoder.register_forward_hook(lambda _m, _a, kw, _o: calls.append(kw["input_ids"].shape[0]),
+                                                   with_kwargs=True)
         try:
-            if not grouped:
-                model_module.GROUP_SIZES = ()
-            emb = model(**batch)
+            emb = model(**batch, group_lengths=True) if grouped else model(**batch)  # default: one pass
         finally:
-            model_module.GROUP_SIZES = sizes
+            hook.remove()
+        assert calls == ([12, 12] if grouped else [24])
         emb.pow(3).sum().backward()
         return emb.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
