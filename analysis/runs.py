@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sma.data import collection_name
 from sma.tracking import COMMAND_TAG
 from sma.tracking import fluent_tracking_uri as tracking_uri
 
@@ -23,14 +24,6 @@ METRICS_ARTIFACT = "metrics.json"
 COLLECTION = "collection"
 """Column of :func:`load_runs`: the collection a run measured, by name (``params.dataset`` may be a folder
 path, a name under ``$SMA_DATA_DIR`` or a hub name: ``../data/cacm`` and ``cacm`` are one collection)."""
-
-
-def collection_name(dataset: object) -> str:
-    """The last part of a dataset argument: ``../shared/data/cacm/`` -> ``cacm``, ``BeIR/scifact`` -> ``scifact``;
-    ``""`` when no dataset was logged."""
-    if not isinstance(dataset, str) or not dataset.strip():
-        return ""
-    return Path(dataset.strip().rstrip("/\\")).name
 
 
 def _numeric_params(df: pd.DataFrame) -> pd.DataFrame:

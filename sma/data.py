@@ -258,6 +258,14 @@ def locate_dataset(dataset: str) -> Path | str:
     return embedded if embedded is not None else hub_name
 
 
+def collection_name(dataset: object) -> str:
+    """The last part of a dataset argument: ``../shared/data/cacm/`` -> ``cacm``, ``BeIR/scifact`` -> ``scifact``;
+    ``""`` when no dataset was logged."""
+    if not isinstance(dataset, str) or not dataset.strip():
+        return ""
+    return Path(dataset.strip().rstrip("/\\")).name
+
+
 def resolve_dataset(dataset: str, *, cache_dir: str | Path | None = None) -> RetrievalData:
     """The collection :func:`locate_dataset` finds, loaded (a hub collection downloaded once into the cache
     rooted at ``cache_dir``)."""

@@ -145,6 +145,8 @@ def check_outer(cfg: Any) -> None:
     """``sma tune`` / ``sma ablate`` (a config with a ``run``): the run's inputs, always tracked, and a local
     Ray storage folder. The Ray cluster is checked by :func:`tune.ray_connect.preflight`."""
     check_inputs(cfg.run, tracked=True)
+    for dataset in getattr(cfg, "datasets", ()):  # an ablation's further collections
+        check_dataset(dataset, cache_dir=cfg.run.cache_dir)
     storage = cfg.storage_path
     if storage and "://" not in storage:
         check_writable_dir(storage, "storage_path")

@@ -27,29 +27,44 @@ def _sma(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=900)
 
 
-def test_ablation_then_report(tmp_path):
+def test_ablation_on_two_collections_then_report(tmp_path):
+    import shutil
+
+    import pandas as pd
     from mlflow.tracking import MlflowClient
 
-    args = ("ablate", "--smoke-test", "--experiment", "abl", "--factors", "distill", "--seeds", "2")
+    from sma.tiny import smoke_assets
+
+    _, beir = smoke_assets(tmp_path / "cache" / "smoke")  # the smoke collection, under two collection names
+    for name in ("alpha", "beta"):
+        shutil.copytree(beir, tmp_path / name)
+    args = ("ablate", "--smoke-test", "--experiment", "abl", "--factors", "distill", "--seeds", "2",
+            "--datasets", "alpha", "beta/")
     first = _sma(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     summary = json.loads((tmp_path / "results" / "abl" / "ablate" / "summary.json").read_text())
-    assert (summary["units"], summary["finished"]) == (4, 4)  # 2 cells x 1 sparsity x 2 seeds
+    assert (summary["units"], summary["finished"]) == (8, 8)  # 2 collections x 2 cells x 1 sparsity x 2 seeds
     client = MlflowClient(tracking_uri=summary["tracking_uri"])
     exp = client.get_experiment_by_name("abl")
     cells = client.search_runs([exp.experiment_id], "tags.role = 'cell' AND tags.result = '1'")
-    assert sorted(r.data.tags["cell"] for r in cells) == ["distill=0.0"] * 2 + ["reference"] * 2
+    assert sorted(r.data.tags["cell"] for r in cells) == ["distill=0.0"] * 4 + ["reference"] * 4
     assert all(r.info.status == "FINISHED" and "test_retention" in r.data.metrics for r in cells)
-    assert {r.data.params["seed"] for r in cells} == {"42", "43"}
+    assert sorted((Path(r.data.params["dataset"]), r.data.params["seed"]) for r in cells) == sorted(
+        [(tmp_path / d, s) for d in ("alpha", "beta") for s in ("42", "43")] * 2)  # absolute: trials run elsewhere
 
     again = _sma(*args, cwd=tmp_path)  # resume: everything finished, nothing runs twice
-    assert again.returncode == 0 and "4 finished before, 0 to run" in again.stderr, again.stderr[-2000:]
-    assert len(client.search_runs([exp.experiment_id], "tags.role = 'cell'")) == 4
+    assert again.returncode == 0 and "8 finished before, 0 to run" in again.stderr, again.stderr[-2000:]
+    assert len(client.search_runs([exp.experiment_id], "tags.role = 'cell'")) == 8
 
     report = _sma("report", "--smoke-test", "--experiment", "abl", cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
     folder = tmp_path / "results" / "abl" / "report"
-    table = (folder / "ablation.csv").read_text()
-    assert "distill=0.0" in table and all(r.info.run_id in table for r in cells if r.data.tags["cell"] != "reference")
+    table = pd.read_csv(folder / "ablation.csv")
+    # one paired comparison per collection, never pooled
+    assert sorted(zip(table["collection"], table["cell"], strict=True)) == [("alpha", "distill=0.0"),
+                                                                            ("beta", "distill=0.0")]
+    assert all(r.info.run_id in (folder / "ablation.csv").read_text() for r in cells
+               if r.data.tags["cell"] != "reference")
+    assert sorted(pd.read_csv(folder / "results.csv")["Collection"]) == ["alpha", "beta"]
     assert client.search_runs([exp.experiment_id], "tags.role = 'report'")
     check_page_in_browser(folder / "report.html", "report-ablation.png")

@@ -101,7 +101,7 @@ def test_results_table_takes_the_best_dev_configuration_per_sparsity_averaged_ov
 
 
 def test_a_collection_is_named_by_the_last_part_of_its_dataset_argument():
-    from analysis.runs import collection_name
+    from sma.data import collection_name
 
     assert [collection_name(d) for d in ("../shared/data/cacm", "cacm/", "BeIR/scifact", "cranfield")] == [
         "cacm", "cacm", "scifact", "cranfield"]

@@ -264,6 +264,9 @@ def test_the_shipped_ablation_config_loads():
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "cluster" / "ablation.yaml", AblationConfig)
     assert cfg.seeds == 3 and cfg.run.sparsity == (0.3, 0.5, 0.7) and len(cfg.cells()) == 7
+    transfer = load_config(Path(__file__).resolve().parents[1] / "cluster" / "generalization.yaml", AblationConfig)
+    assert transfer.dataset_list() == ("cranfield", "cacm") and [c.name for c in transfer.cells()] == [
+        "reference", "distill_length=256", "pseudo_queries=1", "neighbors=0.0"]
 
 
 def test_ablation_design_one_factor_at_a_time_and_factorial():
@@ -284,6 +287,24 @@ def test_ablation_design_one_factor_at_a_time_and_factorial():
     assert (built.prune.criterion, built.sparsity, built.seed) == ("magnitude", (0.7,), 43)
     with pytest.raises(ConfigError, match="unknown factor"):
         AblationConfig(factors=("nope",))
+
+
+def test_an_ablation_on_two_collections_runs_every_cell_on_each_and_keys_units_by_collection():
+    from sma.config import RunConfig
+    from sma.config.ablation import AblationConfig
+    from tune.ablation import units
+
+    run = apply_overrides(RunConfig(), {"sparsity": (0.5, 0.7)})
+    cfg = AblationConfig(run=run, factors=("distill",), seeds=2, datasets=("../data/cacm/", "cranfield"))
+    todo = units(cfg, run)
+    assert len(todo) == 2 * 2 * 2 * 2  # collections x cells (reference, distill=0.0) x sparsities x seeds
+    assert len({u.key for u in todo}) == len(todo) and todo[0].key == "cacm|reference|s0.50|seed42"
+    built = {(u.key, u.config(run).data.dataset, u.config(run).distill.alpha) for u in todo}
+    assert ("cranfield|distill=0.0|s0.70|seed43", "cranfield", 0.0) in built
+    assert ("cacm|reference|s0.50|seed43", "../data/cacm/", 1.0) in built
+    assert AblationConfig(run=run).dataset_list() == (run.data.dataset,)  # none named: the run's own
+    with pytest.raises(ConfigError, match="datasets: need distinct collection names"):
+        AblationConfig(run=run, datasets=("../data/cacm", "other/cacm"))
 
 
 def test_a_driver_without_gpus_says_so_when_the_trials_get_them(monkeypatch, caplog):

@@ -18,6 +18,8 @@ from typing import Any
 from sma.atomic import write_json
 from sma.config import RunConfig, save_config, to_dict
 from sma.config.ablation import AblationConfig, Cell
+from sma.config.coerce import apply_overrides
+from sma.data import collection_name
 from sma.layout import PHASE1_DIR, TRIAL_ARTIFACTS, TRIAL_EPOCHS_FILE, TRIAL_RESULT_FILE
 from sma.tracking import Tracking, git_commit, resolve_tracking_uri, result_params, result_tags
 from tune.trainable import TrialContext, checkpoint_files, fit_trainer, timings
@@ -31,28 +33,31 @@ DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20}
 
 @dataclass(frozen=True)
 class Unit:
-    """One run of the ablation: a cell at one sparsity with one seed."""
+    """One run of the ablation: a cell on one collection at one sparsity with one seed."""
 
     number: int
     cell: str
     overrides: tuple[tuple[str, Any], ...]
+    dataset: str
     sparsity: float
     seed: int
 
     @property
     def key(self) -> str:
-        return f"{self.cell}|s{self.sparsity:.2f}|seed{self.seed}"
+        return f"{collection_name(self.dataset)}|{self.cell}|s{self.sparsity:.2f}|seed{self.seed}"
 
     def config(self, run: RunConfig) -> RunConfig:
-        return Cell(self.cell, self.overrides).config(run, sparsity=self.sparsity, seed=self.seed)
+        cfg = Cell(self.cell, self.overrides).config(run, sparsity=self.sparsity, seed=self.seed)
+        return apply_overrides(cfg, {"data.dataset": self.dataset})
 
 
 def units(cfg: AblationConfig, run: RunConfig) -> list[Unit]:
     out = []
-    for cell in cfg.cells():
-        for sparsity in run.sparsity:
-            for seed in cfg.seed_list():
-                out.append(Unit(len(out), cell.name, cell.overrides, sparsity, seed))
+    for dataset in cfg.dataset_list():
+        for cell in cfg.cells():
+            for sparsity in run.sparsity:
+                for seed in cfg.seed_list():
+                    out.append(Unit(len(out), cell.name, cell.overrides, dataset, sparsity, seed))
     return out
 
 
@@ -61,7 +66,8 @@ def _parent_run(tracking: Tracking, study: str, cfg: AblationConfig, run: RunCon
     return tracking.parent_run(study=study, role=PARENT_ROLE,
                                tags={"experiment": run.experiment, "git_commit": git_commit()},
                                params={"factors": ",".join(cfg.factors), "factorial": cfg.factorial,
-                                       "seeds": cfg.seeds, "sparsity": list(run.sparsity)})
+                                       "seeds": cfg.seeds, "sparsity": list(run.sparsity),
+                                       "datasets": list(cfg.dataset_list())})
 
 
 def _finished(tracking: Tracking, study: str) -> set[str]:
@@ -72,23 +78,26 @@ def _close_stale(tracking: Tracking, study: str) -> None:
     tracking.close_stale_children(study, reason="interrupted (driver gone); run again", role=CELL_ROLE)
 
 
-def _prepare_once(run: RunConfig, todo: list[Unit]) -> None:
-    """Teacher, analysis and distillation targets of every distinct criterion, computed once into the cache."""
+def _prepare_once(run: RunConfig, todo: list[Unit], *, several_collections: bool) -> None:
+    """Teacher, analysis and distillation targets of every distinct (collection, criterion), computed once
+    into the cache."""
     from sma.pipeline import prepare
 
     seen = set()
     for unit in todo:
         cfg = unit.config(run)
-        if cfg.prune.criterion not in seen:
-            seen.add(cfg.prune.criterion)
-            prepare(replace(cfg, seed=run.seed), analysis_dir=run.run_dir / PHASE1_DIR)
+        if (unit.dataset, cfg.prune.criterion) not in seen:
+            seen.add((unit.dataset, cfg.prune.criterion))
+            folder = run.run_dir / collection_name(unit.dataset) if several_collections else run.run_dir
+            prepare(replace(cfg, seed=run.seed), analysis_dir=folder / PHASE1_DIR)
 
 
 def ablate(cfg: AblationConfig) -> dict[str, Any]:
     """Run (or resume) the ablation; returns a summary (units done, failed, the MLflow parent run)."""
-    from tune.search import resolve_run, warn_if_driver_lacks_gpus
+    from tune.search import absolute_if_local, resolve_run, warn_if_driver_lacks_gpus
 
     run = resolve_run(cfg.run, eval_every_epoch=False)
+    cfg = replace(cfg, datasets=tuple(absolute_if_local(d) for d in cfg.datasets))
     root = run.run_dir / "ablate"
     root.mkdir(parents=True, exist_ok=True)
     save_config(replace(cfg, run=run), root / "ablation.json")
@@ -99,11 +108,12 @@ def ablate(cfg: AblationConfig) -> dict[str, Any]:
     all_units = units(cfg, run)
     done = _finished(tracking, study)
     todo = [u for u in all_units if u.key not in done]
-    log.info("ablation %s: %d cells x %d sparsities x %d seeds = %d units, %d finished before, %d to run",
-             study, len(cfg.cells()), len(run.sparsity), cfg.seeds, len(all_units), len(done), len(todo))
+    log.info("ablation %s: %d collections x %d cells x %d sparsities x %d seeds = %d units, %d finished before, "
+             "%d to run", study, len(cfg.dataset_list()), len(cfg.cells()), len(run.sparsity), cfg.seeds,
+             len(all_units), len(done), len(todo))
     if todo:
         warn_if_driver_lacks_gpus(run)
-        _prepare_once(run, todo)
+        _prepare_once(run, todo, several_collections=len(cfg.dataset_list()) > 1)
         _run_units(cfg, run, todo, tracking=tracking, parent=parent, study=study, root=root)
     _close_stale(tracking, study)
     finished = _finished(tracking, study)

@@ -136,17 +136,18 @@ def warn_if_driver_lacks_gpus(run: RunConfig) -> None:
                     "its CPU; give the job a GPU (cluster/submit.sh: SMA_ENTRYPOINT_NUM_GPUS=1)")
 
 
+def absolute_if_local(name: str) -> str:
+    """A dataset or model argument that names a local folder, made absolute (trials run elsewhere); else as is."""
+    return str(Path(name).resolve()) if Path(name).exists() else name
+
+
 def resolve_run(run: RunConfig, *, eval_every_epoch: bool = True) -> RunConfig:
     """Absolute paths (trials run elsewhere), per-epoch dev retention (for schedulers), quiet progress bars,
     and the threads a worker owns."""
     changes: dict[str, Any] = {"output_dir": str(Path(run.output_dir).resolve()),
                                "cache_dir": str(cache_root(run.cache_dir).resolve())}
-    data = run.data
-    if Path(data.dataset).exists():
-        data = replace(data, dataset=str(Path(data.dataset).resolve()))
-    model = run.model
-    if Path(model.name).exists():
-        model = replace(model, name=str(Path(model.name).resolve()))
+    data = replace(run.data, dataset=absolute_if_local(run.data.dataset))
+    model = replace(run.model, name=absolute_if_local(run.model.name))
     # Every report to Tune carries the objective (Tune rejects a result without it), and ASHA stops
     # trials on it: trials evaluate dev retention after each post-prune epoch.
     distill = replace(run.distill, eval_every_epoch=eval_every_epoch or run.distill.eval_every_epoch)

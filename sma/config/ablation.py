@@ -3,7 +3,8 @@ ablation config (a reference recipe plus how to run its cells).
 
 The default design is one factor at a time: the reference recipe, then each factor's alternatives with
 everything else at the reference. ``factorial`` crosses every level of every factor. Each cell runs at every
-sparsity of ``run.sparsity`` with ``seeds`` seeds (``run.seed``, ``run.seed + 1``, ...).
+sparsity of ``run.sparsity`` with ``seeds`` seeds (``run.seed``, ``run.seed + 1``, ...), on each collection of
+``datasets``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from sma.config.coerce import apply_overrides, get_key
 from sma.config.sections import RunConfig, check, check_at_least
+from sma.data import collection_name
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,10 @@ FACTORS: tuple[Factor, ...] = (
     Factor("protect_circuits", "prune.protect_circuits", (False,), "circuit protection off"),
     Factor("gentleness", "prune.gentleness", (0.0,), "one-shot pruning instead of the schedule"),
     Factor("post_prune_epochs", "distill.post_prune_epochs", (0,), "no recovery epochs after the last step"),
+    # what may not transfer from one collection to another (cluster/generalization.yaml)
+    Factor("distill_length", "distill.max_length", (256,), "distillation texts cut at 256 tokens (evaluation's)"),
+    Factor("pseudo_queries", "distill.pseudo_queries", (1,), "a pseudo-query per document among the texts"),
+    Factor("neighbors", "distill.neighbor_share", (0.0,), "random distillation batches (no teacher neighbours)"),
 )
 FACTORS_BY_NAME = {f.name: f for f in FACTORS}
 REFERENCE = "reference"
@@ -76,6 +82,9 @@ class AblationConfig:
     """The reference recipe; ``run.experiment`` names the ablation, ``run.sparsity`` its sparsities."""
     factors: tuple[str, ...] = tuple(f.name for f in FACTORS)
     factorial: bool = False
+    datasets: tuple[str, ...] = ()
+    """Collections every cell runs on (each as ``run.data.dataset``); empty = ``run.data.dataset`` only. The
+    report keeps them apart: a results row, a Pareto front and paired tests per collection."""
     seeds: int = 3
     max_concurrent_trials: int | None = None
     storage_path: str | None = None
@@ -88,9 +97,15 @@ class AblationConfig:
         check_at_least(self, 1, "", "seeds", "max_concurrent_trials")
         check_at_least(self, 0, "", "max_failures")
         check(bool(self.run.sparsity), "run.sparsity", "must list at least one sparsity")
+        names = [collection_name(d) for d in self.datasets]
+        check(all(names) and len(set(names)) == len(names), "datasets",
+              f"need distinct collection names (the last part of each), got {list(self.datasets)}")
 
     def cells(self) -> list[Cell]:
         return cells(self.run, self.factors, factorial=self.factorial)
+
+    def dataset_list(self) -> tuple[str, ...]:
+        return self.datasets or (self.run.data.dataset,)
 
     def seed_list(self) -> list[int]:
         return [self.run.seed + i for i in range(self.seeds)]

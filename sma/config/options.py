@@ -133,6 +133,8 @@ FLAGS: tuple[Flag, ...] = (
     _f("--factors", "factors", ("ablate",), nargs="+", choices=tuple(FACTORS_BY_NAME),
        help="the method's choices to ablate (default: all)"),
     _f("--factorial", "factorial", ("ablate",), const=True, help="every combination instead of one factor at a time"),
+    _f("--datasets", "datasets", ("ablate",), nargs="+",
+       help="collections every cell runs on (default: --dataset alone); the report keeps them apart"),
 )
 OUTER_KEYS = frozenset(f.keys[0] for f in FLAGS if set(f.commands) <= set(OUTER))
 """Flags of ``sma tune`` / ``sma ablate`` that set keys of the search or ablation itself (others: ``run.``)."""
