@@ -12,7 +12,6 @@ sets ``$RAY_ADDRESS`` for its entrypoint, so a submitted search joins its cluste
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sma.preflight import PreflightError, check_tcp
-from tune.storage_root import JOB_CONFIG_ENV
+from tune.storage_root import job_config
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +110,7 @@ def driver_reservation(environ: dict[str, str] | None = None) -> dict[str, float
     """What this driver's own job holds while it runs: a job submitted with ``--entrypoint-num-cpus/gpus``
     (``cluster/submit.sh``, a KubeRay ``RayJob``) keeps those resources on its supervisor actor for its whole
     life, so trials cannot use them. Empty outside a submitted job, or when Ray's state API cannot say (logged)."""
-    raw = (os.environ if environ is None else environ).get(JOB_CONFIG_ENV)
-    submission = json.loads(raw).get("metadata", {}).get("job_submission_id") if raw else None
+    submission = job_config(os.environ if environ is None else environ).get("metadata", {}).get("job_submission_id")
     if not submission:
         return {}
     try:

@@ -26,12 +26,18 @@ COPIES_DIR = "working_dir_files"
 LOCAL_SCHEMES = ("sqlite:///", "file://")
 
 
+def job_config(environ: Mapping[str, str]) -> dict:
+    """The config Ray's job supervisor gives a submitted job's entrypoint (``runtime_env``, ``metadata`` with
+    the ``job_submission_id``); empty outside a submitted job."""
+    return json.loads(environ.get(JOB_CONFIG_ENV) or "{}")
+
+
 def job_working_copy(cwd: Path, environ: Mapping[str, str]) -> Path | None:
     """The uploaded working-directory copy this process runs in as a Ray job's entrypoint, else ``None``."""
     for parent in (cwd, *cwd.parents):
         if parent.parent.name == COPIES_DIR:
             return parent
-    runtime_env = json.loads(environ.get(JOB_CONFIG_ENV) or "{}").get("runtime_env") or {}
+    runtime_env = job_config(environ).get("runtime_env") or {}
     return cwd if runtime_env.get("working_dir") else None
 
 
