@@ -47,6 +47,27 @@ def test_probe_is_seeded_and_uses_training_queries_only_by_default():
         AnalysisConfig(probe_splits=("train", "test"))
 
 
+def test_a_probe_short_of_judged_queries_is_topped_up_with_pseudo_queries_cut_from_their_positive():
+    from dataclasses import replace
+
+    data = tiny_collection()
+    judged = build_probe(data, cfg=replace(CFG, probe_queries=20))
+    assert len(judged.query_ids) == 12  # the 12 training queries: the flag is off by default
+    topped = build_probe(data, cfg=replace(CFG, probe_queries=20, probe_pseudo_queries=True))
+    assert topped.query_ids[:12] == judged.query_ids and topped.query_texts[:12] == judged.query_texts
+    assert len(topped.query_ids) == 20 and len(set(topped.query_ids)) == 20
+    for q in range(12, 20):
+        qid, text = topped.query_ids[q], topped.query_texts[q]
+        (pos,) = topped.positives[q]
+        source = topped.doc_ids[pos]
+        assert qid == "pseudo:" + source and topped.relevant[q] == ((pos, 1),)
+        words = text.split()
+        assert 6 <= len(words) <= 20 and text in " ".join(topped.doc_texts[pos].split())  # a span of its positive
+        assert len(topped.negatives[q]) == 2 and pos not in topped.negatives[q]
+    assert topped == build_probe(data, cfg=replace(CFG, probe_queries=20, probe_pseudo_queries=True))
+    assert len(build_probe(data, cfg=replace(CFG, probe_pseudo_queries=True)).query_ids) == 12  # enough judged
+
+
 def test_files_hold_every_unit_of_every_method(first_run):
     result, out, _ = first_run
     phase1 = out / "phase1"

@@ -266,7 +266,7 @@ def test_the_shipped_ablation_config_loads():
     assert cfg.seeds == 3 and cfg.run.sparsity == (0.3, 0.5, 0.7) and len(cfg.cells()) == 7
     transfer = load_config(Path(__file__).resolve().parents[1] / "cluster" / "generalization.yaml", AblationConfig)
     assert transfer.dataset_list() == ("cranfield", "cacm") and [c.name for c in transfer.cells()] == [
-        "reference", "distill_length=256", "pseudo_queries=1", "neighbors=0.0"]
+        "reference", "distill_length=256", "pseudo_queries=1", "neighbors=0.0", "probe_pseudo_queries=True"]
 
 
 def test_ablation_design_one_factor_at_a_time_and_factorial():

@@ -79,15 +79,16 @@ def _close_stale(tracking: Tracking, study: str) -> None:
 
 
 def _prepare_once(run: RunConfig, todo: list[Unit], *, several_collections: bool) -> None:
-    """Teacher, analysis and distillation targets of every distinct (collection, criterion), computed once
-    into the cache."""
+    """Teacher, analysis and distillation targets of every distinct collection, criterion, analysis and
+    distillation setting, computed once into the cache."""
     from sma.pipeline import prepare
 
     seen = set()
     for unit in todo:
         cfg = unit.config(run)
-        if (unit.dataset, cfg.prune.criterion) not in seen:
-            seen.add((unit.dataset, cfg.prune.criterion))
+        shared = (unit.dataset, cfg.prune.criterion, cfg.analysis, cfg.distill)
+        if shared not in seen:
+            seen.add(shared)
             folder = run.run_dir / collection_name(unit.dataset) if several_collections else run.run_dir
             prepare(replace(cfg, seed=run.seed), analysis_dir=folder / PHASE1_DIR)
 

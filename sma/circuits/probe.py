@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import torch
 
 from sma.circuits.config import AnalysisConfig
+from sma.config.sections import PSEUDO_QUERY_WORDS
 from sma.data import Qrels, Queries, RetrievalData, doc_text
+from sma.distill import pseudo_queries
 from sma.negatives import bm25_ranking, dense_ranking
 
 
@@ -86,6 +88,12 @@ def build_probe(data: RetrievalData, *, cfg: AnalysisConfig, model=None) -> Prob
         rng.shuffle(rel)
         rel.sort(key=lambda d: -qrels[q][d])  # stable: seeded order among equal grades
         positives[q] = rel[:cfg.positives_per_query]
+    if cfg.probe_pseudo_queries and len(qids) < cfg.probe_queries:
+        pseudo = _pseudo_probe_queries(data, cfg.probe_queries - len(qids), seed=cfg.seed)
+        queries = {**queries, **{q: text for q, (text, _) in pseudo.items()}}
+        qrels = {**qrels, **{q: {d: 1} for q, (_, d) in pseudo.items()}}
+        positives.update({q: [d] for q, (_, d) in pseudo.items()})
+        qids = [*qids, *pseudo]  # judged queries first: the one-unit ablations use the first ones
     depth = cfg.negatives_per_query + max(len(qrels[q]) for q in qids)
     texts = [queries[q] for q in qids]
     if cfg.negative_source == "bm25":
@@ -105,6 +113,22 @@ def build_probe(data: RetrievalData, *, cfg: AnalysisConfig, model=None) -> Prob
         relevant=tuple(tuple((index[d], g) for d, g in sorted(qrels[q].items()) if g > 0 and d in index)
                        for q in qids),
     )
+
+
+PSEUDO_PREFIX = "pseudo:"
+"""Query id of a pseudo-query: this + its source document's id."""
+
+
+def _pseudo_probe_queries(data: RetrievalData, n: int, *, seed: int) -> dict[str, tuple[str, str]]:
+    """``n`` label-free probe queries (fewer on a smaller corpus): ``{qid: (span of a document, that document)}``,
+    the documents drawn without replacement (seeded) among those with enough words for a span."""
+    rng = random.Random(f"probe-pseudo-{seed}")
+    lo = PSEUDO_QUERY_WORDS[0]
+    docs = sorted(d for d in data.corpus if len(doc_text(data.corpus[d]).split()) >= lo)
+    picked = rng.sample(docs, min(n, len(docs)))
+    spans = pseudo_queries([doc_text(data.corpus[d]) for d in picked], per_doc=1, words=PSEUDO_QUERY_WORDS,
+                           seed=seed)
+    return {PSEUDO_PREFIX + d: (text, d) for d, text in zip(picked, spans, strict=True)}
 
 
 def negative_mask(probe: ProbeSet) -> torch.Tensor:

@@ -39,6 +39,8 @@ FACTORS: tuple[Factor, ...] = (
     Factor("distill_length", "distill.max_length", (256,), "distillation texts cut at 256 tokens (evaluation's)"),
     Factor("pseudo_queries", "distill.pseudo_queries", (1,), "a pseudo-query per document among the texts"),
     Factor("neighbors", "distill.neighbor_share", (0.0,), "random distillation batches (no teacher neighbours)"),
+    Factor("probe_pseudo_queries", "analysis.probe_pseudo_queries", (True,),
+           "probe topped up with pseudo-queries when judged ones are few"),
 )
 FACTORS_BY_NAME = {f.name: f for f in FACTORS}
 REFERENCE = "reference"

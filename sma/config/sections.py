@@ -123,6 +123,10 @@ class EvalConfig:
         check("nDCG@10" in self.metrics, "eval.metrics", f"must include nDCG@10, got {list(self.metrics)}")
 
 
+PSEUDO_QUERY_WORDS = (6, 20)
+"""Length range (words) of a pseudo-query: a span cut from a document (see :func:`sma.distill.pseudo_queries`)."""
+
+
 @dataclass(frozen=True)
 class AnalysisConfig:
     """The mechanistic analysis of the dense teacher (unit importance and circuits)."""
@@ -132,6 +136,10 @@ class AnalysisConfig:
     estimate for choosing hyperparameters (the units kept are chosen on the probe). Never the test split."""
     probe_queries: int = 125
     """Probe queries sampled (seeded) from ``probe_splits``; fewer if the splits hold fewer."""
+    probe_pseudo_queries: bool = False
+    """When ``probe_splits`` hold fewer judged queries than ``probe_queries``, top the probe up with label-free
+    pseudo-queries: a span of ``PSEUDO_QUERY_WORDS`` words cut from a seeded random document, that document its
+    one positive (cacm: 20 training queries + 105 pseudo-queries)."""
     positives_per_query: int = 4
     """Relevant documents kept per probe query (most relevant first, seeded among ties)."""
     negatives_per_query: int = 4
@@ -240,7 +248,7 @@ class DistillConfig:
     together); ``None`` = all. Bounds the cost of an epoch on a large corpus; the quick test uses it."""
     pseudo_queries: int = 0
     """Random word spans cut from each document and added as short, query-like texts (no labels used)."""
-    pseudo_query_words: tuple[int, int] = (6, 20)
+    pseudo_query_words: tuple[int, int] = PSEUDO_QUERY_WORDS
     """Length range (words) of those spans."""
     neighbor_share: float = 0.5
     """Share of each batch made of groups of a text and its nearest texts by teacher embedding (the rest
