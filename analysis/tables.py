@@ -12,11 +12,12 @@ from analysis.pareto import REFERENCE_FRONT, hypervolume, pareto_front
 from analysis.runs import COLLECTION
 from analysis.stats import seed_summary
 from sma.config import SEARCHED
+from sma.config.ablation import RECIPE_PARAMS
 from sma.metrics import METRICS, OBJECTIVE, RETENTION
 
 SPARSITY = "params.sparsity"
 DEV, TEST = f"metrics.{OBJECTIVE}", f"metrics.{RETENTION}"
-CONFIG_PARAMS = tuple(f"params.{name}" for name in ("criterion", *(p.name for p in SEARCHED), "protect_circuits"))
+CONFIG_PARAMS = tuple(f"params.{name}" for name in dict.fromkeys((*RECIPE_PARAMS, *(p.name for p in SEARCHED))))
 """What makes two result runs the same configuration (the seed aside)."""
 
 AXES = {

@@ -32,6 +32,7 @@ from mlflow.entities import Metric, Param, RunStatus, ViewType
 from mlflow.tracking import MlflowClient
 
 from sma.config import RunConfig, params_of
+from sma.config.ablation import recipe_params
 from sma.tracking_ui import log_collection, mark_training_experiment
 
 log = logging.getLogger(__name__)
@@ -97,9 +98,9 @@ def git_commit() -> str:
 
 
 def result_params(cfg: RunConfig, sparsity: float) -> dict[str, Any]:
-    """Params of a result run (a search trial or a ``sma run`` sparsity): the searched values and the setting."""
-    return {**params_of(cfg), "sparsity": sparsity, "criterion": cfg.prune.criterion,
-            "protect_circuits": cfg.prune.protect_circuits, "model": cfg.model.name,
+    """Params of a result run (a search trial, an ablation cell or a ``sma run`` sparsity): the searched values,
+    every ablation factor's value (:func:`~sma.config.ablation.recipe_params`) and the setting."""
+    return {**params_of(cfg), **recipe_params(cfg), "sparsity": sparsity, "model": cfg.model.name,
             "dataset": cfg.data.dataset, "seed": cfg.seed}
 
 

@@ -236,3 +236,23 @@ def test_loading_runs_leaves_the_tracking_uri_as_it_was(store, monkeypatch):
     # neither the variable nor MLflow's global: a pinned global would send later fluent calls (models:/...) and,
     # through the variable, later searches to the default store
     assert "MLFLOW_TRACKING_URI" not in os.environ and utils._tracking_uri is None
+
+
+def test_cells_differing_only_in_a_transfer_factor_are_different_configurations():
+    import pandas as pd
+
+    from sma.config import RunConfig, apply_overrides
+    from sma.tracking import result_params
+
+    def runs(length: int, devs: tuple[float, float]) -> list[dict]:
+        params = result_params(apply_overrides(RunConfig(), {"distill.max_length": length}), 0.5)
+        return [{**{f"params.{k}": v for k, v in params.items()}, "params.seed": seed, "run_id": f"{length}-{seed}",
+                 "collection": "cacm", "metrics.dev_retention": dev, "metrics.test_retention": dev - 0.01,
+                 "metrics.actual_sparsity": 0.5} for seed, dev in zip((1, 2), devs, strict=True)]
+
+    df = pd.DataFrame(runs(128, (0.95, 0.94)) + runs(256, (0.97, 0.96)))
+    best = tables.results_table(df)
+    # 256 tokens: mean dev 0.965 over its own 2 seeds (pooled with 128's, it would be 4 runs at 0.955)
+    assert list(best["Seeds"]) == [2] and list(best["Dev retention"]) == ["96.50%"]
+    assert best["run_id"][0] == "256-1, 256-2"
+    assert sorted(tables.seed_table(df)["max_length"]) == [128, 256]

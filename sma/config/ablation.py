@@ -43,6 +43,21 @@ FACTORS: tuple[Factor, ...] = (
            "probe topped up with pseudo-queries when judged ones are few"),
 )
 FACTORS_BY_NAME = {f.name: f for f in FACTORS}
+
+
+def param_name(key: str) -> str:
+    """The MLflow param a factor's value is logged as: its key's last part (``distill.max_length`` ->
+    ``max_length``)."""
+    return key.rsplit(".", 1)[-1]
+
+
+RECIPE_PARAMS = tuple(dict.fromkeys(param_name(f.key) for f in FACTORS))
+"""Params that, with the searched hyperparameters, tell two result runs' recipes apart (the seed aside)."""
+
+
+def recipe_params(run: RunConfig) -> dict[str, Any]:
+    """Every factor's value in ``run``, by :func:`param_name`: logged with each result run."""
+    return {param_name(f.key): get_key(run, f.key) for f in FACTORS}
 REFERENCE = "reference"
 
 
