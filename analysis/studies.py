@@ -49,7 +49,8 @@ def _complete(study: optuna.Study) -> list[FrozenTrial]:
 def importances(study: optuna.Study, *, seed: int = 0) -> tuple[dict[str, float], str | None]:
     """fANOVA importances over the parameters whose value differs between COMPLETE trials, and a note.
 
-    Skipped (empty dict, with the reason) below 2 COMPLETE trials or when no parameter varies.
+    Skipped (empty dict, with the reason) below 2 COMPLETE trials, when no parameter varies or when every
+    trial scored the same.
     """
     complete = _complete(study)
     if len(complete) < 2:
@@ -59,6 +60,9 @@ def importances(study: optuna.Study, *, seed: int = 0) -> tuple[dict[str, float]
     constant = [p for p in names if p not in varied]
     if not varied:
         return {}, f"no parameter varied across COMPLETE trials ({', '.join(names) or 'none'})"
+    values = {t.value for t in complete}
+    if len(values) == 1:  # fANOVA has no variance to attribute (and raises)
+        return {}, f"every COMPLETE trial scored {values.pop():.6g}: no variance for importances to explain"
     imp = optuna.importance.get_param_importances(
         study, evaluator=FanovaImportanceEvaluator(seed=seed), params=varied)
     note = f"left out, constant across COMPLETE trials: {', '.join(constant)}" if constant else None

@@ -259,7 +259,7 @@ def locate_dataset(dataset: str) -> Path | str:
 
 
 def collection_name(dataset: object) -> str:
-    """The last part of a dataset argument: ``../shared/data/cacm/`` -> ``cacm``, ``BeIR/scifact`` -> ``scifact``;
+    """The last part of a dataset argument: ``path/to/cacm/`` -> ``cacm``, ``BeIR/scifact`` -> ``scifact``;
     ``""`` when no dataset was logged."""
     if not isinstance(dataset, str) or not dataset.strip():
         return ""

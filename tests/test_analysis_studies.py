@@ -77,6 +77,17 @@ def test_constant_parameter_left_out_of_importances(tmp_path):
     assert "gentleness" in rep.importance_note and rep.plots == {}
 
 
+def test_trials_that_all_scored_the_same_have_no_importances_but_a_note(tmp_path):
+    url = f"sqlite:///{tmp_path}/o.db"
+    study = optuna.create_study(storage=RDBStorage(url), study_name="flat", direction="maximize")
+    for alpha in (0.2, 0.8):
+        study.enqueue_trial({"alpha": alpha})
+    study.optimize(lambda trial: trial.suggest_float("alpha", 0.0, 1.0) * 0 + 1.0, n_trials=2)  # both keep 100 %
+    rep = study_report(url, "flat")
+    assert rep.importance == {} and "every COMPLETE trial scored 1" in rep.importance_note
+    assert rep.best is not None and rep.best.value == 1.0
+
+
 def test_too_few_complete_trials(tmp_path):
     rep = study_report(make_study(tmp_path, "one", PARAMS[:1]), "one", out_dir=tmp_path / "p")
     assert rep.best.number == 0 and rep.importance == {} and "at least 2" in rep.importance_note
