@@ -4,6 +4,7 @@ space, concurrency, CLI precedence, and MLflow run bookkeeping on a real SQLite 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import optuna
 import pytest
@@ -305,6 +306,21 @@ def test_an_ablation_on_two_collections_runs_every_cell_on_each_and_keys_units_b
     assert AblationConfig(run=run).dataset_list() == (run.data.dataset,)  # none named: the run's own
     with pytest.raises(ConfigError, match="datasets: need distinct collection names"):
         AblationConfig(run=run, datasets=("../data/cacm", "other/cacm"))
+
+
+def test_an_ablations_collections_reach_its_trials_as_absolute_paths(tmp_path, monkeypatch):
+    from sma.config import RunConfig
+    from sma.config.ablation import AblationConfig
+    from tune.ablation import resolved, units
+
+    for name in ("alpha", "beta"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path)
+    own = AblationConfig(run=apply_overrides(RunConfig(), {"data.dataset": "alpha"}), factors=("distill",))
+    assert {u.config(resolved(own).run).data.dataset for u in units(resolved(own), resolved(own).run)} == {
+        str(tmp_path / "alpha")}
+    both = resolved(replace(own, datasets=("alpha", "beta/", "scifact")))  # a hub name stays a name
+    assert both.dataset_list() == (str(tmp_path / "alpha"), str(tmp_path / "beta"), "scifact")
 
 
 def test_a_driver_without_gpus_says_so_when_the_trials_get_them(monkeypatch, caplog):

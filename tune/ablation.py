@@ -93,15 +93,24 @@ def _prepare_once(run: RunConfig, todo: list[Unit], *, several_collections: bool
             prepare(replace(cfg, seed=run.seed), analysis_dir=folder / PHASE1_DIR)
 
 
+def resolved(cfg: AblationConfig) -> AblationConfig:
+    """``cfg`` as its trials need it (they run elsewhere): the run resolved like a search's, and every
+    collection, the run's own included, by an absolute path where it is a local folder."""
+    from tune.search import absolute_if_local, resolve_run
+
+    return replace(cfg, run=resolve_run(cfg.run, eval_every_epoch=False),
+                   datasets=tuple(absolute_if_local(d) for d in cfg.datasets))
+
+
 def ablate(cfg: AblationConfig) -> dict[str, Any]:
     """Run (or resume) the ablation; returns a summary (units done, failed, the MLflow parent run)."""
-    from tune.search import absolute_if_local, resolve_run, warn_if_driver_lacks_gpus
+    from tune.search import warn_if_driver_lacks_gpus
 
-    run = resolve_run(cfg.run, eval_every_epoch=False)
-    cfg = replace(cfg, datasets=tuple(absolute_if_local(d) for d in cfg.datasets))
+    cfg = resolved(cfg)
+    run = cfg.run
     root = run.run_dir / "ablate"
     root.mkdir(parents=True, exist_ok=True)
-    save_config(replace(cfg, run=run), root / "ablation.json")
+    save_config(cfg, root / "ablation.json")
     study = f"{run.experiment}-ablation"
     tracking = Tracking.open(resolve_tracking_uri(run.mlflow_tracking_uri, run.output_dir), run.experiment)
     parent = _parent_run(tracking, study, cfg, run)
