@@ -150,8 +150,7 @@ def ablation_table(df: pd.DataFrame, per_query_by_run: dict[str, dict[str, float
                     continue
                 d = paired_difference(means[cell], means[REFERENCE_CELL], resamples=resamples, seed=seed)
                 rows.append({"collection": collection, "sparsity": sparsity, "cell": cell, "seeds": len(runs),
-                             "queries": d.n,
-                             "mean diff nDCG@10": d.mean, "ci_low": d.ci_low, "ci_high": d.ci_high,
+                             "queries": d.n, "mean diff nDCG@10": d.mean, "ci_low": d.ci_low, "ci_high": d.ci_high,
                              "wilcoxon p": d.p_value, "run_ids": " ".join(runs["run_id"])})
     table = pd.DataFrame(rows)
     if not table.empty:

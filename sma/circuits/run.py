@@ -49,8 +49,8 @@ class AnalysisResult:
         return tuple((str(k), int(n), int(i)) for k, n, i in self.circuits[method]["units"])
 
 
-COMMON = ("probe_splits", "probe_queries", "probe_pseudo_queries", "positives_per_query", "negatives_per_query", "negative_source",
-          "ablation", "temperature", "query_max_length", "doc_max_length", "batch_size", "seed")
+COMMON = ("probe_splits", "probe_queries", "probe_pseudo_queries", "positives_per_query", "negatives_per_query",
+          "negative_source", "ablation", "temperature", "query_max_length", "doc_max_length", "batch_size", "seed")
 """Settings every cached part depends on; each method adds its own (:data:`PART_SETTINGS`)."""
 PART_SETTINGS = {
     "stats": (),

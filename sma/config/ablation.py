@@ -58,6 +58,8 @@ RECIPE_PARAMS = tuple(dict.fromkeys(param_name(f.key) for f in FACTORS))
 def recipe_params(run: RunConfig) -> dict[str, Any]:
     """Every factor's value in ``run``, by :func:`param_name`: logged with each result run."""
     return {param_name(f.key): get_key(run, f.key) for f in FACTORS}
+
+
 REFERENCE = "reference"
 
 
