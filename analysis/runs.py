@@ -3,24 +3,32 @@
 Every pruned model SMA measures is an MLflow run tagged ``result=1``: a ``sma run`` sparsity (role
 ``sparsity``), a search trial (``trial``), an ablation cell (``cell``). :func:`load_runs` reads them with
 ``mlflow.search_runs`` into one frame (``run_id``, ``status``, ``params.*`` made numeric where they are,
-``metrics.*``, ``tags.*``, and :data:`COLLECTION`). :func:`per_query` downloads a run's ``metrics.json``
+``metrics.*``, ``tags.*``, and :data:`COLLECTION`; recipe params an older run did not log come from its parent's
+config). :func:`per_query` downloads a run's ``metrics.json``
 once into a local cache and returns one split's per-query values.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from sma.config import ConfigError, RunConfig, from_dict
+from sma.config.ablation import RECIPE_PARAMS, recipe_params
 from sma.data import collection_name
 from sma.tracking import COMMAND_TAG
 from sma.tracking import fluent_tracking_uri as tracking_uri
 
 RESULT_FILTER = "tags.result = '1'"
 METRICS_ARTIFACT = "metrics.json"
+CONFIG_ARTIFACT = "config.json"
+"""The run config a ``sma run`` logs on its parent run."""
+PARENT = "tags.mlflow.parentRunId"
 COLLECTION = "collection"
 """Column of :func:`load_runs`: the collection a run measured, by name (``params.dataset`` may be a folder
 path, a name under ``$SMA_DATA_DIR`` or a hub name: ``../data/cacm`` and ``cacm`` are one collection)."""
@@ -31,6 +39,42 @@ def _numeric_params(df: pd.DataFrame) -> pd.DataFrame:
         converted = pd.to_numeric(df[col], errors="coerce")
         if converted.notna().sum() == df[col].notna().sum():  # every logged value is a number
             df[col] = converted
+    return df
+
+
+def _logged_recipe(uri: str, run_id: str) -> dict[str, Any] | None:
+    """Every factor's value in the config logged on ``run_id`` (:data:`CONFIG_ARTIFACT`); ``None`` when the run
+    has none or it no longer parses."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = MlflowClient(tracking_uri=uri).download_artifacts(run_id, CONFIG_ARTIFACT, tmp)
+            return recipe_params(from_dict(RunConfig, json.loads(Path(path).read_text())))
+        except (MlflowException, OSError, ValueError, ConfigError):
+            return None
+
+
+def _fill_recipe_params(df: pd.DataFrame, uri: str) -> pd.DataFrame:
+    """Recipe params a result run did not log (it predates a factor) taken from the config its parent run
+    logged, so that it groups with the runs of the same recipe. Options added since that config was written
+    take their default, which is the behaviour before they existed."""
+    columns = [f"params.{name}" for name in RECIPE_PARAMS]
+    present = df.reindex(columns=columns)
+    missing = present.isna().any(axis=1)
+    if PARENT not in df.columns or not missing.any():
+        return df
+    for parent in df.loc[missing, PARENT].dropna().unique():
+        logged = _logged_recipe(uri, parent)
+        if logged is None:
+            continue
+        rows = missing & (df[PARENT] == parent)
+        for name, value in logged.items():
+            column = f"params.{name}"
+            if column not in df.columns:
+                df[column] = None
+            df.loc[rows & df[column].isna(), column] = str(value)  # as MLflow logs a param
     return df
 
 
@@ -51,7 +95,7 @@ def load_runs(experiment: str, *, uri: str, filter_string: str = RESULT_FILTER,
     df = df[df["status"].isin(tuple(statuses))].reset_index(drop=True)
     dataset = df["params.dataset"] if "params.dataset" in df.columns else pd.Series("", index=df.index)
     df[COLLECTION] = dataset.map(collection_name)
-    return _numeric_params(df)
+    return _numeric_params(_fill_recipe_params(df, uri))
 
 
 def commands(experiment: str, *, uri: str) -> list[str]:

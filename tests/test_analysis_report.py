@@ -256,3 +256,34 @@ def test_cells_differing_only_in_a_transfer_factor_are_different_configurations(
     assert list(best["Seeds"]) == [2] and list(best["Dev retention"]) == ["96.50%"]
     assert best["run_id"][0] == "256-1, 256-2"
     assert sorted(tables.seed_table(df)["max_length"]) == [128, 256]
+
+
+def test_a_run_older_than_a_factor_takes_its_value_from_the_config_its_parent_logged(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from sma.config import RunConfig, apply_overrides, save_config
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("old", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(exp_id).info.run_id
+    save_config(apply_overrides(RunConfig(), {"distill.max_length": 192, "distill.neighbor_share": 0.25}),
+                tmp_path / "config.json")
+    client.log_artifact(parent, str(tmp_path / "config.json"))
+    client.set_terminated(parent)
+    base = {"criterion": "mechanistic", "dataset": "cacm", "sparsity": 0.5, "seed": 1}
+    old = _log(client, exp_id, tmp_path, params=base, metrics=_metrics(0.5, 0.9, 0.9, 2.0),
+               per_query_test=dict.fromkeys(QUERIES, 0.5))
+    client.set_tag(old, "mlflow.parentRunId", parent)
+    new = _log(client, exp_id, tmp_path, params={**base, "seed": 2, "max_length": 128},
+               metrics=_metrics(0.5, 0.9, 0.9, 2.0), per_query_test=dict.fromkeys(QUERIES, 0.5))
+    client.set_tag(new, "mlflow.parentRunId", parent)  # what a run logged itself is kept
+    orphan = _log(client, exp_id, tmp_path, params={**base, "seed": 3}, metrics=_metrics(0.5, 0.9, 0.9, 2.0),
+                  per_query_test=dict.fromkeys(QUERIES, 0.5))
+
+    df = load_runs("old", uri=uri).set_index("run_id")
+    assert df.loc[old, "params.max_length"] == 192 and df.loc[old, "params.neighbor_share"] == 0.25
+    assert df.loc[old, "params.pseudo_queries"] == 0  # the config's default
+    assert df.loc[new, "params.max_length"] == 128
+    assert df.loc[new, "params.neighbor_share"] == 0.25  # missing from the run, so from the parent
+    assert df.loc[[orphan], "params.max_length"].isna().all()  # no parent, nothing to read
