@@ -68,3 +68,21 @@ def curves_plot(history: pd.DataFrame, labels: dict[str, str], path: Path) -> Pa
     if history["run_id"].nunique() <= 12:
         ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def time_plot(table: pd.DataFrame, path: Path) -> Path:
+    """Stacked minutes per phase, one bar per collection and sparsity (:func:`analysis.tables.time_table`)."""
+    phases = [c for c in table.columns if c not in ("Collection", "Sparsity", "Runs", "total")]
+    labels = [f"{c} {s}".strip() for c, s in zip(table["Collection"], table["Sparsity"], strict=True)]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(table) + 1.4))
+    left = pd.Series(0.0, index=table.index)
+    for i, phase in enumerate(phases):
+        values = table[phase].fillna(0.0)
+        ax.barh(labels, values, left=left, color=f"C{i}", label=phase.replace("_", " "))
+        left += values
+    ax.set_xlabel("minutes (mean over runs)")
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(phases), frameon=False)
+    return _save(fig, path)
+

@@ -55,6 +55,14 @@ def _results_sections(df: pd.DataFrame, out: Path) -> list[Section]:
         "the published front of the reference implementation (85.2 / 81.5 / 70.0 % at 30 / 50 / 70 %; "
         "1.4 / 2.0 / 2.8x).",
         tables=(("hypervolume.csv", hv), *front_tables), images=tuple(images)))
+    times = tables.time_table(df)
+    if not times.empty:
+        _save_csv(times, out / "time.csv")
+        sections.append(Section("Where the time goes", "Mean wall minutes of each phase of one sparsity: pruning "
+                                "steps (each with its distillation), post-prune recovery, dev/test evaluation over "
+                                "the whole corpus, the speed benchmark (and int8 where measured). Shared work "
+                                "(dense baseline, analysis) is cached across sparsities and seeds.",
+                                tables=(("time.csv", times),), images=(plots.time_plot(times, out / "time.png"),)))
     seeds = tables.seed_table(df)
     if not seeds.empty:
         _save_csv(seeds, out / "seeds.csv")

@@ -13,7 +13,7 @@ from analysis.runs import COLLECTION
 from analysis.stats import seed_summary
 from sma.config import SEARCHED
 from sma.config.ablation import RECIPE_PARAMS
-from sma.metrics import METRICS, OBJECTIVE, RETENTION
+from sma.metrics import METRICS, OBJECTIVE, PHASE_PREFIX, PHASES, RETENTION
 
 SPARSITY = "params.sparsity"
 DEV, TEST = f"metrics.{OBJECTIVE}", f"metrics.{RETENTION}"
@@ -156,3 +156,22 @@ def ablation_table(df: pd.DataFrame, per_query_by_run: dict[str, dict[str, float
     if not table.empty:
         table.insert(table.columns.get_loc("wilcoxon p") + 1, "holm p", holm(table["wilcoxon p"].tolist()))
     return table
+
+
+def time_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Where a sparsity's wall time goes: per collection and target sparsity, the mean minutes of each phase the
+    runs timed (``metrics.seconds_*``) and of the whole sparsity, over the runs that timed them. Empty when no
+    run did."""
+    prefix = f"metrics.{PHASE_PREFIX}"
+    phases = [c for c in (f"{prefix}{p}" for p in PHASES) if c in df.columns]
+    if not phases:
+        return pd.DataFrame()
+    rows = []
+    for collection, runs_of in by_collection(df.dropna(subset=phases, how="all")):
+        for sparsity, at in runs_of.groupby(SPARSITY, sort=True):
+            row: dict[str, object] = {"Collection": collection, "Sparsity": f"{100 * sparsity:.0f}%", "Runs": len(at)}
+            row.update({c.removeprefix(prefix): round(at[c].mean() / 60, 2) for c in phases})
+            row["total"] = round(at["metrics.seconds"].mean() / 60, 2)
+            rows.append(row)
+    return pd.DataFrame(rows)
+

@@ -37,6 +37,17 @@ _PER_SPLIT = (
     Metric("retention_int8", True, "int8 pruned nDCG@10 / dense float32 nDCG@10 (bench.int8)"),
 )
 
+PHASE_PREFIX = "seconds_"
+PHASES = {
+    "prune_steps": "the pruning steps, each with its distillation",
+    "recovery": "the post-prune distillation",
+    "evaluation": "dev/test evaluation of the pruned model over the whole corpus",
+    "benchmark": "the side-by-side speed benchmark",
+    "int8": "int8 evaluation and benchmark (bench.int8)",
+}
+"""Timed phases of one sparsity: metric ``seconds_<phase>`` is the wall time of that phase. ``results.json`` also
+has ``seconds_baseline`` and ``seconds_prepare``: the shared work (cached across sparsities and seeds)."""
+
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("sparsity", None, "target encoder sparsity"),
     Metric("actual_sparsity", None, "share of encoder parameters removed"),
@@ -54,6 +65,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("memory_ratio_int8", False, "int8 pruned / dense float32 encoder weight bytes (bench.int8)"),
     Metric("train_loss", False, "mean distillation loss of a post-prune epoch"),
     Metric("seconds", False, "wall time of one sparsity in the pipeline"),
+    *(Metric(f"{PHASE_PREFIX}{phase}", False, f"wall time of {what}") for phase, what in PHASES.items()),
 )}
 
 OBJECTIVE = "dev_retention"

@@ -37,6 +37,7 @@ from sma.layout import (
     RESULTS_FILE,
     sparsity_dir,
 )
+from sma.metrics import PHASE_PREFIX
 from sma.model import gradient_checkpointing
 from sma.prepare import Prepared, load_run_data
 from sma.prepare import prepare as prepare_shared
@@ -49,6 +50,17 @@ log = logging.getLogger(__name__)
 
 Reporter = Callable[[dict[str, float], Any], None]
 """Called with each post-prune epoch's metrics row and the student (a :class:`BiEncoder`) after it."""
+
+
+@contextlib.contextmanager
+def timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the block's wall time to ``seconds[PHASE_PREFIX + phase]`` (:data:`sma.metrics.PHASES`)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        key = PHASE_PREFIX + phase
+        seconds[key] = round(seconds.get(key, 0.0) + time.perf_counter() - start, 1)
 
 
 def setup_runtime(cfg: RunConfig) -> None:
@@ -86,6 +98,7 @@ def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None
     schedule = sparsity_schedule(sparsity, cfg.prune.gentleness, max_steps=cfg.prune.max_steps)
     plans: list[dict] = []
     history: list[dict[str, float]] = []
+    seconds: dict[str, float] = {}
     wrapped = wrap_ddp(student, world)
     for step, target in enumerate(schedule, start=1):
         plan: PruningPlan | None = None
@@ -100,8 +113,9 @@ def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None
         plans.append({"step": step, "target": target, "actual": report.sparsity, "plan": json.loads(plan.to_json())})
         log.info("s=%.2f step %d/%d: target %.4f actual %.4f", sparsity, step, len(schedule), target, report.sparsity)
         if step < len(schedule):
-            _distill(cfg, prep, wrapped, teacher, epochs=cfg.prune.step_epochs, rank=rank, world=world,
-                     seed_offset=step, desc=f"s={sparsity:.2f} step {step}")
+            with timed(seconds, "prune_steps"):
+                _distill(cfg, prep, wrapped, teacher, epochs=cfg.prune.step_epochs, rank=rank, world=world,
+                         seed_offset=step, desc=f"s={sparsity:.2f} step {step}")
     metrics_by_epoch: Callable[[int, float], None] | None = None
     if reporter is not None or cfg.distill.eval_every_epoch:
         def metrics_by_epoch(epoch: int, loss: float) -> None:
@@ -111,9 +125,11 @@ def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None
             history.append(row)
             if reporter is not None:
                 reporter(row, student)
-    _distill(cfg, prep, wrapped, teacher, epochs=cfg.distill.post_prune_epochs, rank=rank, world=world,
-             seed_offset=0, desc=f"s={sparsity:.2f} post-prune", on_epoch=metrics_by_epoch)
-    result = _measure(cfg, prep, teacher, student, sparsity, rank, world)
+    with timed(seconds, "recovery"):
+        _distill(cfg, prep, wrapped, teacher, epochs=cfg.distill.post_prune_epochs, rank=rank, world=world,
+                 seed_offset=0, desc=f"s={sparsity:.2f} post-prune", on_epoch=metrics_by_epoch)
+    result = _measure(cfg, prep, teacher, student, sparsity, rank, world, seconds)
+    result.update(seconds)
     result["seconds"] = round(time.time() - started, 1)
     result["schedule"] = schedule
     result["structure"] = structure(student.encoder)
@@ -144,11 +160,13 @@ def _dev_row(cfg: RunConfig, prep: Prepared, student, rank: int, world: int) -> 
     return broadcast(row, world)
 
 
-def _measure(cfg: RunConfig, prep: Prepared, teacher, student, sparsity: float, rank: int, world: int) -> dict[str, Any]:
+def _measure(cfg: RunConfig, prep: Prepared, teacher, student, sparsity: float, rank: int, world: int,
+             seconds: dict[str, float]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if rank == 0:
         report = encoder_sparsity(student.encoder)
-        res, mine = evaluate_model(student, prep.data, cfg)
+        with timed(seconds, "evaluation"):
+            res, mine = evaluate_model(student, prep.data, cfg)
         out = {"sparsity": sparsity, "actual_sparsity": report.sparsity,
                "actual_sparsity_with_embeddings": report.sparsity_with_embeddings,
                "per_query": {s: r.per_query for s, r in res.items()}}
@@ -169,13 +187,15 @@ def _measure(cfg: RunConfig, prep: Prepared, teacher, student, sparsity: float, 
         if cfg.bench.enabled:
             from sma.bench import benchmark
 
-            b = benchmark(teacher.encoder, student.encoder, seq_len=cfg.bench.seq_len,
-                          batch_size=cfg.bench.batch_size, repeats=cfg.bench.repeats, threads=cfg.bench.threads,
-                          device=resolve_device(cfg.bench.device))
+            with timed(seconds, "benchmark"):
+                b = benchmark(teacher.encoder, student.encoder, seq_len=cfg.bench.seq_len,
+                              batch_size=cfg.bench.batch_size, repeats=cfg.bench.repeats,
+                              threads=cfg.bench.threads, device=resolve_device(cfg.bench.device))
             out.update({"speedup": b.speedup, "memory_ratio": b.encoder_weight_ratio,
                         "memory_ratio_with_embeddings": b.weight_ratio, "bench": b.to_dict()})
         if cfg.bench.int8:
-            out.update(_int8_metrics(cfg, prep, teacher, student, float32_embeddings=mine))
+            with timed(seconds, "int8"):
+                out.update(_int8_metrics(cfg, prep, teacher, student, float32_embeddings=mine))
     return out
 
 
@@ -222,8 +242,9 @@ def run(cfg: RunConfig) -> dict:
     if lead:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / CONFIG_FILE)
+    shared: dict[str, float] = {}
     with _tracked(cfg, out / CONFIG_FILE) if lead else contextlib.nullcontext() as tracked:
-        with rank_zero_first(world):
+        with rank_zero_first(world), timed(shared, "baseline"):
             data = load_run_data(cfg)
             baseline = get_teacher(cfg, data)
         results: dict[str, Any] = {
@@ -236,14 +257,16 @@ def run(cfg: RunConfig) -> dict:
                          "metrics": {s: r.mean for s, r in baseline.metrics.items()},
                          "train_losses": list(baseline.train_losses)},
             "sparsities": [],
+            **shared,
         }
         if lead:
             write_json(out / BASELINE_PER_QUERY_FILE, {s: r.per_query for s, r in baseline.metrics.items()})
             print(format_table(results), flush=True)  # the dense numbers now; the pruning rows when they are done
         prep = None
         if cfg.sparsity:  # analysis and teacher targets only when something is pruned
-            with rank_zero_first(world):
+            with rank_zero_first(world), timed(shared, "prepare"):
                 prep = prepare(cfg, analysis_dir=out / PHASE1_DIR if lead else None, data=data, dense=baseline)
+            results.update(shared)
         for s in cfg.sparsity:
             with tracked.sparsity(s) if tracked is not None else contextlib.nullcontext() as child:
                 r = run_sparsity(cfg, s, prepared=prep)

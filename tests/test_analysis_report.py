@@ -287,3 +287,22 @@ def test_a_run_older_than_a_factor_takes_its_value_from_the_config_its_parent_lo
     assert df.loc[new, "params.max_length"] == 128
     assert df.loc[new, "params.neighbor_share"] == 0.25  # missing from the run, so from the parent
     assert df.loc[[orphan], "params.max_length"].isna().all()  # no parent, nothing to read
+
+
+def test_time_table_gives_mean_minutes_per_phase_of_the_runs_that_timed_them():
+    import pandas as pd
+
+    df = pd.DataFrame([
+        {"collection": "cacm", "params.sparsity": 0.5, "metrics.seconds_recovery": 600.0,
+         "metrics.seconds_evaluation": 60.0, "metrics.seconds": 900.0},
+        {"collection": "cacm", "params.sparsity": 0.5, "metrics.seconds_recovery": 1200.0,
+         "metrics.seconds_evaluation": 120.0, "metrics.seconds": 1500.0},
+        {"collection": "cacm", "params.sparsity": 0.5, "metrics.seconds": 7000.0},  # an older run, not timed
+        {"collection": "cranfield", "params.sparsity": 0.3, "metrics.seconds_recovery": 30.0,
+         "metrics.seconds_evaluation": 6.0, "metrics.seconds": 60.0},
+    ])
+    table = tables.time_table(df)
+    assert list(table["Collection"]) == ["cacm", "cranfield"] and list(table["Runs"]) == [2, 1]
+    assert list(table["recovery"]) == [15.0, 0.5] and list(table["evaluation"]) == [1.5, 0.1]
+    assert list(table["total"]) == [20.0, 1.0]
+    assert tables.time_table(df.drop(columns=["metrics.seconds_recovery", "metrics.seconds_evaluation"])).empty

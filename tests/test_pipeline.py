@@ -10,6 +10,7 @@ import pytest
 from sma import prepare as prepare_mod
 from sma.config import RunConfig, apply_overrides
 from sma.evaluate import evaluate_model, split_agreement
+from sma.metrics import PHASES
 from sma.model import BiEncoder
 from sma.pipeline import prepare as prepare_phase1
 from sma.pipeline import run, run_sparsity
@@ -58,6 +59,12 @@ def test_pipeline_end_to_end_writes_table_and_files(tiny_model_dir, tiny_beir, t
         assert again["test"].per_query == metrics["per_query"]["test"]
         agree = split_agreement(emb, shared.teacher_eval)["test"]  # nDCG on 3 queries is coarse; cosines are not
         assert (agree.corpus_cosine, agree.query_cosine) == (row["corpus_cosine"], row["test_query_cosine"])
+        # where the time went: every phase timed, and together no longer than the whole sparsity
+        phases = {k: v for k, v in row.items() if k.startswith("seconds_")}
+        assert set(phases) == {f"seconds_{p}" for p in PHASES if p != "int8"}  # int8 is not measured here
+        assert all(v >= 0 for v in phases.values()) and sum(phases.values()) <= row["seconds"] + 0.2
+    assert saved["seconds_baseline"] >= 0 and saved["seconds_prepare"] >= 0
+    assert saved["seconds_baseline"] + saved["seconds_prepare"] <= saved["seconds"]
     assert (out / "config.json").is_file()
     assert (out / "phase1" / "importance_scores.json").is_file() and (out / "phase1" / "circuits.json").is_file()
     assert not (out / "phase1" / "phase1").exists()
