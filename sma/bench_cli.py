@@ -78,7 +78,7 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
     for target in cfg.sparsity:
         pruned = copy.deepcopy(dense)
         plan = plan_for_sparsity(pruned, scorer(pruned), target, allocation=cfg.prune.allocation, split=cfg.prune.split,
-                                 neuron_multiple=cfg.prune.neuron_multiple)
+                                 neuron_multiple=cfg.prune.neuron_multiple, whole_layers=cfg.prune.whole_layers)
         apply_plan(pruned, plan)
         for dt in dtypes:
             res = benchmark(dense, pruned, seq_len=b.seq_len, batch_size=b.batch_size, repeats=b.repeats,

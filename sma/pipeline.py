@@ -105,7 +105,8 @@ def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None
         if rank == 0:
             plan = plan_for_sparsity(student.encoder, scores, target, allocation=cfg.prune.allocation,
                                      split=cfg.prune.split, min_heads_per_layer=cfg.prune.min_heads_per_layer,
-                                     protected=sorted(protected), neuron_multiple=cfg.prune.neuron_multiple)
+                                     protected=sorted(protected), neuron_multiple=cfg.prune.neuron_multiple,
+                                     whole_layers=cfg.prune.whole_layers)
         plan = broadcast(plan, world)
         apply_plan(student, plan)
         wrapped = wrap_ddp(student, world)  # shapes changed: DDP must be rebuilt

@@ -264,3 +264,18 @@ def test_the_pipeline_rounds_neuron_counts_when_asked(tiny_model_dir, tiny_beir,
     run_sparsity(plain, 0.5, out_dir=tmp_path / "y")
     exact = [len(u.neurons) for u in unit_ids(load_pruned(tmp_path / "y" / "model"))]
     assert all(k % 16 == 0 for k in kept) and any(e % 16 for e in exact), (kept, exact)
+
+
+def test_the_pipeline_empties_whole_layers_when_asked(tiny_model_dir, tiny_beir, tmp_path):
+    from sma.prune import unit_ids
+
+    # one shot: half of the 2 layers' parameters holds one whole layer (its LayerNorms stay), the other loses ~2 %
+    cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path, **{"bench.enabled": False, "prune.whole_layers": 1,
+                                                       "prune.gentleness": 0.0, "distill.post_prune_epochs": 0})
+    res = run_sparsity(cfg, 0.5, out_dir=tmp_path / "x")
+    plans = json.loads((tmp_path / "x" / "plan.json").read_text())
+    emptied = plans[-1]["plan"]["layers"]
+    assert len(plans) == 1 and len(emptied) == 1
+    units = unit_ids(load_pruned(tmp_path / "x" / "model"))
+    assert [i for i, u in enumerate(units) if not u.heads and not u.neurons] == emptied
+    assert abs(res["actual_sparsity"] - 0.5) <= 0.005

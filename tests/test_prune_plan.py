@@ -244,3 +244,75 @@ def test_rounding_takes_unprotected_neurons_first(minilm_shaped):
     plan = plan_for_sparsity(model, scores, 0.6, allocation="per_layer", split="proportional", neuron_multiple=64,
                              protected=[("neuron", 0, weakest_kept)])
     assert (1536 - len(plan.neurons[0])) % 64 == 0 and weakest_kept not in plan.neurons[0]
+
+
+def _layered_scores(model, low: dict[int, float]) -> UnitScores:
+    """Every unit of layer ``l`` scores ``low.get(l, 1.0)`` plus a small per-unit spread (seeded)."""
+    rng = random.Random(7)
+    from sma.prune import dense_sizes
+
+    h, n = dense_sizes(model)
+    return UnitScores(heads=[[low.get(la, 1.0) * 100 + rng.random() for _ in range(h)] for la in range(6)],
+                      neurons=[[low.get(la, 1.0) + 0.01 * rng.random() for _ in range(n)] for la in range(6)])
+
+
+UNITS_OF_A_LAYER = 12 * MINI_HEAD + 1536 * MINI_NEURON  # what emptying a MiniLM layer removes (LayerNorms stay)
+
+
+def test_whole_layers_empty_the_least_important_layers_then_the_rest_share_the_target(minilm_shaped):
+    import copy
+
+    model = copy.deepcopy(minilm_shaped)
+    plan = plan_for_sparsity(model, _layered_scores(model, {3: 0.01, 1: 0.1}), 0.8, allocation="per_layer",
+                             split="proportional", whole_layers=2)
+    assert plan.layers == (1, 3)
+    assert all(len(plan.heads[la]) == 12 and len(plan.neurons[la]) == 1536 for la in (1, 3))
+    assert all("whole layer" in d.reason for d in plan.decisions if d.layer in (1, 3))
+    apply_plan(model, plan)
+    assert abs(encoder_sparsity(model).sparsity - 0.8) <= MINI_NEURON / (6 * MINI_LAYER) + 1e-12
+    # the four other layers share the rest: (0.8 * 6 layers - 2 emptied) / 4 of each one's parameters
+    rest = (0.8 * 6 * MINI_LAYER - 2 * UNITS_OF_A_LAYER) / (4 * MINI_LAYER)
+    for layer in (0, 2, 4, 5):
+        gone = len(plan.heads[layer]) * MINI_HEAD + len(plan.neurons[layer]) * MINI_NEURON
+        assert abs(gone - rest * MINI_LAYER) <= MINI_HEAD  # within a head of its share (whole heads, then neurons)
+        assert len(plan.heads[layer]) == round(rest * 12) == 8  # its share of heads, the rest in neurons
+    assert "whole layer" in plan.summary() and PruningPlan.from_json(plan.to_json()).layers == (1, 3)
+
+
+def test_a_layer_holding_circuit_units_is_emptied_last(minilm_shaped):
+    import copy
+
+    model = copy.deepcopy(minilm_shaped)
+    scores = _layered_scores(model, {3: 0.01, 1: 0.1, 4: 0.5})
+    plan = plan_for_sparsity(model, scores, 0.8, allocation="per_layer", split="proportional", whole_layers=2,
+                             protected=[("head", 3, 0)])
+    assert plan.layers == (1, 4)
+
+
+def test_the_target_caps_how_many_layers_go_and_emptied_layers_count_across_steps(minilm_shaped):
+    import copy
+
+    model = copy.deepcopy(minilm_shaped)
+    scores = _layered_scores(model, {3: 0.01, 1: 0.1, 4: 0.5})
+    first = plan_for_sparsity(model, scores, 0.3, allocation="per_layer", split="proportional", whole_layers=3)
+    assert first.layers == (3,)  # 0.3 of 6 layers holds one whole layer, not two
+    apply_plan(model, first)
+    second = plan_for_sparsity(model, scores, 0.8, allocation="per_layer", split="proportional", whole_layers=3)
+    assert second.layers == (1, 3, 4) and 3 not in second.heads  # layer 3 was already empty: nothing left there
+    apply_plan(model, second)
+    assert abs(encoder_sparsity(model).sparsity - 0.8) <= MINI_NEURON / (6 * MINI_LAYER) + 1e-12
+    with pytest.raises(ValueError, match="min_heads_per_layer"):
+        plan_for_sparsity(model, scores, 0.8, whole_layers=1, min_heads_per_layer=1)
+
+
+def test_no_layer_is_emptied_when_the_others_are_already_pruned_beyond_their_new_share(minilm_shaped):
+    import copy
+
+    model = copy.deepcopy(minilm_shaped)
+    scores = _layered_scores(model, {3: 0.01, 1: 0.1})
+    apply_plan(model, plan_for_sparsity(model, scores, 0.75, allocation="per_layer", split="proportional"))
+    plan = plan_for_sparsity(model, scores, 0.8, allocation="per_layer", split="proportional", whole_layers=2)
+    # one layer: the other five need (0.8 * 6 - 1) / 5 = 0.76 each, beyond their 0.75; a second would ask 0.70
+    assert plan.layers == (3,)
+    apply_plan(model, plan)
+    assert abs(encoder_sparsity(model).sparsity - 0.8) <= MINI_NEURON / (6 * MINI_LAYER) + 1e-12

@@ -208,6 +208,10 @@ class PruneConfig:
     neuron_multiple: int = 1
     """Each layer keeps a multiple of this many FFN neurons (the nearest; the target is then met on average
     over layers): matrix kernels run faster on such shapes. 1 = exactly the target."""
+    whole_layers: int = 0
+    """Depth: empty up to this many whole layers first (every head and neuron; least important layer by total
+    score per parameter first, circuit-holding layers last), as many as each step's target holds; the other
+    layers share the rest of the target. 0 = width only."""
 
     def __post_init__(self) -> None:
         check_choice(self.criterion, CRITERIA, "prune.criterion")
@@ -215,7 +219,9 @@ class PruneConfig:
         check_choice(self.split, SPLITS, "prune.split")
         check(0.0 <= self.gentleness <= 1.0, "prune.gentleness", f"must be in [0, 1], got {self.gentleness}")
         check_at_least(self, 1, "prune.", "max_steps", "neuron_multiple")
-        check_at_least(self, 0, "prune.", "step_epochs", "min_heads_per_layer")
+        check_at_least(self, 0, "prune.", "step_epochs", "min_heads_per_layer", "whole_layers")
+        check(not (self.whole_layers and self.min_heads_per_layer), "prune.whole_layers",
+              f"empties layers, which prune.min_heads_per_layer={self.min_heads_per_layer} forbids")
 
     @property
     def protects_circuit(self) -> bool:

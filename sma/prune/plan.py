@@ -5,6 +5,11 @@
 Units compete by importance per parameter (``score / params``; a head owns ``4*h*d + 3*d`` parameters in
 BERT, a neuron ``2*h + 1``), least important first. Selection never overshoots while smaller units can
 still fill the gap, so the result lands within one FFN neuron of the target whenever neurons remain.
+
+Depth: with ``whole_layers`` > 0 the plan first empties whole layers (every head and neuron), the least
+important layer by total score per parameter first and layers holding protected (circuit) units last, as many
+as the target holds; the rest of the target comes from the other layers' units. An emptied layer computes
+nothing but its two LayerNorms (and the output biases it keeps): its matrices are gone.
 """
 
 from __future__ import annotations
@@ -134,9 +139,13 @@ def _reason(c: _Candidate, rank: int, n: int, scope: str, target: float) -> str:
 
 
 def _check_args(target: float, allocation: str, split: str, protected: Collection[tuple[str, int, int]],
-                neuron_multiple: int) -> None:
+                neuron_multiple: int, whole_layers: int, min_heads: int) -> None:
     if not 0.0 <= target < 1.0:
         raise ValueError(f"target must be in [0, 1), got {target}")
+    if whole_layers < 0:
+        raise ValueError(f"whole_layers must be at least 0, got {whole_layers}")
+    if whole_layers and min_heads:
+        raise ValueError(f"whole_layers={whole_layers} empties layers, which min_heads_per_layer={min_heads} forbids")
     if neuron_multiple < 1:
         raise ValueError(f"neuron_multiple must be at least 1, got {neuron_multiple}")
     if allocation not in ALLOCATIONS or split not in SPLITS:
@@ -195,9 +204,55 @@ def _round_neurons(cands: list[_Candidate], ids: list[LayerUnits], state: _State
     return added
 
 
+def _unit_params(c: LayerCount) -> int:
+    """What emptying layer ``c`` removes, counted from dense: every head and neuron (LayerNorms and output
+    biases stay)."""
+    return c.dense_heads * c.head_cost + c.dense_neurons * c.neuron_cost
+
+
+def _empty_layers(cands: list[_Candidate], counts: list[LayerCount], target: float, whole_layers: int,
+                  state: _State) -> tuple[list[int], dict[int, str]]:
+    """Empty up to ``whole_layers`` layers in total (layers the model already holds empty count), never more
+    than ``target`` holds, and none that would leave another layer already pruned beyond its new share (units a
+    step removed cannot come back): take every unit of the chosen layers into ``state``. Returns the layers now
+    empty (old and new) and, per unit candidate taken, its reason."""
+    dense = sum(c.dense_params for c in counts)
+    empty = [c.index for c in counts if c.heads == 0 and c.neurons == 0]
+    fits, removed = [], sum(_unit_params(c) for c in counts if c.index in empty)
+    by_layer = {c.index: [u for u in cands if u.layer == c.index] for c in counts if c.index not in empty}
+
+    def key(layer: int) -> tuple:
+        units = by_layer[layer]
+        return (any(u.protected for u in units), sum(u.score for u in units) / max(1, sum(u.cost for u in units)),
+                layer)
+
+    ranked = sorted(by_layer, key=key)
+    reasons: dict[int, str] = {}
+    for rank, layer in enumerate(ranked):
+        if len(empty) + len(fits) >= whole_layers:
+            break
+        units_dense = next(_unit_params(c) for c in counts if c.index == layer)
+        if removed + units_dense > target * dense + 1e-9:
+            break
+        others = [c for c in counts if c.index not in empty and c.index not in fits and c.index != layer]
+        share = (target * dense - removed - units_dense) / sum(c.dense_params for c in others)
+        if any(c.dense_params - c.params > share * c.dense_params + c.neuron_cost for c in others):
+            break
+        fits.append(layer)
+        removed += units_dense
+        units = by_layer[layer]
+        why = (f"whole layer {layer} emptied: rank {rank + 1} of {len(ranked)} layers by total score per parameter "
+               f"({sum(u.score for u in units):.4g} over {sum(u.cost for u in units)} params)"
+               + (", circuit units among them" if any(u.protected for u in units) else ""))
+        for u in units:
+            state.take(u)
+            reasons[id(u)] = why
+    return sorted(empty + fits), reasons
+
+
 def plan_for_sparsity(model: nn.Module, scores: UnitScores, target: float, *, allocation: str = "global",
                       min_heads_per_layer: int = 0, protected: Collection[tuple[str, int, int]] = (),
-                      split: str = "joint", neuron_multiple: int = 1) -> PruningPlan:
+                      split: str = "joint", neuron_multiple: int = 1, whole_layers: int = 0) -> PruningPlan:
     """A plan that brings the encoder (embeddings excluded) to ``target`` sparsity vs the DENSE model.
 
     ``model`` may already be pruned: only units it still holds are listed, and the plan removes what is
@@ -209,29 +264,36 @@ def plan_for_sparsity(model: nn.Module, scores: UnitScores, target: float, *, al
     ``"proportional"``: if their kind's share is unreachable without them, so layers keep the split).
     ``neuron_multiple`` > 1 then rounds each layer's kept FFN neurons to the nearest multiple it can hold
     (shapes the matrix kernels like): the target is met on average over layers, not exactly.
+    ``whole_layers`` > 0 first empties up to that many whole layers (see the module docstring); the other
+    layers then share what is left of the target as ``allocation`` says.
     Raises ``ValueError`` if the target cannot be reached under ``min_heads_per_layer``.
     """
-    _check_args(target, allocation, split, protected, neuron_multiple)
+    _check_args(target, allocation, split, protected, neuron_multiple, whole_layers, min_heads_per_layer)
     counts, ids = layer_counts(model), unit_ids(model)
     _check_scores(model, scores, len(counts))
     cands = _candidates(scores, ids, counts, {(k, int(la), int(u)) for k, la, u in protected})
     dense = sum(c.dense_params for c in counts)
     already = sum(c.dense_params - c.params for c in counts)
     state = _State(heads_left={c.index: c.heads for c in counts}, min_heads=min_heads_per_layer, chosen=[])
-    groups = [(cands, counts)] if allocation == "global" else [
-        ([c for c in cands if c.layer == cnt.index], [cnt]) for cnt in counts]
-    notes: list[str] = []
+    emptied, whole = _empty_layers(cands, counts, target, whole_layers, state) if whole_layers else ([], {})
+    rest = [c for c in counts if c.index not in emptied]
+    # the layers left share what the emptied ones do not cover, each toward the same sparsity
+    rest_target = max(0.0, target * dense - sum(_unit_params(c) for c in counts if c.index in emptied)) / max(
+        1, sum(c.dense_params for c in rest))
+    groups = [([c for c in cands if c.layer not in emptied], rest)] if allocation == "global" else [
+        ([c for c in cands if c.layer == cnt.index], [cnt]) for cnt in rest]
+    notes = [f"layers {emptied} emptied whole"] if emptied else []
     ranks: dict[int, tuple[int, int]] = {}
     excess = 0.0  # per_layer: what earlier layers removed beyond their share (rounding), carried forward
     for group, cnts in groups:
-        share = target * sum(c.dense_params for c in cnts) - sum(c.dense_params - c.params for c in cnts)
+        share = rest_target * sum(c.dense_params for c in cnts) - sum(c.dense_params - c.params for c in cnts)
         needed = share - excess
         if needed <= 0:
             excess = -needed
             if allocation == "per_layer" and share <= 0:
                 notes.append(f"layer {cnts[0].index} already beyond the target; nothing removed there")
             continue
-        got = _fill(group, cnts, needed, state, target=target, split=split)
+        got = _fill(group, cnts, needed, state, target=rest_target, split=split)
         excess = got - needed
         ranks.update({id(c): (i, len(group)) for i, c in enumerate(group)})
     rounded = _round_neurons(cands, ids, state, neuron_multiple) if neuron_multiple > 1 else set()
@@ -240,8 +302,9 @@ def plan_for_sparsity(model: nn.Module, scores: UnitScores, target: float, *, al
     scope = "all layers" if allocation == "global" else "within its layer"
     decisions = tuple(
         UnitDecision(kind=c.kind, layer=c.layer, unit=c.unit, score=c.score, params=c.cost,
-                     reason=(f"rounds the layer's neurons to a multiple of {neuron_multiple} (least important "
-                             f"kept neuron, score {c.score:.4g})") if id(c) in rounded
+                     reason=whole[id(c)] if id(c) in whole
+                     else (f"rounds the layer's neurons to a multiple of {neuron_multiple} (least important "
+                           f"kept neuron, score {c.score:.4g})") if id(c) in rounded
                      else _reason(c, *ranks[id(c)], scope, target))
         for c in sorted(state.chosen, key=lambda c: (c.layer, c.kind, c.unit)))
     heads: dict[int, list[int]] = {}
@@ -252,4 +315,4 @@ def plan_for_sparsity(model: nn.Module, scores: UnitScores, target: float, *, al
     return PruningPlan(
         heads={k: tuple(v) for k, v in heads.items()}, neurons={k: tuple(v) for k, v in neurons.items()},
         decisions=decisions, target=target, method=scores.method, allocation=f"{allocation}/{split}",
-        expected_sparsity=removed / dense, notes=tuple(notes))
+        expected_sparsity=removed / dense, notes=tuple(notes), layers=tuple(emptied))

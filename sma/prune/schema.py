@@ -123,8 +123,11 @@ class PruningPlan:
     expected_sparsity: float | None = None
     """Encoder sparsity (vs the dense model, embeddings excluded) once this plan is applied."""
     notes: tuple[str, ...] = ()
+    layers: tuple[int, ...] = ()
+    """Layers this plan leaves empty, chosen whole (``whole_layers``; their units are in ``heads``/``neurons``)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(sorted(int(x) for x in self.layers)))
         object.__setattr__(self, "heads", _ids_by_layer(self.heads, "head"))
         object.__setattr__(self, "neurons", _ids_by_layer(self.neurons, "neuron"))
         object.__setattr__(self, "decisions", tuple(self.decisions))
@@ -154,7 +157,8 @@ class PruningPlan:
             return {k: tuple(sorted(set(a.get(k, ())) | set(b.get(k, ())))) for k in set(a) | set(b)}
 
         return PruningPlan(heads=merge(self.heads, other.heads), neurons=merge(self.neurons, other.neurons),
-                           decisions=self.decisions + other.decisions, method=f"{self.method}+{other.method}")
+                           decisions=self.decisions + other.decisions, method=f"{self.method}+{other.method}",
+                           layers=tuple(set(self.layers) | set(other.layers)))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -162,7 +166,7 @@ class PruningPlan:
             "neurons": {str(k): list(v) for k, v in self.neurons.items()},
             "decisions": [asdict(d) for d in self.decisions],
             "target": self.target, "method": self.method, "allocation": self.allocation,
-            "expected_sparsity": self.expected_sparsity, "notes": list(self.notes),
+            "expected_sparsity": self.expected_sparsity, "notes": list(self.notes), "layers": list(self.layers),
         }
 
     def to_json(self, *, indent: int | None = None) -> str:
@@ -176,6 +180,7 @@ class PruningPlan:
             decisions=tuple(UnitDecision(**d) for d in data.get("decisions", ())),
             target=data.get("target"), method=data.get("method", "manual"), allocation=data.get("allocation"),
             expected_sparsity=data.get("expected_sparsity"), notes=tuple(data.get("notes", ())),
+            layers=tuple(data.get("layers", ())),
         )
 
     @classmethod
@@ -190,7 +195,8 @@ class PruningPlan:
         lines = [head]
         for layer in sorted(set(self.heads) | set(self.neurons)):
             h, n = self.heads.get(layer, ()), self.neurons.get(layer, ())
-            lines.append(f"  layer {layer:>2}: -{len(h):>3} heads {list(h)}  -{len(n):>5} neurons")
+            lines.append(f"  layer {layer:>2}: -{len(h):>3} heads {list(h)}  -{len(n):>5} neurons"
+                         + ("  (whole layer)" if layer in self.layers else ""))
         protected = [d for d in self.decisions if d.reason.startswith("protected")]
         if protected:
             lines.append(f"  {len(protected)} protected units had to be removed to meet the target")
