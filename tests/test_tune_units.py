@@ -268,6 +268,9 @@ def test_the_shipped_ablation_config_loads():
     transfer = load_config(Path(__file__).resolve().parents[1] / "cluster" / "generalization.yaml", AblationConfig)
     assert transfer.dataset_list() == ("cranfield", "cacm") and [c.name for c in transfer.cells()] == [
         "reference", "distill_length=256", "pseudo_queries=1", "neighbors=0.0", "probe_pseudo_queries=True"]
+    frontier = load_config(Path(__file__).resolve().parents[1] / "cluster" / "frontier.yaml", AblationConfig)
+    assert frontier.run.sparsity == (0.8, 0.9) and [c.name for c in frontier.cells()] == [
+        "reference", "whole_layers=2", "long_recovery=16", "layer_distill=1.0"]
 
 
 def test_ablation_design_one_factor_at_a_time_and_factorial():

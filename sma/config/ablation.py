@@ -41,6 +41,10 @@ FACTORS: tuple[Factor, ...] = (
     Factor("neighbors", "distill.neighbor_share", (0.0,), "random distillation batches (no teacher neighbours)"),
     Factor("probe_pseudo_queries", "analysis.probe_pseudo_queries", (True,),
            "probe topped up with pseudo-queries when judged ones are few"),
+    # what recovery extreme sparsity needs (cluster/frontier.yaml)
+    Factor("whole_layers", "prune.whole_layers", (2,), "up to two whole layers emptied first (depth)"),
+    Factor("long_recovery", "distill.post_prune_epochs", (16,), "twice the recovery epochs"),
+    Factor("layer_distill", "distill.hidden_weight", (1.0,), "every layer's token states distilled too"),
 )
 FACTORS_BY_NAME = {f.name: f for f in FACTORS}
 
