@@ -34,6 +34,13 @@ def _results_sections(df: pd.DataFrame, out: Path) -> list[Section]:
                         "/ dense test nDCG@10, sd of it over seeds; top-10 kept and corpus cosine: the label-free "
                         "agreement with the dense teacher).",
                         tables=(("results.csv", results),))]
+    profile = tables.collection_table(df)
+    if not profile.empty:
+        _save_csv(profile, out / "collections.csv")
+        sections.append(Section("Collections", "What the recipe's fixed lengths meet on each collection: documents, "
+                                "judged training queries, document length in tokens (untruncated) and the share of "
+                                "documents or queries longer than the distillation, evaluation and query lengths.",
+                                tables=(("collections.csv", profile),)))
     collections = tables.by_collection(df)
     images, front_tables, volumes = [], [], []
     for collection, runs in collections:

@@ -158,6 +158,33 @@ def ablation_table(df: pd.DataFrame, per_query_by_run: dict[str, dict[str, float
     return table
 
 
+COLLECTION_METRICS = {
+    "documents": "Documents", "train_queries": "Train queries", "doc_tokens_median": "Doc tokens (median)",
+    "doc_tokens_p90": "Doc tokens (p90)", "docs_over_distill_length": "Docs past distill length",
+    "docs_over_eval_length": "Docs past eval length", "queries_over_query_length": "Queries past query length",
+}
+"""The collection profile's metrics (:mod:`sma.collection_profile`) and their column names."""
+
+
+def collection_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per collection: its size, judged training queries and what the runs' length cuts meet (shares
+    as percentages). Runs on one collection under different cuts (an ablation of the distillation length)
+    give a row per cut. Empty when no run logged its collection's profile."""
+    cols = [f"metrics.{m}" for m in COLLECTION_METRICS if f"metrics.{m}" in df.columns]
+    if not cols:
+        return pd.DataFrame()
+    rows = []
+    for collection, runs in by_collection(df.dropna(subset=cols, how="all")):
+        for values, _ in runs.groupby(cols, dropna=False, sort=True):
+            row: dict[str, object] = {"Collection": collection}
+            for col, value in zip(cols, values, strict=True):
+                name = col.removeprefix("metrics.")
+                row[COLLECTION_METRICS[name]] = (f"{100 * value:.0f}%" if name.startswith(("docs_", "queries_"))
+                                                 else int(value))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def time_table(df: pd.DataFrame) -> pd.DataFrame:
     """Where a sparsity's wall time goes: per collection and target sparsity, the mean minutes of each phase the
     runs timed (``metrics.seconds_*``) and of the whole sparsity, over the runs that timed them. Empty when no

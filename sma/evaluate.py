@@ -214,13 +214,6 @@ def split_agreement(student: EvalEmbeddings, teacher: EvalEmbeddings, *, k: int 
     return out
 
 
-def longer_than(tokenizer, corpus: Corpus, tokens: int) -> set[str]:
-    """Ids of the documents whose text is longer than ``tokens`` tokens (special tokens included)."""
-    ids = list(corpus)
-    lengths = tokenizer([doc_text(corpus[d]) for d in ids], truncation=False, verbose=False)["input_ids"]
-    return {d for d, n in zip(ids, lengths, strict=True) if len(n) > tokens}
-
-
 def subset_cosine(student: EvalEmbeddings, teacher: EvalEmbeddings, doc_ids: set[str]) -> float | None:
     """Mean student-teacher cosine over the documents ``doc_ids`` (``None`` when there are none): e.g. the
     documents longer than the distillation length, whose tail the student was never distilled on."""

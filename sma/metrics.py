@@ -65,6 +65,14 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("memory_ratio_int8", False, "int8 pruned / dense float32 encoder weight bytes (bench.int8)"),
     Metric("train_loss", False, "mean distillation loss of a post-prune epoch"),
     Metric("seconds", False, "wall time of one sparsity in the pipeline"),
+    # the collection under the config's cuts (sma.collection_profile): the same for every run on it
+    Metric("documents", None, "documents in the collection"),
+    Metric("train_queries", None, "judged queries of the training split"),
+    Metric("doc_tokens_median", None, "median document length in tokens, untruncated"),
+    Metric("doc_tokens_p90", None, "90th percentile of document length in tokens, untruncated"),
+    Metric("docs_over_distill_length", None, "share of documents longer than distill.max_length"),
+    Metric("docs_over_eval_length", None, "share of documents longer than model.doc_max_length"),
+    Metric("queries_over_query_length", None, "share of judged queries longer than model.query_max_length"),
     *(Metric(f"{PHASE_PREFIX}{phase}", False, f"wall time of {what}") for phase, what in PHASES.items()),
 )}
 

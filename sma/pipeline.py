@@ -26,7 +26,7 @@ from sma.data import RetrievalData
 from sma.device import resolve_device
 from sma.distill import distill_epochs
 from sma.distributed import broadcast, rank_and_world, rank_zero_first, wrap_ddp
-from sma.evaluate import evaluate_model, evaluate_splits, longer_than, split_agreement, subset_cosine
+from sma.evaluate import evaluate_model, evaluate_splits, split_agreement, subset_cosine
 from sma.layout import (
     BASELINE_PER_QUERY_FILE,
     CONFIG_FILE,
@@ -171,7 +171,8 @@ def _measure(cfg: RunConfig, prep: Prepared, teacher, student, sparsity: float, 
         out = {"sparsity": sparsity, "actual_sparsity": report.sparsity,
                "actual_sparsity_with_embeddings": report.sparsity_with_embeddings,
                "per_query": {s: r.per_query for s, r in res.items()}}
-        long_docs = longer_than(student.tokenizer, prep.data.corpus, cfg.distill.max_length)
+        out.update(prep.profile.metrics())
+        long_docs = prep.profile.longer_than(cfg.distill.max_length)
         if (long := subset_cosine(mine, prep.teacher_eval, long_docs)) is not None:
             out["corpus_cosine_long"] = long
             out["long_documents"] = len(long_docs)
@@ -268,6 +269,7 @@ def run(cfg: RunConfig) -> dict:
             with rank_zero_first(world), timed(shared, "prepare"):
                 prep = prepare(cfg, analysis_dir=out / PHASE1_DIR if lead else None, data=data, dense=baseline)
             results.update(shared)
+            results["collection"] = prep.profile.to_dict()
         for s in cfg.sparsity:
             with tracked.sparsity(s) if tracked is not None else contextlib.nullcontext() as child:
                 r = run_sparsity(cfg, s, prepared=prep)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sma.cache import Cache
+from sma.collection_profile import CollectionProfile, profile_collection
 from sma.config import RunConfig
 from sma.data import RetrievalData, doc_text, load_data
 from sma.distill import DistillTexts, TaskPairs, pseudo_queries, teacher_embeddings
@@ -35,6 +36,8 @@ class Prepared:
     task: TaskPairs
     teacher_eval: EvalEmbeddings
     """The teacher's dev/test query and corpus embeddings at evaluation lengths (student agreement)."""
+    profile: CollectionProfile
+    """Token lengths of the collection under the config's cuts (logged with every result run)."""
 
     def load_teacher(self) -> BiEncoder:
         return self.teacher.load(self.cfg)
@@ -83,6 +86,9 @@ def prepare(cfg: RunConfig, *, analysis_dir: Path | None = None, data: Retrieval
     data = data if data is not None else load_run_data(cfg)
     dense = dense if dense is not None else get_teacher(cfg, data)
     teacher = dense.load(cfg)
+    profile = profile_collection(teacher.tokenizer, data, cfg)
+    for warning in profile.warnings(cfg):
+        log.warning("%s: %s", data.name, warning)
     if cfg.data.dev_split in cfg.analysis.probe_splits:
         log.warning("the analysis probe uses the %s split: units are chosen on it, so %s retention is biased "
                     "upwards and should not be used to choose hyperparameters", cfg.data.dev_split,
@@ -91,4 +97,5 @@ def prepare(cfg: RunConfig, *, analysis_dir: Path | None = None, data: Retrieval
     texts = distill_texts(cfg, data, dense, teacher)
     teacher_eval = teacher_eval_embeddings(cfg, data, dense, teacher, (cfg.data.dev_split, cfg.data.test_split))
     return Prepared(cfg=cfg, data=data, teacher=dense, teacher_computed=not dense.cached,
-                    importance=importance, texts=texts, task=task_pairs(cfg, data), teacher_eval=teacher_eval)
+                    importance=importance, texts=texts, task=task_pairs(cfg, data), teacher_eval=teacher_eval,
+                    profile=profile)

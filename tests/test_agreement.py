@@ -55,14 +55,33 @@ def test_split_agreement_matches_documents_by_id_and_skips_other_queries():
 def test_cosine_of_long_documents_by_hand(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from sma.evaluate import longer_than, subset_cosine
+    from sma.collection_profile import profile_collection
+    from sma.config import RunConfig, apply_overrides
+    from sma.data import RetrievalData
+    from sma.evaluate import subset_cosine
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))  # word-level: [CLS] + one token a word + [SEP]
     corpus = {"a": {"title": "", "text": "wing"}, "b": {"title": "flow", "text": "shock wave"},
               "c": {"title": "", "text": "heat transfer in a shell plate"}}
-    assert longer_than(tokenizer, corpus, 5) == {"c"}  # 3, 5 and 8 tokens
-    assert longer_than(tokenizer, corpus, 4) == {"b", "c"}
-    assert longer_than(tokenizer, corpus, 2) == {"a", "b", "c"}
+    data = RetrievalData(name="x", corpus=corpus, queries={"q1": "wing flow", "q2": "shell", "q3": "heat"},
+                         qrels={"train": {"q1": {"a": 1}}, "test": {"q2": {"c": 1}, "q3": {"c": 1}}})
+    cfg = apply_overrides(RunConfig(), {"distill.max_length": 5, "model.doc_max_length": 8,
+                                        "model.query_max_length": 3})
+    profile = profile_collection(tokenizer, data, cfg)
+    assert profile.longer_than(5) == {"c"}  # 3, 5 and 8 tokens
+    assert profile.longer_than(4) == {"b", "c"}
+    assert profile.longer_than(2) == {"a", "b", "c"}
+    assert profile.metrics() == {
+        "documents": 3.0, "train_queries": 1.0, "doc_tokens_median": 5.0,
+        "doc_tokens_p90": pytest.approx(5 + 0.8 * (8 - 5)),  # inclusive: 1.8 of the way from the first to the last
+        "docs_over_distill_length": pytest.approx(1 / 3), "docs_over_eval_length": 0.0,
+        "queries_over_query_length": pytest.approx(1 / 3)}  # "wing flow": 4 tokens
+    warnings = profile.warnings(cfg)
+    assert len(warnings) == 2 and "33% of judged queries" in warnings[0]  # 1 of 3 documents past 5 is no majority
+    assert "probe has 1 judged train queries" in warnings[1]
+    short = apply_overrides(cfg, {"distill.max_length": 2})
+    assert profile_collection(tokenizer, data, short).warnings(short)[0].startswith(
+        "100% of documents are longer than distill.max_length=2 tokens (median 5, 90th percentile 7)")
     student = EvalEmbeddings(doc_ids=("a", "b", "c"), docs=_unit([1, 0], [1, 1], [0, 1]), query_ids={}, queries={})
     teacher = EvalEmbeddings(doc_ids=("c", "b", "a"), docs=_unit([1, 1], [1, 1], [1, 0]), query_ids={}, queries={})
     # matched by id: a 1.0, b 1.0, c cos([0,1], [1,1]) = 1/sqrt(2)

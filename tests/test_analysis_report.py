@@ -306,3 +306,19 @@ def test_time_table_gives_mean_minutes_per_phase_of_the_runs_that_timed_them():
     assert list(table["recovery"]) == [15.0, 0.5] and list(table["evaluation"]) == [1.5, 0.1]
     assert list(table["total"]) == [20.0, 1.0]
     assert tables.time_table(df.drop(columns=["metrics.seconds_recovery", "metrics.seconds_evaluation"])).empty
+
+
+def test_collection_table_has_a_row_per_collection_and_cut():
+    import pandas as pd
+
+    def run(collection: str, docs: int, past: float) -> dict:
+        return {"collection": collection, "metrics.documents": docs, "metrics.train_queries": 20.0,
+                "metrics.doc_tokens_median": 28.0, "metrics.docs_over_distill_length": past}
+
+    df = pd.DataFrame([run("cacm", 3204, 0.2), run("cacm", 3204, 0.2), run("cacm", 3204, 0.05),
+                       run("cranfield", 1400, 0.78), {"collection": "old"}])
+    table = tables.collection_table(df)
+    assert list(table["Collection"]) == ["cacm", "cacm", "cranfield"]  # cacm under two distillation lengths
+    assert list(table["Docs past distill length"]) == ["5%", "20%", "78%"]
+    assert list(table["Documents"]) == [3204, 3204, 1400]
+    assert tables.collection_table(pd.DataFrame([{"collection": "old"}])).empty

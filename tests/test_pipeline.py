@@ -63,6 +63,9 @@ def test_pipeline_end_to_end_writes_table_and_files(tiny_model_dir, tiny_beir, t
         phases = {k: v for k, v in row.items() if k.startswith("seconds_")}
         assert set(phases) == {f"seconds_{p}" for p in PHASES if p != "int8"}  # int8 is not measured here
         assert all(v >= 0 for v in phases.values()) and sum(phases.values()) <= row["seconds"] + 0.2
+    # the collection under the config's cuts, logged with every row
+    assert all(row["documents"] == len(shared.data.corpus) for row in results["sparsities"])
+    assert saved["collection"]["judged_queries"] == {s: len(q) for s, q in shared.data.qrels.items()}
     assert saved["seconds_baseline"] >= 0 and saved["seconds_prepare"] >= 0
     assert saved["seconds_baseline"] + saved["seconds_prepare"] <= saved["seconds"]
     assert (out / "config.json").is_file()

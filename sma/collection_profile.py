@@ -1,0 +1,104 @@
+"""What the recipe's fixed sizes and lengths meet on a collection: token lengths of its documents and judged
+queries (the model's tokenizer, special tokens included), judged queries per split, and the share of texts
+longer than each length the config cuts them at.
+
+Every run computes it once (:func:`sma.prepare.prepare`), prints a warning where the defaults do not suit the
+collection (most documents longer than the distillation length, a probe short of judged queries), keeps it in
+``results.json`` and logs its numbers with every result run, so that a report can set collections side by side.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from sma.config import RunConfig
+from sma.data import RetrievalData, doc_text
+
+MOST = 0.5
+"""Share of documents past ``distill.max_length`` above which a run warns."""
+LONG_QUERIES = 0.05
+"""Share of judged queries past ``model.query_max_length`` above which a run warns."""
+
+
+def _lengths(tokenizer, texts: list[str]) -> list[int]:
+    return [len(ids) for ids in tokenizer(texts, truncation=False, verbose=False)["input_ids"]] if texts else []
+
+
+def _share_over(lengths: list[int], tokens: int) -> float:
+    return sum(n > tokens for n in lengths) / len(lengths) if lengths else 0.0
+
+
+def _p90(lengths: list[int]) -> float:
+    return statistics.quantiles(lengths, n=10, method="inclusive")[-1] if len(lengths) > 1 else float(sum(lengths))
+
+
+@dataclass(frozen=True)
+class CollectionProfile:
+    """Token lengths of one collection under one config's cuts."""
+
+    doc_lengths: dict[str, int]
+    """Tokens of each document's text (title + text), untruncated."""
+    query_lengths: tuple[int, ...]
+    """Tokens of each judged query of any split, untruncated."""
+    judged_queries: dict[str, int]
+    """Judged queries per split."""
+    distill_length: int
+    eval_length: int
+    query_length: int
+    train_split: str
+
+    def longer_than(self, tokens: int) -> set[str]:
+        """Ids of the documents longer than ``tokens`` tokens."""
+        return {d for d, n in self.doc_lengths.items() if n > tokens}
+
+    def metrics(self) -> dict[str, float]:
+        """The numbers logged with each result run (names in :data:`sma.metrics.METRICS`)."""
+        docs = list(self.doc_lengths.values())
+        return {
+            "documents": float(len(docs)),
+            "train_queries": float(self.judged_queries.get(self.train_split, 0)),
+            "doc_tokens_median": float(statistics.median(docs)) if docs else 0.0,
+            "doc_tokens_p90": float(_p90(docs)),
+            "docs_over_distill_length": _share_over(docs, self.distill_length),
+            "docs_over_eval_length": _share_over(docs, self.eval_length),
+            "queries_over_query_length": _share_over(list(self.query_lengths), self.query_length),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.metrics(), "judged_queries": dict(self.judged_queries), "distill_length": self.distill_length,
+                "eval_length": self.eval_length, "query_length": self.query_length}
+
+    def warnings(self, cfg: RunConfig) -> list[str]:
+        """One line for each place the config's lengths and sizes do not suit this collection."""
+        m, out = self.metrics(), []
+        if m["docs_over_distill_length"] > MOST and self.distill_length < self.eval_length:
+            out.append(f"{m['docs_over_distill_length']:.0%} of documents are longer than distill.max_length="
+                       f"{self.distill_length} tokens (median {m['doc_tokens_median']:.0f}, 90th percentile "
+                       f"{m['doc_tokens_p90']:.0f}): the student is distilled on their first {self.distill_length} "
+                       f"tokens only (corpus_cosine_long is its agreement with the teacher on them; "
+                       f"distill.max_length can go up to model.doc_max_length={self.eval_length})")
+        if m["queries_over_query_length"] > LONG_QUERIES:
+            out.append(f"{m['queries_over_query_length']:.0%} of judged queries are longer than "
+                       f"model.query_max_length={self.query_length} tokens and are cut there")
+        train = int(m["train_queries"])
+        probe = cfg.analysis.probe_queries
+        if cfg.data.train_split in cfg.analysis.probe_splits and train < probe / 2 \
+                and not cfg.analysis.probe_pseudo_queries:
+            out.append(f"the analysis probe has {train} judged {self.train_split} queries for "
+                       f"analysis.probe_queries={probe}: unit scores rest on few queries; "
+                       "analysis.probe_pseudo_queries=true tops the probe up with label-free spans of documents")
+        return out
+
+
+def profile_collection(tokenizer, data: RetrievalData, cfg: RunConfig) -> CollectionProfile:
+    """Tokenize every document and judged query of ``data`` once with ``tokenizer`` (no truncation)."""
+    ids = sorted(data.corpus)
+    judged = sorted({q for qrels in data.qrels.values() for q in qrels if q in data.queries})
+    return CollectionProfile(
+        doc_lengths=dict(zip(ids, _lengths(tokenizer, [doc_text(data.corpus[d]) for d in ids]), strict=True)),
+        query_lengths=tuple(_lengths(tokenizer, [data.queries[q] for q in judged])),
+        judged_queries={split: len(qrels) for split, qrels in data.qrels.items()},
+        distill_length=cfg.distill.max_length, eval_length=cfg.model.doc_max_length,
+        query_length=cfg.model.query_max_length, train_split=cfg.data.train_split)
