@@ -278,8 +278,9 @@ def plan_for_sparsity(model: nn.Module, scores: UnitScores, target: float, *, al
     emptied, whole = _empty_layers(cands, counts, target, whole_layers, state) if whole_layers else ([], {})
     rest = [c for c in counts if c.index not in emptied]
     # the layers left share what the emptied ones do not cover, each toward the same sparsity
-    rest_target = max(0.0, target * dense - sum(_unit_params(c) for c in counts if c.index in emptied)) / max(
-        1, sum(c.dense_params for c in rest))
+    rest_target = target if not emptied else max(
+        0.0, target * dense - sum(_unit_params(c) for c in counts if c.index in emptied)) / sum(
+        c.dense_params for c in rest)
     groups = [([c for c in cands if c.layer not in emptied], rest)] if allocation == "global" else [
         ([c for c in cands if c.layer == cnt.index], [cnt]) for cnt in rest]
     notes = [f"layers {emptied} emptied whole"] if emptied else []
