@@ -15,7 +15,7 @@ import pandas as pd
 
 from analysis import plots, tables
 from analysis.render import Section, to_html, to_markdown
-from analysis.runs import commands, display_uri, load_runs, metric_history, per_query
+from analysis.runs import commands, display_command, display_uri, load_runs, metric_history, per_query
 from sma.atomic import atomic_file, write_bytes, write_text
 
 log = logging.getLogger(__name__)
@@ -137,11 +137,14 @@ def _phase1_section(results_dir: Path) -> list[Section]:
 
 
 def _reproduce_section(experiment: str, uri: str, n_runs: int, command: str) -> Section:
-    made_by = commands(experiment, uri=uri)
+    logged = commands(experiment, uri=uri)
+    made_by = list(dict.fromkeys(display_command(c) for c in logged))
     report = command or f"sma report --experiment {experiment}"
+    named = (" Collections given as folders are shown by name: a BEIR folder of that name under "
+             "$SMA_DATA_DIR.") if made_by != logged else ""
     return Section("Reproduce", f"{n_runs} result runs of MLflow experiment {experiment!r} "
                    f"(store {display_uri(uri)}), made by the commands below (each tagged on its MLflow run), "
-                   "then this report:", code="\n".join([*made_by, report]))
+                   f"then this report.{named}", code="\n".join([*made_by, report]))
 
 
 def build_report(experiment: str, *, uri: str, results_dir: Path, resamples: int = 10_000,

@@ -11,6 +11,7 @@ once into a local cache and returns one split's per-query values.
 from __future__ import annotations
 
 import json
+import shlex
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -109,6 +110,31 @@ def commands(experiment: str, *, uri: str) -> list[str]:
     if df.empty:
         return []
     return list(dict.fromkeys(df[f"tags.{COMMAND_TAG}"].dropna()))
+
+
+DATASET_FLAGS = ("--dataset", "--datasets")
+
+
+def _is_folder_path(arg: str) -> bool:
+    return arg.startswith(("/", ".", "~")) or (len(arg) > 2 and arg[1] == ":")  # a hub name is org/name
+
+
+def display_command(command: str) -> str:
+    """``command`` as a results page shows it: a collection given as a folder path (``--dataset ../data/cacm``)
+    by its name (``--dataset cacm``), which ``$SMA_DATA_DIR`` resolves on the reader's machine; hub names and
+    every other argument as they were."""
+    out: list[str] = []
+    naming = False
+    for word in shlex.split(command):
+        flag, eq, value = word.partition("=")
+        if word.startswith("-"):
+            naming = flag in DATASET_FLAGS and not eq
+            if flag in DATASET_FLAGS and eq and _is_folder_path(value):
+                word = f"{flag}={collection_name(value)}"
+        elif naming and _is_folder_path(word):
+            word = collection_name(word)
+        out.append(word)
+    return shlex.join(out)
 
 
 def display_uri(uri: str, cwd: Path | None = None) -> str:

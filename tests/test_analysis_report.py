@@ -322,3 +322,16 @@ def test_collection_table_has_a_row_per_collection_and_cut():
     assert list(table["Docs past distill length"]) == ["5%", "20%", "78%"]
     assert list(table["Documents"]) == [3204, 3204, 1400]
     assert tables.collection_table(pd.DataFrame([{"collection": "old"}])).empty
+
+
+def test_a_results_page_names_collections_given_as_folders_by_name():
+    from analysis.runs import display_command
+
+    assert display_command("sma run --dataset ../shared/data/cacm --seed 43") == "sma run --dataset cacm --seed 43"
+    assert display_command("sma run --dataset=/abs/path/cranfield/ --seed 1") == "sma run --dataset=cranfield --seed 1"
+    assert display_command("sma ablate --datasets ./a/cranfield ~/b/cacm --seeds 3") == (
+        "sma ablate --datasets cranfield cacm --seeds 3")
+    # hub names, collections given by name and any other path stay as they were
+    for kept in ("sma run --dataset BeIR/scifact", "sma run --dataset cacm",
+                 "sma run --config ./c.yaml --output-dir ../results"):
+        assert display_command(kept) == kept
