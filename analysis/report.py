@@ -15,7 +15,7 @@ import pandas as pd
 
 from analysis import plots, tables
 from analysis.render import Section, to_html, to_markdown
-from analysis.runs import commands, display_command, display_uri, load_runs, metric_history, per_query
+from analysis.runs import PARENT, commands, display_command, display_uri, load_runs, metric_history, per_query
 from sma.atomic import atomic_file, write_bytes, write_text
 
 log = logging.getLogger(__name__)
@@ -136,8 +136,10 @@ def _phase1_section(results_dir: Path) -> list[Section]:
                     images=pngs)]
 
 
-def _reproduce_section(experiment: str, uri: str, n_runs: int, command: str) -> Section:
-    logged = commands(experiment, uri=uri)
+def _reproduce_section(experiment: str, uri: str, df: pd.DataFrame, command: str) -> Section:
+    n_runs = len(df)
+    parents = df[PARENT].dropna() if PARENT in df.columns else ()
+    logged = commands(experiment, uri=uri, parents=parents)
     made_by = list(dict.fromkeys(display_command(c) for c in logged))
     report = command or f"sma report --experiment {experiment}"
     named = (" Collections given as folders are shown by name: a BEIR folder of that name under "
@@ -163,7 +165,7 @@ def build_report(experiment: str, *, uri: str, results_dir: Path, resamples: int
     sections += _search_sections(df, results_dir, out, optuna_url)
     sections += _curves_section(df, uri, out)
     sections += _phase1_section(results_dir)
-    sections.append(_reproduce_section(experiment, uri, len(df), command))
+    sections.append(_reproduce_section(experiment, uri, df, command))
     title = f"SMA report: {experiment}"
     for section in sections:  # every image next to the Markdown that links it
         for image in section.images:

@@ -99,9 +99,10 @@ def load_runs(experiment: str, *, uri: str, filter_string: str = RESULT_FILTER,
     return _numeric_params(_fill_recipe_params(df, uri))
 
 
-def commands(experiment: str, *, uri: str) -> list[str]:
+def commands(experiment: str, *, uri: str, parents: Iterable[str] = ()) -> list[str]:
     """The command lines that made the experiment's runs (the ``command`` tag of its top-level runs), oldest
-    first, each once."""
+    first, each once. A command whose run was stopped or failed is left out unless it is among ``parents`` (the
+    parent runs of the results shown: a run stopped after some sparsities finished made those)."""
     import mlflow
 
     with tracking_uri(uri):
@@ -109,7 +110,8 @@ def commands(experiment: str, *, uri: str) -> list[str]:
                                 order_by=["attributes.start_time ASC"], output_format="pandas")
     if df.empty:
         return []
-    return list(dict.fromkeys(df[f"tags.{COMMAND_TAG}"].dropna()))
+    made = df["status"].isin(("FINISHED", "RUNNING")) | df["run_id"].isin(set(parents))
+    return list(dict.fromkeys(df.loc[made, f"tags.{COMMAND_TAG}"].dropna()))
 
 
 DATASET_FLAGS = ("--dataset", "--datasets")

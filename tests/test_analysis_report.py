@@ -335,3 +335,21 @@ def test_a_results_page_names_collections_given_as_folders_by_name():
     for kept in ("sma run --dataset BeIR/scifact", "sma run --dataset cacm",
                  "sma run --config ./c.yaml --output-dir ../results"):
         assert display_command(kept) == kept
+
+
+def test_a_stopped_command_is_shown_only_when_it_made_results(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from analysis.runs import commands
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("c", artifact_location=(tmp_path / "a").as_uri())
+    ids = {}
+    for start, (name, status) in enumerate((("done", "FINISHED"), ("stopped-early", "KILLED"),
+                                            ("stopped-after-one", "KILLED"), ("crashed", "FAILED")), start=1):
+        ids[name] = client.create_run(exp, start_time=start, tags={"command": f"sma run # {name}"}).info.run_id
+        client.set_terminated(ids[name], status)
+    assert commands("c", uri=uri) == ["sma run # done"]
+    assert commands("c", uri=uri, parents=[ids["stopped-after-one"]]) == [
+        "sma run # done", "sma run # stopped-after-one"]
