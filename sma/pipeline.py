@@ -26,7 +26,7 @@ from sma.data import RetrievalData
 from sma.device import resolve_device
 from sma.distill import distill_epochs
 from sma.distributed import broadcast, rank_and_world, rank_zero_first, wrap_ddp
-from sma.evaluate import evaluate_model, evaluate_splits, split_agreement, subset_cosine
+from sma.evaluate import evaluate_model, split_agreement, subset_cosine
 from sma.layout import (
     BASELINE_PER_QUERY_FILE,
     CONFIG_FILE,
@@ -153,11 +153,18 @@ def _distill(cfg: RunConfig, prep: Prepared, model: torch.nn.Module, teacher, *,
 
 
 def _dev_row(cfg: RunConfig, prep: Prepared, student, rank: int, world: int) -> dict[str, float]:
+    """Dev nDCG@10 and retention with the label-free agreement (corpus cosine, dev query cosine and top-10
+    kept), from one corpus encoding: how recovery progresses epoch by epoch."""
     row: dict[str, float] = {}
     if rank == 0:
-        res = evaluate_splits(student, prep.data, cfg, splits=(cfg.data.dev_split,))[cfg.data.dev_split]
-        dense = prep.teacher.metrics[cfg.data.dev_split].mean["ndcg_at_10"]
+        split = cfg.data.dev_split
+        results, mine = evaluate_model(student, prep.data, cfg, splits=(split,))
+        res = results[split]
+        dense = prep.teacher.metrics[split].mean["ndcg_at_10"]
         row = {"dev_ndcg_at_10": res.mean["ndcg_at_10"], "dev_retention": res.mean["ndcg_at_10"] / dense}
+        if (agree := split_agreement(mine, prep.teacher_eval).get(split)) is not None:
+            row.update({"corpus_cosine": agree.corpus_cosine, f"{split}_query_cosine": agree.query_cosine,
+                        f"{split}_top10_overlap": agree.top10_overlap})
     return broadcast(row, world)
 
 

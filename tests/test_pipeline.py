@@ -101,6 +101,8 @@ def test_reporter_gets_each_post_prune_epoch(tiny_model_dir, tiny_beir, tmp_path
     res = run_sparsity(cfg, 0.3, out_dir=tmp_path / "x", reporter=lambda row, student: rows.append(row))
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[-1]["dev_retention"] == pytest.approx(res["dev_retention"])
+    for key in ("corpus_cosine", "dev_query_cosine", "dev_top10_overlap"):  # agreement, epoch by epoch
+        assert rows[-1][key] == pytest.approx(res[key], abs=1e-6)
 
 
 def test_dense_only_run_reports_the_baseline_before_and_after_fine_tuning(tiny_model_dir, tiny_beir, tmp_path,
