@@ -1,8 +1,10 @@
-"""Servers the tests start (MLflow, optuna-dashboard): a free loopback port, waiting for them, the addresses
-they listen on, and stopping their process group."""
+"""Servers the tests start (MLflow, optuna-dashboard, Ray): a free loopback port, waiting for them, the addresses
+they listen on, and stopping them: a process group, or every process carrying a marker in its environment
+(Ray's processes outlive their parents, so a group is not enough for them)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -10,11 +12,15 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 
 MLFLOW = Path(sys.executable).parent / "mlflow"
+MARKER = "SMA_TEST_RAY"
+"""Environment variable whose value marks the processes of one test's Ray cluster (they inherit it)."""
 
 
 def free_port() -> int:
@@ -41,16 +47,41 @@ def listening_hosts(pid: int) -> set[str]:
     return {c.laddr.ip for p in procs for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
 
 
-def stop_group(server: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group (started with ``start_new_session=True``), SIGKILL after 30 s."""
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live processes in process group ``pgid``."""
+    out = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc.pid)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return out
+
+
+def stop_group(server: subprocess.Popen, *, grace: float = 30) -> None:
+    """SIGTERM to the server's process group (started with ``start_new_session=True``), then SIGKILL to whatever
+    of the group is still alive after ``grace`` seconds: the leader and anything it left behind (a local Ray's
+    agents outlive a CLI that exits first)."""
     try:
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + grace
+    try:
+        server.wait(timeout=grace)
     except subprocess.TimeoutExpired:
+        pass
+    while group_members(server.pid) and time.time() < deadline:
+        time.sleep(0.5)
+    try:
         os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=30)
     except ProcessLookupError:
         pass
+    server.wait(timeout=30)
+    deadline = time.time() + 30
+    while group_members(server.pid) and time.time() < deadline:  # SIGKILL takes effect soon, not at once
+        time.sleep(0.1)
 
 
 def start_mlflow(store: Path) -> tuple[subprocess.Popen, str]:
@@ -70,3 +101,66 @@ def start_mlflow(store: Path) -> tuple[subprocess.Popen, str]:
         stop_group(server)
         raise
     return server, url
+
+
+def marked(marker: str) -> list[psutil.Process]:
+    """The live processes started with ``MARKER=marker`` in their environment (this process excluded)."""
+    out = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and p.environ().get(MARKER) == marker and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except (psutil.Error, OSError):
+            pass
+    return out
+
+
+def stop_marked(marker: str, *, head: subprocess.Popen | None = None, grace: float = 20) -> list[str]:
+    """SIGTERM ``head``'s process group (if given) and every process carrying ``marker`` (Ray's own ``ray stop``
+    order), then SIGKILL whatever is still there after ``grace`` seconds; returns what was left even then."""
+    if head is not None:
+        try:
+            os.killpg(head.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in marked(marker):
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    deadline = time.time() + grace
+    while marked(marker) and time.time() < deadline:
+        time.sleep(0.5)
+    for p in marked(marker):
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(marked(marker), timeout=10)
+    if head is not None:
+        try:
+            head.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            head.kill()
+    return [" ".join(p.cmdline())[:120] for p in marked(marker)]
+
+
+@contextlib.contextmanager
+def local_ray(env: dict[str, str] | None = None) -> Iterator[str]:
+    """A local Ray cluster of 2 CPUs started in this process with ``env`` added to the environment its processes
+    inherit; yields its GCS address. On exit ``ray.shutdown()``, then every process of that cluster still alive
+    (an actor whose worker was killed, such as a trial's ``TrainController``, can outlive the shutdown) is
+    stopped by its marker, and the environment is restored."""
+    import ray
+
+    marker = uuid.uuid4().hex
+    added = {MARKER: marker, **(env or {})}
+    saved = {k: os.environ.get(k) for k in added}
+    os.environ.update(added)
+    try:
+        ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+        yield ctx.address_info["gcs_address"]
+    finally:
+        ray.shutdown()
+        stop_marked(marker)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

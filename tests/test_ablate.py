@@ -8,12 +8,14 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 from conftest import check_page_in_browser
+from servers import MARKER, stop_marked
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # its commands have their own timeouts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,8 +25,14 @@ def _sma(*args: str, cwd: Path) -> subprocess.CompletedProcess:
            "SMA_CACHE_DIR": str(cwd / "cache"), "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "sma.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=900)
+    env[MARKER] = marker = uuid.uuid4().hex
+    proc = subprocess.Popen([sys.executable, "-m", "sma.cli", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=900)
+    finally:
+        stop_marked(marker, head=proc)  # the CLI and the local Ray it started, even if the test fails
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def test_ablation_on_two_collections_then_report(tmp_path):

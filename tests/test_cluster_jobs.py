@@ -27,15 +27,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
+from servers import MARKER, stop_marked
 
 from sma.config import ConfigError, RunConfig, SearchConfig
 from tune.storage_root import JOB_CONFIG_ENV, check_storage_root, job_working_copy
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-MARKER = "SMA_TEST_RAY_HEAD"
 JOB_ID = re.compile(r"^sma: job id: (\S+)$", re.M)
 
 
@@ -101,45 +100,6 @@ def _free_ports(n: int, avoid: range) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def _marked(marker: str) -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter():
-        try:
-            if p.environ().get(MARKER) == marker:
-                out.append(p)
-        except (psutil.Error, OSError):
-            pass
-    return out
-
-
-def _stop_marked(head: subprocess.Popen, marker: str) -> list[str]:
-    """SIGTERM the head's process group and every process carrying ``marker`` (Ray's own ``ray stop`` order),
-    then SIGKILL whatever is still there after a grace period; the leftovers."""
-    try:
-        os.killpg(head.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    for p in _marked(marker):
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    deadline = time.time() + 20
-    while _marked(marker) and time.time() < deadline:
-        time.sleep(1)
-    for p in _marked(marker):
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(_marked(marker), timeout=10)
-    try:
-        head.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        head.kill()
-    return [" ".join(p.cmdline())[:120] for p in _marked(marker)]
 
 
 @dataclass(frozen=True)
@@ -240,7 +200,7 @@ def head(tmp_path_factory) -> Iterator[Head]:
         print(f"head up in {time.time() - started:.0f} s at {url} (temp dir {temp_dir})")
         yield Head(url=url, gcs=f"127.0.0.1:{gcs}", temp_dir=temp_dir, client_env=client_env)
     finally:
-        leftovers = _stop_marked(proc, marker)
+        leftovers = stop_marked(marker, head=proc)
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert not leftovers, f"processes of the test cluster left running: {leftovers}"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from servers import free_port, listening_hosts, stop_group, wait_http
+from servers import free_port, listening_hosts, local_ray, stop_group, wait_http
 from test_tune_search import smoke_search
 
 from sma.model import BiEncoder
@@ -57,16 +57,11 @@ def mlflow_url(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def searched(mlflow_url, tmp_path_factory):
-    import ray
-
     tmp = tmp_path_factory.mktemp("ui-search")
     cfg = smoke_search(tmp, experiment=EXPERIMENT, sparsity=(0.5,), trials_per_study=2,
                        **{"space.post_prune_epochs": "1 2", "run.mlflow_tracking_uri": mlflow_url})
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
-    try:
+    with local_ray():
         results = search(cfg)
-    finally:
-        ray.shutdown()
     assert results[0].progress.complete == 2
     from mlflow.tracking import MlflowClient
 

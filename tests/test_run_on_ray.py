@@ -9,10 +9,11 @@ import re
 import shlex
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
-from servers import stop_group
+from servers import MARKER, stop_marked
 
 from sma.config import RunConfig, apply_overrides
 
@@ -33,6 +34,7 @@ def test_sma_run_on_two_ddp_workers(tmp_path):
     argv = ["run", "--smoke-test", "--workers", "2", "--experiment", "ddp-run", "--output-dir", str(tmp_path / "res"),
             "--cache-dir", str(tmp_path / "cache")]
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env[MARKER] = marker = uuid.uuid4().hex
     log = tmp_path / "run.log"
     with log.open("w") as out:
         proc = subprocess.Popen([str(SMA), *argv], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -40,7 +42,8 @@ def test_sma_run_on_two_ddp_workers(tmp_path):
         try:
             rc = proc.wait(timeout=600)
         finally:
-            stop_group(proc)  # the CLI and the local Ray it started, whatever happened
+            leftovers = stop_marked(marker, head=proc)  # the CLI and the local Ray it started, whatever happened
+    assert not leftovers, f"processes of the run's Ray cluster left running: {leftovers}"
     text = log.read_text()
     assert rc == 0, text[-3000:]
     run_dir = tmp_path / "res" / "ddp-run"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from optuna.trial import TrialState
-from servers import start_mlflow, stop_group
+from servers import local_ray, start_mlflow, stop_group
 from test_tune_search import FINAL_METRICS, _states, mlflow_runs, smoke_search
 
 import sma
@@ -35,20 +35,8 @@ the Ray workers (they inherit the environment of the ``ray.init`` below) all rea
 
 @pytest.fixture(scope="module")
 def ray_address():
-    import ray
-
-    saved = {k: os.environ.get(k) for k in QUICK_MLFLOW_FAILURE}
-    os.environ.update(QUICK_MLFLOW_FAILURE)
-    try:
-        ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
-        yield ctx.address_info["gcs_address"]
-    finally:
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with local_ray(QUICK_MLFLOW_FAILURE) as address:
+        yield address
 
 
 def _client(uri: str):

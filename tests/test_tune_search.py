@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
-from servers import start_mlflow, stop_group
+from servers import local_ray, start_mlflow, stop_group
 
 from sma.config import RunConfig, SearchConfig, apply_overrides
 from sma.config.options import smoke_run
@@ -35,11 +35,8 @@ TAGS = ("experiment", "study", "sparsity", "optuna_trial", "criterion", "git_com
 
 @pytest.fixture(scope="module")
 def ray_address():
-    import ray
-
-    ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
-    yield ctx.address_info["gcs_address"]
-    ray.shutdown()
+    with local_ray() as address:
+        yield address
 
 
 def smoke_search(tmp: Path, *, experiment: str, sparsity: tuple[float, ...], trials_per_study: int,
