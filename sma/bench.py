@@ -183,20 +183,24 @@ def _time_interleaved(forwards: list[Callable[[], object]], *, repeats: int, dev
 def _runtimes(models: list[nn.Module], *, int8: bool, onnx: bool, device: torch.device, dtype: torch.dtype,
               threads: int) -> tuple[list[nn.Module], Any]:
     """What is timed: the models, the pruned one as an int8 copy with ``int8``; with ``onnx`` also the pruned
-    one's ONNX Runtime session (timed in its place)."""
+    one's ONNX Runtime session (timed in its place), int8-quantized by ONNX Runtime with ``int8`` too."""
     if (int8 or onnx) and (device.type != "cpu" or dtype != torch.float32):
-        raise ValueError(f"{'int8' if int8 else 'onnx'} is timed on the CPU against float32, not {device.type} {dtype}")
+        raise ValueError(f"{_label(int8, onnx)} is timed on the CPU against float32, not {device.type} {dtype}")
     timed = list(models)
-    if int8:
-        from sma.quantize import quantize_int8
-
-        timed[1] = quantize_int8(models[1])
     session = None
     if onnx:
         from sma.export import onnx_session
 
-        session = onnx_session(models[1], threads=threads)
+        session = onnx_session(models[1], threads=threads, int8=int8)
+    elif int8:
+        from sma.quantize import quantize_int8
+
+        timed[1] = quantize_int8(models[1])
     return timed, session
+
+
+def _label(int8: bool, onnx: bool) -> str:
+    return "onnx-int8" if int8 and onnx else "int8" if int8 else "onnx"
 
 
 def _model_run(model: nn.Module, timed: nn.Module, *, latencies: list[float], cpu: list[float], peaks: list[int],
@@ -226,7 +230,8 @@ def benchmark(dense: nn.Module, pruned: nn.Module, *, seq_len: int = 256, batch_
     ``int8`` (CPU, float32) the pruned model is timed with int8 linear layers (:mod:`sma.quantize`), its
     weight bytes as stored; its parameter counts and sparsity are those of the float model. With ``onnx``
     (CPU, float32) the pruned model runs in ONNX Runtime (exported by :func:`sma.export.onnx_session`) against
-    the dense model in PyTorch.
+    the dense model in PyTorch; with ``onnx`` and ``int8`` that ONNX model is int8-quantized by ONNX Runtime
+    (weight bytes: those of the float model).
     """
     device = torch.device(device)
     models, was_training = [], []
@@ -267,7 +272,7 @@ def benchmark(dense: nn.Module, pruned: nn.Module, *, seq_len: int = 256, batch_
             for i, (m, t) in enumerate(zip(models, timed, strict=True))]
     return BenchResult(
         device=torch.cuda.get_device_name(device) if cuda else f"cpu ({threads} threads)",
-        dtype="int8" if int8 else "onnx" if onnx else str(dtype).removeprefix("torch."), seq_len=seq_len,
+        dtype=_label(int8, onnx) if int8 or onnx else str(dtype).removeprefix("torch."), seq_len=seq_len,
         batch_size=batch_size, threads=threads,
         repeats=repeats, warmup=warmup, peak_memory_kind="cuda_max_allocated_delta" if cuda else "rss_delta",
         dense=runs[0], pruned=runs[1])

@@ -112,8 +112,25 @@ def export_onnx(source: Path, out: Path, model: ModelConfig) -> Path:
     return out
 
 
-def onnx_session(encoder, *, threads: int):
-    """An ONNX Runtime CPU session of ``encoder`` (an in-memory pruned encoder), for benchmarks."""
+def quantize_onnx(path: Path, out: Path) -> Path:
+    """``out``: the ONNX model at ``path`` with ONNX Runtime's dynamic int8 quantization (int8 weights of every
+    matrix multiplication, activations quantized per batch at run time), for CPU serving.
+
+    Weights are quantized per output channel: on MiniLM, one scale per weight matrix (ONNX Runtime's default)
+    moved embeddings to a cosine of 0.94-0.97 with the float model's, one per channel to 0.99."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    empty = {init.name for init in graph.initializer if 0 in init.dims}  # an emptied layer's weights
+    skip = [node.name for node in graph.node if empty & set(node.input)]
+    quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=skip)
+    return out
+
+
+def onnx_session(encoder, *, threads: int, int8: bool = False):
+    """An ONNX Runtime CPU session of ``encoder`` (an in-memory pruned encoder), int8-quantized with ``int8``
+    (:func:`quantize_onnx`), for benchmarks."""
     import tempfile
 
     import onnxruntime as ort
@@ -122,6 +139,8 @@ def onnx_session(encoder, *, threads: int):
 
     with tempfile.TemporaryDirectory(prefix="sma-onnx-") as tmp:
         path = write_onnx(save_pruned(encoder, Path(tmp) / MODEL_DIR), Path(tmp) / ONNX_FILE)
+        if int8:
+            path = quantize_onnx(path, Path(tmp) / f"int8-{ONNX_FILE}")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

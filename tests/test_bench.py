@@ -86,17 +86,19 @@ def test_sma_bench_int8_dtype_and_where_it_can_run(tmp_path):
             build_config(make_parser().parse_args(["bench", "--smoke-test", *argv]))
 
 
-def test_onnx_rows_time_the_pruned_model_in_onnx_runtime(monkeypatch):
+@pytest.mark.parametrize("int8", [False, True])
+def test_onnx_rows_time_the_pruned_model_in_onnx_runtime(monkeypatch, int8):
     pytest.importorskip("onnxruntime")
     from sma import export
 
     dense, pruned = tiny_model(), tiny_model()
     apply_plan(pruned, PruningPlan(heads={0: (0, 1)}, neurons={1: tuple(range(FFN // 2))}))
-    runs = []
+    runs, quantized = [], []
     real = export.onnx_session
 
-    def counting(model, *, threads):
-        session = real(model, threads=threads)
+    def counting(model, *, threads, int8):
+        session = real(model, threads=threads, int8=int8)
+        quantized.append(int8)
 
         class Counted:
             def run(self, *args):
@@ -107,7 +109,8 @@ def test_onnx_rows_time_the_pruned_model_in_onnx_runtime(monkeypatch):
 
     monkeypatch.setattr(export, "onnx_session", counting)
     res = benchmark(dense, pruned, seq_len=16, batch_size=2, repeats=3, warmup=1, threads=1, memory_repeats=1,
-                    onnx=True)
-    assert res.dtype == "onnx" and len(runs) == 1 + 1 + 3  # warm-up, memory, timed repeats: all in ONNX Runtime
+                    onnx=True, int8=int8)
+    assert res.dtype == ("onnx-int8" if int8 else "onnx") and quantized == [int8]
+    assert len(runs) == 1 + 1 + 3  # warm-up, memory, timed repeats: all in ONNX Runtime
     assert res.pruned.encoder_weight_bytes == 4 * res.pruned.encoder_params  # float32 weights
     assert len(res.pruned.latencies_s) == 3

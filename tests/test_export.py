@@ -115,3 +115,34 @@ def test_the_settings_of_the_run_that_wrote_the_model_are_taken(pruned_dir, tmp_
     pooling = json.loads((tmp_path / "st" / "1_Pooling" / "config.json").read_text())
     assert pooling["pooling_mode_cls_token"] and not pooling["pooling_mode_mean_tokens"]
     assert [m["path"] for m in json.loads((tmp_path / "st" / "modules.json").read_text())] == ["", "1_Pooling"]
+
+
+def test_onnx_int8_quantizes_every_matmul_and_embeds_close_to_float(pruned_dir, tmp_path):
+    """ONNX Runtime's dynamic int8 quantization of the exported model (what ``sma bench --dtypes onnx-int8``
+    times): integer matrix multiplications in the graph, weights stored in a quarter of the bytes, and
+    embeddings still close to the float model's."""
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+    from transformers import AutoTokenizer
+
+    from sma.export import quantize_onnx, write_onnx
+
+    (tmp_path / "fp32").mkdir()
+    (tmp_path / "int8").mkdir()
+    path = write_onnx(pruned_dir, tmp_path / "fp32" / "model.onnx")
+    quantized = quantize_onnx(path, tmp_path / "int8" / "model.onnx")
+    graph = onnx.load(str(quantized)).graph
+    weights = {init.name: 0 in init.dims for init in graph.initializer}  # name: empty (an emptied layer's)
+    matmuls = [[weights.get(i) for i in node.input] for node in graph.node if node.op_type == "MatMul"]
+    assert "MatMulInteger" in {node.op_type for node in graph.node}
+    assert not [m for m in matmuls if False in m]  # every linear layer with weights is quantized
+    assert sum(m == [None, None] for m in matmuls) == 2 * 6  # attention scores and mixing: activations only
+    size = {kind: sum(f.stat().st_size for f in (tmp_path / kind).iterdir()) for kind in ("fp32", "int8")}
+    assert size["int8"] < 0.3 * size["fp32"]  # int8 weights (external data of the float model counted)
+    tokenizer = AutoTokenizer.from_pretrained(str(pruned_dir))
+    batch = tokenizer(TEXTS, padding=True, truncation=True, max_length=64, return_tensors="np")
+    feeds = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    (fp32,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    (int8,) = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"]).run(None, feeds)
+    cosine = (fp32 * int8).sum(-1) / np.linalg.norm(fp32, axis=-1) / np.linalg.norm(int8, axis=-1)
+    assert cosine.min() > 0.97 and not np.allclose(fp32, int8, atol=1e-4)
