@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shlex
+import sys
 from typing import Any
 
 from sma.atomic import write_json
@@ -93,10 +95,15 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
             print(f"sparsity {target:.2f} {dt}: speedup {res.speedup:.2f}x (medians), {res.speedup_min:.2f}x (min), "
                   f"{res.speedup_paired:.2f}x (paired), {res.speedup_cpu:.2f}x (cpu s)", flush=True)
     print(format_rows(rows))
+    payload = {"settings": {"model": cfg.model.name, "scores": args.scores, "bench": to_dict(b),
+                            "allocation": cfg.prune.allocation, "split": cfg.prune.split},
+               "torch": torch.__version__, "results": rows}
     if args.output is not None:
-        payload = {"settings": {"model": cfg.model.name, "scores": args.scores, "bench": to_dict(b),
-                                "allocation": cfg.prune.allocation, "split": cfg.prune.split},
-                   "torch": torch.__version__, "results": rows}
         write_json(args.output, payload, indent=2)
         print(f"wrote {args.output}")
+    if args.page is not None:
+        from analysis.speed_page import write_speed_page
+
+        write_speed_page(args.page, payload, command="sma " + shlex.join(sys.argv[1:]))
+        print(f"wrote {args.page}")
     return 0

@@ -34,6 +34,8 @@ def _bench_extras(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scores", choices=BENCH_SCORES, default="magnitude", help="which units go (shapes only)")
     p.add_argument("--random-weights", action="store_true", help="the model's config with random weights")
     p.add_argument("--output", default=None, help="write the results as JSON here")
+    p.add_argument("--page", type=Path, default=None, metavar="FILE.md",
+                   help="also write the results as a Markdown page with this command (a results page to check in)")
 
 
 def _tune_extras(p: argparse.ArgumentParser) -> None:

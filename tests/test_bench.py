@@ -71,14 +71,20 @@ def test_int8_rows_time_the_quantized_pruned_model_against_dense_float32(tmp_pat
         benchmark(dense, pruned, dtype=__import__("torch").bfloat16, int8=True, repeats=1, warmup=0)
 
 
-def test_sma_bench_int8_dtype_and_where_it_can_run(tmp_path):
-    out = tmp_path / "bench.json"
-    args = make_parser().parse_args(["bench", "--smoke-test", "--sparsity", "0.5", "--dtypes", "float32", "int8",
-                                     "--output", str(out)])
+def test_sma_bench_int8_dtype_and_where_it_can_run(tmp_path, monkeypatch):
+    out, page = tmp_path / "bench.json", tmp_path / "pages" / "speed.md"
+    argv = ["bench", "--smoke-test", "--sparsity", "0.5", "--dtypes", "float32", "int8", "--output", str(out),
+            "--page", str(page)]
+    monkeypatch.setattr("sys.argv", ["sma", *argv])
+    args = make_parser().parse_args(argv)
     assert run_cli(args, build_config(args)) == 0
     rows = json.loads(out.read_text())["results"]
     assert [r["dtype"] for r in rows] == ["float32", "int8"]
     assert rows[1]["encoder_weight_ratio"] < rows[0]["encoder_weight_ratio"] / 3
+    text = page.read_text()  # the results page: the same rows, and the command that measured them
+    for r, runtime in zip(rows, ("PyTorch float32", "PyTorch, int8 linear layers"), strict=True):
+        assert f"| 50% | 50.00% | {runtime} | " in text and f" | {r['speedup']:.2f}x | {r['speedup_paired']:.2f}x | " in text
+    assert "sma " + " ".join(argv) in text
     from sma.config import ConfigError
 
     for argv in (["--dtypes", "int8", "--device", "cuda"], ["--set", "bench.int8=true", "--set", "bench.device=auto"]):

@@ -1,0 +1,67 @@
+"""``sma bench --page FILE.md``: the benchmark's rows as a results page to check in, with the command that
+measured them and the machine it ran on. The numbers are ratios measured side by side in one process
+(:func:`sma.bench.benchmark`), never timings from different runs."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis.render import Section, to_markdown
+from sma.atomic import write_text
+
+RUNTIMES = {"float32": "PyTorch float32", "bfloat16": "PyTorch bfloat16", "float16": "PyTorch float16",
+            "int8": "PyTorch, int8 linear layers", "onnx": "ONNX Runtime float32",
+            "onnx-int8": "ONNX Runtime, int8 matrix multiplications"}
+"""How the pruned model runs for each ``bench.dtypes`` value (the dense model: PyTorch, that dtype or float32)."""
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def speed_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (sparsity, runtime): latencies, the speedup statistics and weight memory."""
+    mb = 2.0**20
+    return pd.DataFrame([{
+        "Sparsity": f"{r['target']:.0%}", "Actual": f"{r['pruned']['encoder_sparsity']:.2%}",
+        "Pruned model runs in": RUNTIMES.get(r["dtype"], r["dtype"]),
+        "Dense ms": round(1e3 * r["dense"]["latency_s"], 1), "Pruned ms": round(1e3 * r["pruned"]["latency_s"], 1),
+        "Speedup": f"{r['speedup']:.2f}x", "Paired": f"{r['speedup_paired']:.2f}x",
+        "CPU time": f"{r['speedup_cpu']:.2f}x", "Encoder MB dense": round(r["dense"]["encoder_weight_bytes"] / mb, 2),
+        "Encoder MB pruned": round(r["pruned"]["encoder_weight_bytes"] / mb, 2),
+        "Memory": f"{r['encoder_weight_ratio']:.3f}"} for r in rows])
+
+
+def write_speed_page(path: Path, payload: dict[str, Any], *, command: str) -> Path:
+    """The page of one ``sma bench`` (its ``--output`` payload) at ``path``."""
+    settings, rows = payload["settings"], payload["results"]
+    bench = settings["bench"]
+    first = rows[0] if rows else {}
+    where = first.get("device", bench["device"])
+    machine = (f"{cpu_name()}, {os.cpu_count()} logical cores" if str(where).startswith("cpu") else str(where))
+    text = (f"Dense and pruned {settings['model']} on one batch of {bench['batch_size']} x {bench['seq_len']} "
+            f"tokens on {where}, {bench['repeats']} repeats after {bench['warmup']} warm-up, interleaved (dense, "
+            f"pruned, pruned, dense, ...). Speedup = dense median / pruned median; Paired = median of the "
+            f"per-repeat ratios; CPU time = the same on process CPU seconds. The dense model runs in PyTorch "
+            f"float32 on the CPU (or in the row's dtype on a GPU). Units removed by {settings['scores']} "
+            f"scores, allocation {settings['allocation']}/{settings['split']}: the shapes of a pruned model, "
+            f"not its quality. Machine: {machine}; torch {payload['torch']}.")
+    notes = ("Encoder MB: weights of the encoder layers as stored (int8 rows: PyTorch's packed int8 weights; "
+             "ONNX Runtime rows: the float32 model's).",
+             "Ratios come from one process; latencies of different pages or runs are not comparable.")
+    sections = [Section("Speed and memory, side by side", text, tables=(("bench", speed_table(rows)),), notes=notes),
+                Section("Reproduce", "On a quiet machine (nothing else running):", code=command)]
+    write_text(path, to_markdown(f"SMA benchmark: {settings['model']}", sections, images=False))
+    return path
