@@ -56,17 +56,21 @@ def effect_plot(table: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
-def curves_plot(history: pd.DataFrame, labels: dict[str, str], path: Path) -> Path:
-    """Dev retention after each post-prune epoch, one line per run."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for run_id, rows in history.groupby("run_id"):
-        rows = rows.sort_values("step")
-        ax.plot(rows["step"], 100 * rows["value"], marker=".", label=labels.get(run_id, run_id[:8]))
-    ax.set_xlabel("post-prune epoch")
-    ax.set_ylabel("dev retention (%)")
-    ax.grid(alpha=0.3)
-    if history["run_id"].nunique() <= 12:
-        ax.legend(fontsize=7)
+def curves_plot(curves: dict[str, pd.DataFrame], labels: dict[str, str], path: Path) -> Path:
+    """One panel per metric (``{axis label: history}``; a label ending in ``(%)`` is drawn in percent) with its
+    value after each post-prune epoch, one line per run."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4), squeeze=False)
+    for ax, (label, history) in zip(axes[0], curves.items(), strict=True):
+        scale = 100 if label.endswith("(%)") else 1
+        for run_id, rows in history.groupby("run_id"):
+            rows = rows.sort_values("step")
+            ax.plot(rows["step"], scale * rows["value"], marker=".", label=labels.get(run_id, run_id[:8]))
+        ax.set_xlabel("post-prune epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if history["run_id"].nunique() <= 12:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
     return _save(fig, path)
 
 

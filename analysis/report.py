@@ -92,15 +92,26 @@ def _ablation_section(df: pd.DataFrame, uri: str, out: Path, cache: Path, resamp
                     tables=(("ablation.csv", table),), images=(plots.effect_plot(table, out / "ablation.png"),))]
 
 
+CURVES = {"dev_retention": "dev retention (%)", "corpus_cosine": "corpus cosine with the teacher",
+          "dev_top10_overlap": "teacher's dev top 10 kept (%)"}
+"""Per-epoch metrics of the recovery curves (logged with ``distill.eval_every_epoch``) and their axis labels."""
+
+
 def _curves_section(df: pd.DataFrame, uri: str, out: Path) -> list[Section]:
-    history = metric_history(uri, df["run_id"], "dev_retention")
-    history = history[history.groupby("run_id")["step"].transform("nunique") > 1]
-    if history.empty:
+    curves = {}
+    for metric, label in CURVES.items():
+        history = metric_history(uri, df["run_id"], metric)
+        history = history[history.groupby("run_id")["step"].transform("nunique") > 1]
+        if not history.empty:  # the final value is logged again at the last epoch: once per step
+            curves[label] = history.drop_duplicates(["run_id", "step"], keep="last")
+    if not curves:
         return []
     labels = {r.run_id: f"{100 * getattr(r, 'sparsity', 0):.0f}% {r.run_id[:6]}"
               for r in df.rename(columns={tables.SPARSITY: "sparsity"}).itertuples()}
-    return [Section("Recovery", "Dev retention after each post-prune epoch.",
-                    images=(plots.curves_plot(history, labels, out / "recovery.png"),))]
+    return [Section("Recovery", "After each post-prune epoch: dev retention, and the label-free agreement with "
+                    "the dense teacher (mean cosine of the corpus embeddings, share of the teacher's dev top 10 "
+                    "kept), which does not depend on a few judged dev queries.",
+                    images=(plots.curves_plot(curves, labels, out / "recovery.png"),))]
 
 
 def _search_sections(df: pd.DataFrame, results_dir: Path, out: Path, optuna_url: str | None) -> list[Section]:

@@ -7,6 +7,7 @@ import json
 import statistics
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import check_page_in_browser
 
@@ -353,3 +354,31 @@ def test_a_stopped_command_is_shown_only_when_it_made_results(tmp_path):
     assert commands("c", uri=uri) == ["sma run # done"]
     assert commands("c", uri=uri, parents=[ids["stopped-after-one"]]) == [
         "sma run # done", "sma run # stopped-after-one"]
+
+
+def test_recovery_curves_take_every_per_epoch_metric_once_per_step(tmp_path, monkeypatch):
+    """Per-epoch rows (steps 1-3) and the final metrics logged again at the last epoch's step: each curve has one
+    point per epoch, the label-free ones too; a metric logged once (no epochs) draws no curve."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis import plots, report
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("cv", artifact_location=(tmp_path / "artifacts").as_uri())
+    rid = client.create_run(exp_id).info.run_id
+    for step, (dev, cosine) in enumerate([(0.9, 0.80), (0.95, 0.85), (0.97, 0.9)], start=1):
+        client.log_metric(rid, "dev_retention", dev, step=step)
+        client.log_metric(rid, "corpus_cosine", cosine, step=step)
+    client.log_metric(rid, "corpus_cosine", 0.9, step=3)  # the final metrics, again at the last epoch
+    client.log_metric(rid, "dev_top10_overlap", 0.7, step=3)  # logged once: no curve
+    drawn, real = {}, plots.curves_plot
+    monkeypatch.setattr(plots, "curves_plot", lambda curves, labels, path: drawn.update(curves) or path)
+    df = pd.DataFrame({"run_id": [rid], tables.SPARSITY: [0.5]})
+    (section,) = report._curves_section(df, uri, tmp_path)
+    assert list(drawn) == [report.CURVES["dev_retention"], report.CURVES["corpus_cosine"]]
+    for label, values in ((report.CURVES["dev_retention"], [0.9, 0.95, 0.97]),
+                          (report.CURVES["corpus_cosine"], [0.80, 0.85, 0.9])):
+        assert drawn[label].sort_values("step")["value"].tolist() == pytest.approx(values)
+    assert section.images == (tmp_path / "recovery.png",)
+    assert real(drawn, {}, tmp_path / "drawn.png").stat().st_size > 0  # two panels, really drawn
