@@ -27,6 +27,7 @@ import psutil
 import torch
 from torch import nn
 
+from sma.config.choices import CPU_RUNTIMES
 from sma.prune import (
     encoder_sparsity,
     unwrap,
@@ -200,7 +201,8 @@ def _runtimes(models: list[nn.Module], *, int8: bool, onnx: bool, device: torch.
 
 
 def _label(int8: bool, onnx: bool) -> str:
-    return "onnx-int8" if int8 and onnx else "int8" if int8 else "onnx"
+    """The ``bench.dtypes`` name of a CPU runtime (:data:`sma.config.choices.CPU_RUNTIMES`)."""
+    return next(name for name, flags in CPU_RUNTIMES.items() if flags == (int8, onnx))
 
 
 def _model_run(model: nn.Module, timed: nn.Module, *, latencies: list[float], cpu: list[float], peaks: list[int],

@@ -62,7 +62,7 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
 
     from sma.bench import benchmark
     from sma.config import to_dict
-    from sma.config.choices import CPU_DTYPES
+    from sma.config.choices import CPU_RUNTIMES
     from sma.prune import (
         apply_plan,
         encoder_sparsity,
@@ -84,10 +84,10 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
                                  neuron_multiple=cfg.prune.neuron_multiple, whole_layers=cfg.prune.whole_layers)
         apply_plan(pruned, plan)
         for dt in dtypes:
+            int8, onnx = CPU_RUNTIMES.get(dt, (False, False))
             res = benchmark(dense, pruned, seq_len=b.seq_len, batch_size=b.batch_size, repeats=b.repeats,
-                            warmup=b.warmup, threads=b.threads, device=device, int8=dt in ("int8", "onnx-int8"),
-                            onnx=dt in ("onnx", "onnx-int8"),
-                            dtype=torch.float32 if dt in CPU_DTYPES else getattr(torch, dt))
+                            warmup=b.warmup, threads=b.threads, device=device, int8=int8, onnx=onnx,
+                            dtype=torch.float32 if dt in CPU_RUNTIMES else getattr(torch, dt))
             rows.append({"target": target, "sparsity_report": encoder_sparsity(pruned).to_dict(),
                          "plan": {"heads": plan.num_heads, "neurons": plan.num_neurons,
                                   "allocation": plan.allocation, "method": plan.method},

@@ -32,7 +32,8 @@ DTYPES = ("float32", "bfloat16", "float16", "int8", "onnx", "onnx-int8")
 """``bench.dtypes``; ``int8``: the pruned model with dynamic int8 linear layers against dense float32 (CPU);
 ``onnx``: the pruned model in ONNX Runtime against dense float32 in PyTorch (CPU); ``onnx-int8``: that ONNX
 model with ONNX Runtime's dynamic int8 quantization of its matrix multiplications (CPU)."""
-CPU_DTYPES = ("int8", "onnx", "onnx-int8")
-"""Dtypes timed on the CPU only, each against the dense float32 model."""
+CPU_RUNTIMES = {"int8": (True, False), "onnx": (False, True), "onnx-int8": (True, True)}
+"""Dtypes timed on the CPU only, each against the dense float32 model: their ``(int8, onnx)`` flags of
+:func:`sma.bench.benchmark`."""
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 """Accepted ``device`` / ``bench.device`` names (resolved by :func:`sma.device.resolve_device`)."""

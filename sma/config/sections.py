@@ -14,7 +14,7 @@ from typing import Any
 from sma.config.choices import (
     ABLATIONS,
     ALLOCATIONS,
-    CPU_DTYPES,
+    CPU_RUNTIMES,
     CRITERIA,
     DEVICE_PATTERN,
     DTYPES,
@@ -309,7 +309,7 @@ class BenchConfig:
         check_at_least(self, 0, "bench.", "warmup")
         for dtype in self.dtypes:
             check_choice(dtype, DTYPES, "bench.dtypes")
-        for cpu_only in CPU_DTYPES:
+        for cpu_only in CPU_RUNTIMES:
             check(cpu_only not in self.dtypes or self.device == "cpu", "bench.dtypes",
                   f"{cpu_only} is timed on the CPU: drop it or set bench.device=cpu (not {self.device!r})")
         check(not self.int8 or self.device == "cpu", "bench.int8",
