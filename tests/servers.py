@@ -59,6 +59,13 @@ def group_members(pgid: int) -> list[int]:
     return out
 
 
+def wait_gone(alive, timeout: float) -> None:
+    """Until ``alive()`` lists nothing, or ``timeout`` seconds (a signal takes effect soon, not at once)."""
+    deadline = time.time() + timeout
+    while alive() and time.time() < deadline:
+        time.sleep(0.2)
+
+
 def stop_group(server: subprocess.Popen, *, grace: float = 30) -> None:
     """SIGTERM to the server's process group (started with ``start_new_session=True``), then SIGKILL to whatever
     of the group is still alive after ``grace`` seconds: the leader and anything it left behind (a local Ray's
@@ -67,21 +74,11 @@ def stop_group(server: subprocess.Popen, *, grace: float = 30) -> None:
         os.killpg(server.pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    deadline = time.time() + grace
-    try:
-        server.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    while group_members(server.pid) and time.time() < deadline:
-        time.sleep(0.5)
-    try:
+    wait_gone(lambda: group_members(server.pid), grace)
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(server.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     server.wait(timeout=30)
-    deadline = time.time() + 30
-    while group_members(server.pid) and time.time() < deadline:  # SIGKILL takes effect soon, not at once
-        time.sleep(0.1)
+    wait_gone(lambda: group_members(server.pid), 30)
 
 
 def start_mlflow(store: Path) -> tuple[subprocess.Popen, str]:
@@ -126,13 +123,11 @@ def stop_marked(marker: str, *, head: subprocess.Popen | None = None, grace: flo
     for p in marked(marker):
         with contextlib.suppress(psutil.Error):
             p.terminate()
-    deadline = time.time() + grace
-    while marked(marker) and time.time() < deadline:
-        time.sleep(0.5)
+    wait_gone(lambda: marked(marker), grace)
     for p in marked(marker):
         with contextlib.suppress(psutil.Error):
             p.kill()
-    psutil.wait_procs(marked(marker), timeout=10)
+    wait_gone(lambda: marked(marker), 10)
     if head is not None:
         try:
             head.wait(timeout=10)
