@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from sma.config import DistillConfig
-from sma.model import BiEncoder
+from sma.model import BiEncoder, autocast
 from sma.train import check_finite, contrastive_loss
 
 
@@ -226,10 +226,12 @@ def _batch_loss(student: nn.Module, texts: DistillTexts, idx: list[int], cfg: Di
     batch = _tokenize(student, bi.tokenizer,
                       kd_texts + [task.queries[x] for x in qids] + [task.docs[x] for x in dids], cfg.max_length)
     layer_kd = cfg.hidden_weight > 0 and bool(kd_texts)
-    if layer_kd:
-        emb, s_hidden = student(**batch, output_hidden_states=True)
-    else:
-        emb = student(**batch, group_lengths=True)
+    with autocast(batch["input_ids"].device, cfg.precision):  # the student's passes only: losses in float32
+        if layer_kd:
+            emb, s_hidden = student(**batch, output_hidden_states=True)
+            s_hidden = tuple(h.float() for h in s_hidden)
+        else:
+            emb = student(**batch, group_lengths=True)
     loss = torch.zeros((), device=emb.device)
     if kd_texts:
         s = emb[:len(kd_texts)]

@@ -65,6 +65,22 @@ def gradient_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[N
         encoder.activation_checkpointing_disable()
 
 
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """``torch.autocast`` on ``device``'s type in ``precision`` (a :data:`sma.config.choices.PRECISIONS` name);
+    disabled for ``float32``."""
+    return torch.autocast(device.type, dtype=getattr(torch, precision), enabled=precision != "float32")
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 matrix products natively (CUDA: compute capability 8+; CPU: oneDNN with
+    AVX512-BF16 or AMX). Without it bfloat16 autocast is emulated and slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return True
+
+
 GROUP_SIZES = (2, 4)
 """Numbers of length groups :func:`length_groups` considers for one batch."""
 MIN_SAVING = 0.10
@@ -138,8 +154,9 @@ class BiEncoder(nn.Module):
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
-            emb = hidden[:, 0]
+            emb = hidden[:, 0].float()
         else:
+            hidden = hidden.float()  # bfloat16 under autocast: the mean over tokens in float32
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return F.normalize(emb, p=2, dim=-1) if self.normalize else emb

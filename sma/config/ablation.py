@@ -45,6 +45,8 @@ FACTORS: tuple[Factor, ...] = (
     Factor("whole_layers", "prune.whole_layers", (2,), "up to two whole layers emptied first (depth)"),
     Factor("long_recovery", "distill.post_prune_epochs", (16,), "twice the recovery epochs"),
     Factor("layer_distill", "distill.hidden_weight", (1.0,), "every layer's token states distilled too"),
+    # what makes a run cheaper at the same recipe
+    Factor("bfloat16", "distill.precision", ("bfloat16",), "distillation passes in bfloat16 autocast"),
 )
 FACTORS_BY_NAME = {f.name: f for f in FACTORS}
 

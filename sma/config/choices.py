@@ -22,6 +22,9 @@ NEGATIVE_SOURCES = ("bm25", "dense")
 """``analysis.negative_source``."""
 ABLATIONS = ("mean", "zero")
 """``analysis.ablation``."""
+PRECISIONS = ("float32", "bfloat16")
+"""``distill.precision``: the student's forward and backward passes in distillation (float32, or bfloat16
+under ``torch.autocast``)."""
 LR_SCHEDULES = ("linear", "constant")
 """``distill.lr_schedule``."""
 SCHEDULERS = ("none", "asha")
