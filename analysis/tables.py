@@ -53,7 +53,9 @@ def results_table(df: pd.DataFrame) -> pd.DataFrame:
             configs = [runs for _, runs in at.groupby(cols, dropna=False, sort=False)] if cols else [at]
             runs = max(configs, key=lambda r: r[DEV].mean())  # max keeps the first of equals
             rows.append(_result_row(collection, runs))
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    unmeasured = [c for c in INT8_COLUMNS if c in table.columns and table[c].isna().all()]
+    return table.drop(columns=unmeasured)
 
 
 def _result_row(collection: str, runs: pd.DataFrame) -> dict[str, object]:
@@ -73,9 +75,25 @@ def _result_row(collection: str, runs: pd.DataFrame) -> dict[str, object]:
         "Corpus cosine": mean("metrics.corpus_cosine"),
         "Speedup": mean("metrics.speedup"),
         "Memory": mean("metrics.memory_ratio"),
+        **_int8_columns(runs),
         "Seeds": len(runs),
         "run_id": ", ".join(runs["run_id"]),
     }
+
+
+INT8 = f"metrics.{RETENTION}_int8"
+INT8_COLUMNS = ("Retention int8", "Speedup int8", "int8 seeds")
+
+
+def _int8_columns(runs: pd.DataFrame) -> dict[str, object]:
+    """The int8 model's test retention and speedup, means over the seeds that measured it (``bench.int8``), and
+    how many did; ``None`` (the column is then left out) when none did."""
+    if INT8 not in runs.columns or runs[INT8].isna().all():
+        return dict.fromkeys(INT8_COLUMNS)
+    measured = runs.dropna(subset=[INT8])
+    return {"Retention int8": f"{100 * measured[INT8].mean():.2f}%",
+            "Speedup int8": measured["metrics.speedup_int8"].mean() if "metrics.speedup_int8" in runs else None,
+            "int8 seeds": len(measured)}
 
 
 def fronts(df: pd.DataFrame) -> dict[str, pd.DataFrame]:

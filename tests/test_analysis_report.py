@@ -382,3 +382,15 @@ def test_recovery_curves_take_every_per_epoch_metric_once_per_step(tmp_path, mon
         assert drawn[label].sort_values("step")["value"].tolist() == pytest.approx(values)
     assert section.images == (tmp_path / "recovery.png",)
     assert real(drawn, {}, tmp_path / "drawn.png").stat().st_size > 0  # two panels, really drawn
+
+
+def test_results_table_shows_int8_retention_over_the_seeds_that_measured_it():
+    df = _two_collections()
+    assert "Retention int8" not in tables.results_table(df).columns  # nothing measured: no int8 columns
+    # cacm seed 2 measured int8 (bench.int8): 0.96 retention at 4.2x; seed 1 did not
+    df["metrics.test_retention_int8"] = [None, 0.96, None, None, None, None]
+    df["metrics.speedup_int8"] = [None, 4.2, None, None, None, None]
+    table = tables.results_table(df).set_index("Collection")
+    assert table.loc["cacm", "Retention int8"] == "96.00%" and table.loc["cacm", "Speedup int8"] == 4.2
+    assert table.loc["cacm", "int8 seeds"] == 1 and table.loc["cacm", "Seeds"] == 2
+    assert pd.isna(table.loc["cranfield", "Retention int8"])
