@@ -44,6 +44,23 @@ def speed_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
         "Memory": f"{r['encoder_weight_ratio']:.3f}"} for r in rows])
 
 
+def training_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per sparsity: the pruned model's median distillation step in each precision and the ratio."""
+    return pd.DataFrame([{"Sparsity": f"{r['target']:.0%}",
+                          **{f"{p} s": f"{s:.3f}" for p, s in r["median_s"].items()},
+                          **{f"Speedup {p}": f"{x:.2f}x" for p, x in r["speedup"].items() if p != "float32"}}
+                         for r in rows])
+
+
+def _training_section(rows: list[dict[str, Any]]) -> Section:
+    first = rows[0]
+    return Section("Distillation step, float32 against bfloat16 autocast",
+                   f"One distillation step of the pruned model (forward on {first['batch_size']} x {first['seq_len']} "
+                   f"tokens, float32 KD loss, backward, AdamW update) in each distill.precision, each on its own copy "
+                   f"of the model, interleaved; median seconds per step and float32 median / bfloat16 median "
+                   f"({first['threads']} threads).", tables=(("training", training_table(rows)),))
+
+
 def write_speed_page(path: Path, payload: dict[str, Any], *, command: str) -> Path:
     """The page of one ``sma bench`` (its ``--output`` payload) at ``path``."""
     settings, rows = payload["settings"], payload["results"]
@@ -61,7 +78,9 @@ def write_speed_page(path: Path, payload: dict[str, Any], *, command: str) -> Pa
     notes = ("Encoder MB: weights of the encoder layers as stored (int8 rows: PyTorch's packed int8 weights; "
              "ONNX Runtime rows: the float32 model's).",
              "Ratios come from one process; latencies of different pages or runs are not comparable.")
-    sections = [Section("Speed and memory, side by side", text, tables=(("bench", speed_table(rows)),), notes=notes),
-                Section("Reproduce", "On a quiet machine (nothing else running):", code=command)]
+    sections = [Section("Speed and memory, side by side", text, tables=(("bench", speed_table(rows)),), notes=notes)]
+    if payload.get("training"):
+        sections.append(_training_section(payload["training"]))
+    sections.append(Section("Reproduce", "On a quiet machine (nothing else running):", code=command))
     write_text(path, to_markdown(f"SMA benchmark: {settings['model']}", sections, images=False))
     return path

@@ -77,7 +77,8 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
     dtypes = b.dtypes or (("float32", "bfloat16", "float16") if device.startswith("cuda") else ("float32",))
     dense = dense_model(cfg.model.name, random_weights=args.random_weights or args.preset == "smoke")
     scorer = magnitude_scores if args.scores == "magnitude" else first_n_scores
-    rows = []
+    rows: list[dict[str, Any]] = []
+    training: list[dict[str, Any]] = []
     for target in cfg.sparsity:
         pruned = copy.deepcopy(dense)
         plan = plan_for_sparsity(pruned, scorer(pruned), target, allocation=cfg.prune.allocation, split=cfg.prune.split,
@@ -94,10 +95,18 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
                          "structure": structure(pruned), **res.to_dict()})
             print(f"sparsity {target:.2f} {dt}: speedup {res.speedup:.2f}x (medians), {res.speedup_min:.2f}x (min), "
                   f"{res.speedup_paired:.2f}x (paired), {res.speedup_cpu:.2f}x (cpu s)", flush=True)
+        if args.training:
+            from sma.train_bench import train_step_speed
+
+            speed = train_step_speed(pruned, batch_size=b.batch_size, seq_len=cfg.distill.max_length,
+                                     repeats=b.repeats, warmup=b.warmup, threads=b.threads, device=device)
+            training.append({"target": target, **speed.to_dict()})
+            print(f"sparsity {target:.2f} distillation step: float32 {speed.median_s('float32'):.3f} s, bfloat16 "
+                  f"{speed.median_s('bfloat16'):.3f} s: {speed.speedup('bfloat16'):.2f}x", flush=True)
     print(format_rows(rows))
     payload = {"settings": {"model": cfg.model.name, "scores": args.scores, "bench": to_dict(b),
                             "allocation": cfg.prune.allocation, "split": cfg.prune.split},
-               "torch": torch.__version__, "results": rows}
+               "torch": torch.__version__, "results": rows, **({"training": training} if training else {})}
     if args.output is not None:
         write_json(args.output, payload, indent=2)
         print(f"wrote {args.output}")

@@ -36,6 +36,9 @@ def _bench_extras(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default=None, help="write the results as JSON here")
     p.add_argument("--page", type=Path, default=None, metavar="FILE.md",
                    help="also write the results as a Markdown page with this command (a results page to check in)")
+    p.add_argument("--training", action="store_true",
+                   help="also time a distillation step of each pruned model in float32 and bfloat16 autocast "
+                        "(distill.precision), batch x distill.max_length tokens, side by side")
 
 
 def _tune_extras(p: argparse.ArgumentParser) -> None:

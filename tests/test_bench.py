@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from sma.bench import benchmark
 from sma.bench_cli import run_cli
@@ -120,3 +121,40 @@ def test_onnx_rows_time_the_pruned_model_in_onnx_runtime(monkeypatch, int8):
     assert len(runs) == 1 + 1 + 3  # warm-up, memory, timed repeats: all in ONNX Runtime
     assert res.pruned.encoder_weight_bytes == 4 * res.pruned.encoder_params  # float32 weights
     assert len(res.pruned.latencies_s) == 3
+
+
+def test_training_step_speed_times_each_precision_on_its_own_copy():
+    from sma.train_bench import train_step_speed
+
+    model = tiny_model()
+    apply_plan(model, PruningPlan(heads={0: (0, 1)}, neurons={1: tuple(range(FFN // 2))}))
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    seen: list[torch.dtype] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+             for m in model.modules() if isinstance(m, torch.nn.Linear)]  # copied with the model
+    try:
+        speed = train_step_speed(model, batch_size=2, seq_len=8, repeats=3, warmup=1, threads=1)
+    finally:
+        for h in hooks:
+            h.remove()
+    # warm-up then 3 timed steps alternate float32, bfloat16 / bfloat16, float32 / ...: both dtypes ran
+    assert set(seen) == {torch.float32, torch.bfloat16}
+    assert seen.count(torch.bfloat16) == seen.count(torch.float32)
+    assert list(speed.step_s) == ["float32", "bfloat16"] and all(len(t) == 3 for t in speed.step_s.values())
+    m32, m16 = (sorted(speed.step_s[p])[1] for p in ("float32", "bfloat16"))
+    assert speed.speedup("bfloat16") == pytest.approx(m32 / m16) and speed.speedup("float32") == 1.0
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # the caller's model is untouched
+
+
+def test_sma_bench_training_writes_the_step_times(tmp_path, capsys):
+    out, page = tmp_path / "bench.json", tmp_path / "speed.md"
+    args = make_parser().parse_args(["bench", "--smoke-test", "--sparsity", "0.5", "--training", "--output", str(out),
+                                     "--page", str(page)])
+    assert run_cli(args, build_config(args)) == 0
+    assert "distillation step: float32" in capsys.readouterr().out
+    (row,) = json.loads(out.read_text())["training"]
+    assert row["target"] == 0.5 and set(row["median_s"]) == {"float32", "bfloat16"}
+    assert row["seq_len"] == build_config(args).distill.max_length
+    ratio = row["median_s"]["float32"] / row["median_s"]["bfloat16"]
+    assert f"| 50% | {row['median_s']['float32']:.3f} | {row['median_s']['bfloat16']:.3f} | {ratio:.2f}x |" in \
+        page.read_text()

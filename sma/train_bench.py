@@ -1,0 +1,82 @@
+"""Speed of one distillation step in each ``distill.precision``, measured side by side (``sma bench --training``).
+
+A step is what recovery repeats: the student's forward pass on a random token batch (no padding) under
+:func:`sma.model.autocast`, mean pooling, the float32 KD loss against fixed teacher embeddings, backward and an
+AdamW update. Each precision trains its own copy of the model (its own optimizer state); the copies' steps
+alternate, the order flipping every repeat, after warm-up. Ratios are float32 median / other median.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sma.bench import _time_interleaved
+from sma.distill import kd_loss
+from sma.model import autocast
+from sma.prune import unwrap
+
+
+@dataclass(frozen=True)
+class TrainStepSpeed:
+    """Seconds per distillation step of one model in each precision (float32 first)."""
+
+    step_s: dict[str, tuple[float, ...]]
+    batch_size: int
+    seq_len: int
+    threads: int
+
+    def median_s(self, precision: str) -> float:
+        return statistics.median(self.step_s[precision])
+
+    def speedup(self, precision: str) -> float:
+        """float32 median step time / ``precision``'s."""
+        return self.median_s("float32") / self.median_s(precision)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"step_s": {p: list(t) for p, t in self.step_s.items()},
+                "median_s": {p: self.median_s(p) for p in self.step_s},
+                "speedup": {p: self.speedup(p) for p in self.step_s}, "batch_size": self.batch_size,
+                "seq_len": self.seq_len, "threads": self.threads}
+
+
+def train_step_speed(model: nn.Module, *, precisions: tuple[str, ...] = ("float32", "bfloat16"),
+                     batch_size: int = 32, seq_len: int = 128, repeats: int = 10, warmup: int = 2,
+                     threads: int = 2, device: str | torch.device = "cpu", seed: int = 0) -> TrainStepSpeed:
+    """Time a distillation step of (a copy of) ``model``'s encoder in each of ``precisions`` (float32 always
+    included, first); ``model`` is not changed."""
+    device = torch.device(device)
+    precisions = ("float32", *(p for p in precisions if p != "float32"))
+    copies = [copy.deepcopy(unwrap(model)).to(device=device, dtype=torch.float32).train() for _ in precisions]
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-5) for m in copies]
+    gen = torch.Generator().manual_seed(seed)
+    vocab = min(int(getattr(copies[0].config, "vocab_size", 1000)), 30000)
+    ids = torch.randint(1000 if vocab > 2000 else 1, vocab, (batch_size, seq_len), generator=gen).to(device)
+    mask = torch.ones_like(ids)
+    hidden = int(copies[0].config.hidden_size)
+    targets = torch.nn.functional.normalize(torch.randn(batch_size, hidden, generator=gen), dim=-1).to(device)
+
+    def step(m: nn.Module, optimizer: torch.optim.Optimizer, precision: str) -> None:
+        with autocast(device, precision):
+            states = m(input_ids=ids, attention_mask=mask).last_hidden_state
+        emb = torch.nn.functional.normalize(states.float().mean(1), dim=-1)
+        kd_loss(emb, targets, temperature=0.05).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    steps = [(lambda m=m, o=o, p=p: step(m, o, p)) for m, o, p in zip(copies, optimizers, precisions, strict=True)]
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(warmup):
+            for s in steps:
+                s()
+        times, _ = _time_interleaved(steps, repeats=repeats, device=device if device.type == "cuda" else None)
+    finally:
+        torch.set_num_threads(old_threads)
+    return TrainStepSpeed(step_s={p: tuple(t) for p, t in zip(precisions, times, strict=True)},
+                          batch_size=batch_size, seq_len=seq_len, threads=threads)
