@@ -153,10 +153,12 @@ class BiEncoder(nn.Module):
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled (and normalised) embedding, in float32 at least: token states in bfloat16 (under autocast) are
+        pooled in float32, float64 ones (finite-difference checks) stay float64."""
+        hidden = hidden.to(torch.promote_types(hidden.dtype, torch.float32))
         if self.pooling == "cls":
-            emb = hidden[:, 0].float()
+            emb = hidden[:, 0]
         else:
-            hidden = hidden.float()  # bfloat16 under autocast: the mean over tokens in float32
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return F.normalize(emb, p=2, dim=-1) if self.normalize else emb
