@@ -19,9 +19,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     layers of an emptied attention or FFN block (no weights) stay as they are: there is nothing to quantize."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    if any(p.device.type != "cpu" for p in model.parameters()):
-        model = copy.deepcopy(model).cpu()
-    model = copy.deepcopy(model).float().eval()
+    model = copy.deepcopy(model).cpu().float().eval()
     spec = {name: per_channel_dynamic_qconfig for name, m in model.named_modules()
             if isinstance(m, nn.Linear) and m.weight.numel() > 0}
     with warnings.catch_warnings():  # torch 2.10+ points eager-mode quantization to torchao; it still works

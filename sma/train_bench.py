@@ -17,7 +17,7 @@ from torch import nn
 
 from sma.bench import _time_interleaved
 from sma.distill import kd_loss
-from sma.model import autocast
+from sma.model import BiEncoder, autocast
 from sma.prune import unwrap
 
 
@@ -51,19 +51,20 @@ def train_step_speed(model: nn.Module, *, precisions: tuple[str, ...] = ("float3
     included, first); ``model`` is not changed."""
     device = torch.device(device)
     precisions = ("float32", *(p for p in precisions if p != "float32"))
-    copies = [copy.deepcopy(unwrap(model)).to(device=device, dtype=torch.float32).train() for _ in precisions]
+    copies = [BiEncoder(copy.deepcopy(unwrap(model)).to(device=device, dtype=torch.float32), None).train()
+              for _ in precisions]  # the student's own forward: encoder, then its pooling in float32
     optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-5) for m in copies]
+    config = copies[0].encoder.config
     gen = torch.Generator().manual_seed(seed)
-    vocab = min(int(getattr(copies[0].config, "vocab_size", 1000)), 30000)
+    vocab = min(int(getattr(config, "vocab_size", 1000)), 30000)
     ids = torch.randint(1000 if vocab > 2000 else 1, vocab, (batch_size, seq_len), generator=gen).to(device)
     mask = torch.ones_like(ids)
-    hidden = int(copies[0].config.hidden_size)
+    hidden = int(config.hidden_size)
     targets = torch.nn.functional.normalize(torch.randn(batch_size, hidden, generator=gen), dim=-1).to(device)
 
     def step(m: nn.Module, optimizer: torch.optim.Optimizer, precision: str) -> None:
         with autocast(device, precision):
-            states = m(input_ids=ids, attention_mask=mask).last_hidden_state
-        emb = torch.nn.functional.normalize(states.float().mean(1), dim=-1)
+            emb = m(input_ids=ids, attention_mask=mask)
         kd_loss(emb, targets, temperature=0.05).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
