@@ -177,7 +177,8 @@ def _measure(cfg: RunConfig, prep: Prepared, teacher, student, sparsity: float, 
             res, mine = evaluate_model(student, prep.data, cfg)
         out = {"sparsity": sparsity, "actual_sparsity": report.sparsity,
                "actual_sparsity_with_embeddings": report.sparsity_with_embeddings,
-               "per_query": {s: r.per_query for s, r in res.items()}}
+               "per_query": {s: r.per_query for s, r in res.items()},
+               "dense_per_query": {s: prep.teacher.metrics[s].per_query for s in res}}
         out.update(prep.profile.metrics())
         long_docs = prep.profile.longer_than(cfg.distill.max_length)
         if (long := subset_cosine(mine, prep.teacher_eval, long_docs)) is not None:
@@ -281,7 +282,8 @@ def run(cfg: RunConfig) -> dict:
             with tracked.sparsity(s) if tracked is not None else contextlib.nullcontext() as child:
                 r = run_sparsity(cfg, s, prepared=prep)
                 results["sparsities"].append({k: v for k, v in r.items()
-                                              if k not in ("per_query", "bench", "bench_int8", "history")})
+                                              if k not in ("per_query", "dense_per_query", "bench", "bench_int8",
+                                                              "history")})
                 if lead:
                     write_json(out / RESULTS_FILE, results, indent=2)
                 if tracked is not None:

@@ -52,6 +52,13 @@ def test_pipeline_end_to_end_writes_table_and_files(tiny_model_dir, tiny_beir, t
         assert encoder_sparsity(model).sparsity == pytest.approx(row["actual_sparsity"], abs=1e-9)
         metrics = json.loads((folder / "metrics.json").read_text())
         assert set(metrics["per_query"]["test"]) == {"q9", "q10", "q11"}
+        # the dense teacher's per-query numbers beside the student's, for paired statistics over queries
+        for split in ("dev", "test"):
+            dense = metrics["dense_per_query"][split]
+            assert dense == shared.teacher.metrics[split].per_query
+            assert sum(v["ndcg_at_10"] for v in dense.values()) / len(dense) == pytest.approx(
+                metrics[f"{split}_dense_ndcg_at_10"])
+        assert "dense_per_query" not in row
         # the saved model, reloaded as any user would, reproduces the reported test numbers exactly
         reloaded = BiEncoder.from_config(cfg.model, name=str(folder / "model"))
         again, emb = evaluate_model(reloaded, shared.data, cfg)
