@@ -15,7 +15,16 @@ import pandas as pd
 
 from analysis import plots, tables
 from analysis.render import Section, to_html, to_markdown
-from analysis.runs import PARENT, commands, display_command, display_uri, load_runs, metric_history, per_query
+from analysis.runs import (
+    DENSE,
+    PARENT,
+    commands,
+    display_command,
+    display_uri,
+    load_runs,
+    metric_history,
+    per_query,
+)
 from sma.atomic import atomic_file, write_bytes, write_text
 
 log = logging.getLogger(__name__)
@@ -26,13 +35,19 @@ def _save_csv(table: pd.DataFrame, path: Path) -> None:
         table.to_csv(tmp, index=False)
 
 
-def _results_sections(df: pd.DataFrame, out: Path) -> list[Section]:
-    results = tables.results_table(df)
+def _results_sections(df: pd.DataFrame, uri: str, out: Path, cache: Path, resamples: int) -> list[Section]:
+    runs = df.dropna(subset=[tables.DEV])["run_id"]
+    results = tables.results_table(df, per_query(uri, runs, cache_dir=cache, missing_ok=True),
+                                   per_query(uri, runs, cache_dir=cache, model=DENSE, missing_ok=True,
+                                             progress=False),
+                                   resamples=resamples)
     _save_csv(results, out / "results.csv")
     sections = [Section("Results per sparsity", "The configuration with the best mean dev retention over its seeds "
                         "at each collection and target sparsity, with its means over those seeds (retention = pruned "
                         "/ dense test nDCG@10, sd of it over seeds; top-10 kept and corpus cosine: the label-free "
-                        "agreement with the dense teacher; where runs measured it with bench.int8, the same "
+                        "agreement with the dense teacher; 95 % CI (queries): the paired bootstrap interval of retention over the "
+                        f"test queries ({resamples} resamples, per-query means over seeds first), the spread another "
+                        "sample of as many queries could give; where runs measured it with bench.int8, the same "
                         "model with dynamic int8 linear layers: its test retention and CPU speedup over the dense "
                         "float32 model, means over the seeds that measured it).",
                         tables=(("results.csv", results),))]
@@ -173,7 +188,7 @@ def build_report(experiment: str, *, uri: str, results_dir: Path, resamples: int
     out = results_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     cache = results_dir / ".mlflow-artifacts"  # per-query metrics downloaded once
-    sections = _results_sections(df, out)
+    sections = _results_sections(df, uri, out, cache, resamples)
     sections += _ablation_section(df, uri, out, cache, resamples)
     sections += _search_sections(df, results_dir, out, optuna_url)
     sections += _curves_section(df, uri, out)

@@ -160,17 +160,31 @@ def _artifact(uri: str, run_id: str, name: str, cache_dir: Path) -> Path:
     return local
 
 
+PRUNED, DENSE = "per_query", "dense_per_query"
+"""Keys of a run's ``metrics.json`` holding the pruned model's and the dense teacher's per-query metrics."""
+
+
 def per_query(uri: str, run_ids: Iterable[str], *, split: str = "test", metric: str = "ndcg_at_10",
-              cache_dir: Path, progress: bool = True) -> dict[str, dict[str, float]]:
+              cache_dir: Path, progress: bool = True, model: str = PRUNED,
+              missing_ok: bool = False) -> dict[str, dict[str, float]]:
     """``{run_id: {query_id: value}}`` from each run's ``metrics.json`` artifact (downloaded once into
-    ``cache_dir/<run_id>/``, then read from there)."""
+    ``cache_dir/<run_id>/``, then read from there). ``model``: :data:`PRUNED` or :data:`DENSE` (runs whose
+    file has no dense per-query metrics are left out). ``missing_ok``: leave out runs without the file
+    instead of raising."""
+    from mlflow.exceptions import MlflowException
     from tqdm.auto import tqdm
 
     out: dict[str, dict[str, float]] = {}
     ids = list(run_ids)
     for run_id in tqdm(ids, desc="per-query metrics", disable=not progress or not ids, unit="run"):
-        blob = json.loads(_artifact(uri, run_id, METRICS_ARTIFACT, cache_dir).read_text())
-        out[run_id] = {q: float(v[metric]) for q, v in blob["per_query"][split].items()}
+        try:
+            blob = json.loads(_artifact(uri, run_id, METRICS_ARTIFACT, cache_dir).read_text())
+        except (OSError, MlflowException):
+            if not missing_ok:
+                raise
+            continue
+        if model in blob:
+            out[run_id] = {q: float(v[metric]) for q, v in blob[model][split].items()}
     return out
 
 

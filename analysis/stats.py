@@ -2,6 +2,8 @@
 
 - :func:`paired_difference`: treatment - reference over the queries both have: mean, a seeded paired
   percentile bootstrap interval (:func:`scipy.stats.bootstrap`) and the two-sided Wilcoxon signed-rank p.
+- :func:`retention_interval`: a seeded paired percentile bootstrap interval over queries of retention, the ratio
+  of the pruned model's mean to the dense model's on the same resampled queries.
 - :func:`mean_over_seeds`: per-query means over seeds, taken *before* any paired comparison.
 - :func:`holm`: Holm-Bonferroni adjusted p values for a family of comparisons.
 - :func:`seed_summary`: mean, sd and t-interval of one number over seeds.
@@ -69,6 +71,29 @@ def paired_difference(
     p = 1.0 if not diffs.any() else float(stats.wilcoxon(diffs, alternative="two-sided").pvalue)
     return PairedDifference(n=len(diffs), mean=float(diffs.mean()), ci_low=low, ci_high=high, p_value=p,
                             resamples=resamples, confidence=confidence, dropped=dropped)
+
+
+def _ratio_of_means(pruned: np.ndarray, dense: np.ndarray, axis: int = -1) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return pruned.mean(axis=axis) / dense.mean(axis=axis)
+
+
+def retention_interval(pruned: Mapping[str, float], dense: Mapping[str, float], *, resamples: int = 10_000,
+                       seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
+    """How far retention (mean pruned / mean dense nDCG@10) could move with another sample of queries:
+    percentile bootstrap interval of the ratio, queries resampled with replacement and paired (a resample
+    takes a query's pruned and dense values together), ``numpy.random.default_rng(seed)``. Over the queries
+    both sides have; (NaN, NaN) for fewer than two."""
+    common = [q for q in sorted(pruned.keys() & dense.keys())
+              if math.isfinite(pruned[q]) and math.isfinite(dense[q])]
+    if len(common) < 2:
+        return math.nan, math.nan
+    p = np.array([pruned[q] for q in common], dtype=float)
+    d = np.array([dense[q] for q in common], dtype=float)
+    res = stats.bootstrap((p, d), _ratio_of_means, paired=True, vectorized=True, n_resamples=resamples,
+                          batch=BOOTSTRAP_BATCH, confidence_level=confidence, method="percentile",
+                          rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def mean_over_seeds(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from analysis.pareto import REFERENCE_FRONT, hypervolume, pareto_front
 from analysis.runs import COLLECTION
-from analysis.stats import seed_summary
+from analysis.stats import mean_over_seeds, retention_interval, seed_summary
 from sma.config import SEARCHED
 from sma.config.ablation import RECIPE_PARAMS
 from sma.metrics import METRICS, OBJECTIVE, PHASE_PREFIX, PHASES, RETENTION
@@ -41,24 +41,33 @@ def by_collection(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return [(str(name), runs) for name, runs in df.groupby(COLLECTION, sort=True, dropna=False)]
 
 
-def results_table(df: pd.DataFrame) -> pd.DataFrame:
+PerQuery = dict[str, dict[str, float]]
+"""``{run_id: {query_id: test nDCG@10}}`` (:func:`analysis.runs.per_query`)."""
+
+
+def results_table(df: pd.DataFrame, pruned: PerQuery | None = None, dense: PerQuery | None = None, *,
+                  resamples: int = 10_000) -> pd.DataFrame:
     """Per collection and target sparsity, the configuration (runs alike but for the seed) with the best mean
     dev retention over its seeds, shown with its means over those seeds (and the sd of test retention over
     them): the seed-style results table, a row per collection and sparsity. Ties go to the configuration met
-    first; ``run_id`` lists every run averaged."""
+    first; ``run_id`` lists every run averaged.
+
+    With the per-query test nDCG@10 of the pruned and dense models of every run of a row, the row also has
+    the paired bootstrap 95 % interval over test queries of its retention (per-query means over seeds first):
+    the spread another sample of queries could give, next to ``sd``, the spread over seeds."""
     cols = config_columns(df)
     rows = []
     for collection, runs_of in by_collection(df.dropna(subset=[DEV])):
         for _, at in runs_of.groupby(SPARSITY, sort=True):
             configs = [runs for _, runs in at.groupby(cols, dropna=False, sort=False)] if cols else [at]
             runs = max(configs, key=lambda r: r[DEV].mean())  # max keeps the first of equals
-            rows.append(_result_row(collection, runs))
+            rows.append(_result_row(collection, runs, _query_columns(runs, pruned or {}, dense or {}, resamples)))
     table = pd.DataFrame(rows)
-    unmeasured = [c for c in INT8_COLUMNS if c in table.columns and table[c].isna().all()]
+    unmeasured = [c for c in (*INT8_COLUMNS, *QUERY_COLUMNS) if c in table.columns and table[c].isna().all()]
     return table.drop(columns=unmeasured)
 
 
-def _result_row(collection: str, runs: pd.DataFrame) -> dict[str, object]:
+def _result_row(collection: str, runs: pd.DataFrame, queries: dict[str, object]) -> dict[str, object]:
     def mean(column: str) -> float | None:
         return runs[column].mean() if column in runs.columns else None
 
@@ -70,6 +79,7 @@ def _result_row(collection: str, runs: pd.DataFrame) -> dict[str, object]:
         "Pruned": mean("metrics.test_ndcg_at_10"),
         "Retention": f"{100 * mean(TEST):.2f}%",
         "sd": f"{100 * runs[TEST].std():.2f}" if len(runs) > 1 else "",
+        **queries,
         "Dev retention": f"{100 * mean(DEV):.2f}%",
         "Top-10 kept": mean("metrics.test_top10_overlap"),
         "Corpus cosine": mean("metrics.corpus_cosine"),
@@ -79,6 +89,22 @@ def _result_row(collection: str, runs: pd.DataFrame) -> dict[str, object]:
         "Seeds": len(runs),
         "run_id": ", ".join(runs["run_id"]),
     }
+
+
+QUERY_COLUMNS = ("95% CI (queries)", "Test queries")
+
+
+def _query_columns(runs: pd.DataFrame, pruned: PerQuery, dense: PerQuery, resamples: int) -> dict[str, object]:
+    """The row's retention interval over test queries and how many queries; ``None`` unless every run of
+    the row has both models' per-query numbers."""
+    ids = list(runs["run_id"])
+    if not all(r in pruned and r in dense for r in ids):
+        return dict.fromkeys(QUERY_COLUMNS)
+    student = mean_over_seeds([pruned[r] for r in ids])
+    teacher = mean_over_seeds([dense[r] for r in ids])
+    low, high = retention_interval(student, teacher, resamples=resamples)
+    return {"95% CI (queries)": f"{100 * low:.1f}-{100 * high:.1f}%",
+            "Test queries": len(student.keys() & teacher.keys())}
 
 
 INT8 = f"metrics.{RETENTION}_int8"

@@ -28,7 +28,9 @@ def _log(client, exp_id: str, tmp: Path, *, params: dict, metrics: dict, per_que
         client.log_metric(rid, k, v)
     blob = tmp / rid / "metrics.json"
     blob.parent.mkdir(parents=True)
-    blob.write_text(json.dumps({"per_query": {"test": {q: {"ndcg_at_10": v} for q, v in per_query_test.items()}}}))
+    dense = {"test": dict.fromkeys(QUERIES, {"ndcg_at_10": 0.5})}  # the dense teacher scores 0.5 on each query
+    blob.write_text(json.dumps({"per_query": {"test": {q: {"ndcg_at_10": v} for q, v in per_query_test.items()}},
+                                "dense_per_query": dense}))
     client.log_artifact(rid, str(blob))
     client.set_terminated(rid, status)
     return rid
@@ -210,6 +212,11 @@ def test_report_files_and_the_page_in_a_real_browser(store, tmp_path):
     assert "```bash\nsma ablate --seeds 2\nsma run --sparsity 0.3\nsma report -e fx\n```" in md
     for name in ("results.csv", "ablation.csv", "hypervolume.csv", "pareto_sparsity.png", "ablation.png"):
         assert (folder / name).is_file(), name
+    # 30 %: 0.5 on every query, as the dense model: 100 % on any resample; 50 % (reference, per-query means
+    # 0.6 over seeds): 120 % on any resample
+    results = pd.read_csv(folder / "results.csv")
+    assert list(results["95% CI (queries)"]) == ["100.0-100.0%", "120.0-120.0%"]
+    assert list(results["Test queries"]) == [3, 3]
     run_id = log_report("fx", uri, folder)
     from mlflow.tracking import MlflowClient
 
@@ -394,3 +401,15 @@ def test_results_table_shows_int8_retention_over_the_seeds_that_measured_it():
     assert table.loc["cacm", "Retention int8"] == "96.00%" and table.loc["cacm", "Speedup int8"] == 4.2
     assert table.loc["cacm", "int8 seeds"] == 1 and table.loc["cacm", "Seeds"] == 2
     assert pd.isna(table.loc["cranfield", "Retention int8"])
+
+
+def test_results_table_gives_the_paired_query_interval_of_retention_over_seed_means():
+    df = _two_collections()
+    assert "95% CI (queries)" not in tables.results_table(df).columns  # no per-query numbers: no columns
+    # cacm (r0, r1): per-query means over the seeds are a 0.9, b 0.18 against the dense 1.0 and 0.2, so every
+    # paired resample of queries keeps exactly 90 %; the first seed alone would give 80-90 %
+    pruned = {"r0": {"a": 0.8, "b": 0.18}, "r1": {"a": 1.0, "b": 0.18}, "r4": {"a": 0.5}, "r5": {"a": 0.5}}
+    dense = {r: {"a": 1.0, "b": 0.2} for r in ("r0", "r1")} | {"r4": {"a": 0.6}}  # r5 has no dense numbers
+    table = tables.results_table(df, pruned, dense, resamples=2000).set_index("Collection")
+    assert table.loc["cacm", "95% CI (queries)"] == "90.0-90.0%" and table.loc["cacm", "Test queries"] == 2
+    assert pd.isna(table.loc["cranfield", "95% CI (queries)"])  # one of its runs lacks the dense side

@@ -14,6 +14,7 @@ from analysis.stats import (
     holm,
     mean_over_seeds,
     paired_difference,
+    retention_interval,
     seed_summary,
 )
 
@@ -112,3 +113,29 @@ def test_seed_summary_one_seed_constant_seeds_and_none():
     assert (flat.sd, flat.ci_low, flat.ci_high) == (0.0, 0.5, 0.5)
     with pytest.raises(ValueError):
         seed_summary([])
+
+
+def test_retention_interval_by_enumeration_and_pairing():
+    # two queries: a resample's retention is 0.5 / 1.0, (0.5 + 0.8) / (1.0 + 0.8) or 0.8 / 0.8, with
+    # probabilities 1/4, 1/2, 1/4: the 2.5 % and 97.5 % quantiles are 0.5 and 1.0
+    low, high = retention_interval({"a": 0.5, "b": 0.8}, {"a": 1.0, "b": 0.8, "only_dense": 0.3}, resamples=4000)
+    assert (low, high) == pytest.approx((0.5, 1.0), abs=1e-12)
+    # pruned = 0.9 x dense on every query: every paired resample has retention 0.9 (resampling the two sides
+    # apart would give anything from 0.18 / 1.0 to 0.9 / 0.2)
+    low, high = retention_interval({"a": 0.9, "b": 0.18, "c": 0.45}, {"a": 1.0, "b": 0.2, "c": 0.5})
+    assert (low, high) == pytest.approx((0.9, 0.9))
+    assert all(math.isnan(x) for x in retention_interval({"a": 0.5}, {"a": 1.0}))
+
+
+def test_retention_interval_matches_a_hand_bootstrap_with_the_same_seed():
+    pruned, dense = dict(zip(("q1", "q2", "q3", "q4", "q5", "q6"), (0.5, 0.9, 0.7, 0.65, 0.4, 0.8))), \
+        dict(zip(("q1", "q2", "q3", "q4", "q5", "q6"), (0.45, 0.6, 0.72, 0.5, 0.41, 0.55)))
+    p, d = np.array(list(pruned.values())), np.array(list(dense.values()))
+    rng = np.random.default_rng(3)
+    ratios = []
+    for start in range(0, 2500, BOOTSTRAP_BATCH):
+        idx = rng.integers(0, 6, size=(min(BOOTSTRAP_BATCH, 2500 - start), 6))
+        ratios.append(p[idx].mean(axis=1) / d[idx].mean(axis=1))
+    expected = np.quantile(np.concatenate(ratios), [0.05, 0.95])
+    assert retention_interval(pruned, dense, resamples=2500, seed=3, confidence=0.9) == pytest.approx(
+        tuple(expected), abs=1e-12)
