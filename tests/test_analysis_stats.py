@@ -128,9 +128,10 @@ def test_retention_interval_by_enumeration_and_pairing():
 
 
 def test_retention_interval_matches_a_hand_bootstrap_with_the_same_seed():
-    pruned, dense = dict(zip(("q1", "q2", "q3", "q4", "q5", "q6"), (0.5, 0.9, 0.7, 0.65, 0.4, 0.8))), \
-        dict(zip(("q1", "q2", "q3", "q4", "q5", "q6"), (0.45, 0.6, 0.72, 0.5, 0.41, 0.55)))
-    p, d = np.array(list(pruned.values())), np.array(list(dense.values()))
+    p = np.array([0.5, 0.9, 0.7, 0.65, 0.4, 0.8])
+    d = np.array([0.45, 0.6, 0.72, 0.5, 0.41, 0.55])
+    pruned = {f"q{i + 1}": float(v) for i, v in enumerate(p)}  # q1 .. q6: sorted ids keep this order
+    dense = {f"q{i + 1}": float(v) for i, v in enumerate(d)}
     rng = np.random.default_rng(3)
     ratios = []
     for start in range(0, 2500, BOOTSTRAP_BATCH):
