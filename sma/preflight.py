@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from sma.cache import cache_root
 from sma.config import ConfigError, RunConfig
-from sma.data import DataError, cached_hub_folder, load_beir_folder, locate_dataset
+from sma.data import DataError, RetrievalData, cached_hub_folder, load_beir_folder, locate_dataset
 from sma.model_source import check_model, hub_offline
 
 NETWORK_TIMEOUT_S = 2.5
@@ -51,9 +51,36 @@ def check_writable_dir(path: str | Path, key: str) -> None:
                              f"({exc.strerror or exc})") from None
 
 
-def check_dataset(dataset: str, *, cache_dir: str | None) -> None:
-    """The collection exists and every line of it parses (the loader's checks, on the real files); a hub
-    collection is checked when it is already cached, and must be when the hub is off."""
+def check_splits(cfg: RunConfig, data: RetrievalData) -> None:
+    """The collection has judged queries in every split the run reads: test (retention), dev (choosing
+    configurations) and a probe split when something is pruned, training queries when the teacher is
+    fine-tuned. A BEIR collection often ships only some of them (train and test, or test alone)."""
+    have = sorted(s for s, q in data.qrels.items() if q)
+    has = ", ".join(have) or "none"
+
+    def missing(key: str, split: str, why: str) -> ConfigError:
+        return ConfigError(f"{key}: {data.name} has no judged queries in split {split!r} (it has {has}); {why}")
+
+    d = cfg.data
+    if d.test_split not in have:
+        raise missing("data.test_split", d.test_split, "name the split to report with --set data.test_split=SPLIT")
+    if cfg.sparsity and d.dev_split not in have:
+        raise missing("data.dev_split", d.dev_split, "configurations are chosen on it: name another split than "
+                      "the test split with --set data.dev_split=SPLIT")
+    probe = cfg.analysis.probe_splits
+    if cfg.sparsity and not cfg.analysis.probe_pseudo_queries and not set(probe) & set(have):
+        raise ConfigError(f"analysis.probe_splits: {data.name} has no judged queries in {', '.join(probe)} (it has "
+                          f"{has}); name others with --set analysis.probe_splits=SPLIT, or probe with label-free "
+                          f"pseudo-queries: --set analysis.probe_pseudo_queries=true")
+    if cfg.train.baseline_epochs and d.train_split not in have:
+        raise missing("data.train_split", d.train_split, f"fine-tuning the teacher (train.baseline_epochs="
+                      f"{cfg.train.baseline_epochs}) needs judged training queries")
+
+
+def check_dataset(dataset: str, *, cache_dir: str | None, cfg: RunConfig | None = None) -> None:
+    """The collection exists and every line of it parses (the loader's checks, on the real files), and with
+    ``cfg`` has the splits that config reads (:func:`check_splits`); a hub collection is checked when it is
+    already cached, and must be when the hub is off."""
     where = locate_dataset(dataset)
     if isinstance(where, str):
         cached = cached_hub_folder(where, cache=cache_dir)
@@ -65,7 +92,9 @@ def check_dataset(dataset: str, *, cache_dir: str | None) -> None:
             return  # downloaded (and checked) by the command itself
         where = cached
     with _quiet("sma.data"):  # the command loads it again and reports dropped judgements then, once
-        load_beir_folder(where)
+        data = load_beir_folder(where)
+    if cfg is not None:
+        check_splits(cfg, data)
 
 
 def check_tracking_uri(configured: str | None) -> None:
@@ -111,7 +140,7 @@ def check_inputs(cfg: RunConfig, *, tracked: bool) -> None:
     store when ``tracked``. Local checks first; servers last."""
     check_writable_dir(cfg.output_dir, "output_dir")
     check_writable_dir(cache_root(cfg.cache_dir), "cache_dir")
-    check_dataset(cfg.data.dataset, cache_dir=cfg.cache_dir)
+    check_dataset(cfg.data.dataset, cache_dir=cfg.cache_dir, cfg=cfg)
     check_model(cfg.model.name)
     if tracked:
         check_tracking_uri(cfg.mlflow_tracking_uri)
@@ -146,7 +175,7 @@ def check_outer(cfg: Any) -> None:
     Ray storage folder. The Ray cluster is checked by :func:`tune.ray_connect.preflight`."""
     check_inputs(cfg.run, tracked=True)
     for dataset in getattr(cfg, "datasets", ()):  # an ablation's further collections
-        check_dataset(dataset, cache_dir=cfg.run.cache_dir)
+        check_dataset(dataset, cache_dir=cfg.run.cache_dir, cfg=cfg.run)
     storage = cfg.storage_path
     if storage and "://" not in storage:
         check_writable_dir(storage, "storage_path")

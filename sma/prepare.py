@@ -17,6 +17,7 @@ from sma.distill import DistillTexts, TaskPairs, pseudo_queries, teacher_embeddi
 from sma.evaluate import EvalEmbeddings
 from sma.importance import Importance, get_importance
 from sma.model import BiEncoder, native_bfloat16
+from sma.preflight import check_splits
 from sma.teacher import Teacher, get_teacher, teacher_eval_embeddings
 from sma.train import training_pairs
 
@@ -77,6 +78,7 @@ def load_run_data(cfg: RunConfig) -> RetrievalData:
                      distractor_ratio=cfg.data.distractor_ratio, cache_dir=cfg.cache_dir)
     log.info("data %s: %d documents, %s", data.name, len(data.corpus),
              ", ".join(f"{s} {len(q)} queries" for s, q in data.qrels.items()))
+    check_splits(cfg, data)  # again here: a hub collection is only checked once downloaded
     return data
 
 

@@ -175,7 +175,8 @@ def test_hub_downloads_go_to_the_configured_cache_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("SMA_DATA_DIR", raising=False)
     monkeypatch.setenv("SMA_CACHE_DIR", str(tmp_path / "env"))
     monkeypatch.chdir(tmp_path)
-    cfg = apply_overrides(RunConfig(), {"data.dataset": "tinyhub", "cache_dir": str(tmp_path / "cfg")})
+    cfg = apply_overrides(RunConfig(), {"data.dataset": "tinyhub", "cache_dir": str(tmp_path / "cfg"),
+                                        "sparsity": ""})  # a test split alone: the dense model's evaluation
     data = load_run_data(cfg)
     assert data.qrels == {"test": {"q1": {"d1": 1}}}
     entries = list((tmp_path / "cfg" / "beir").iterdir())

@@ -68,6 +68,20 @@ def test_a_probe_short_of_judged_queries_is_topped_up_with_pseudo_queries_cut_fr
     assert len(build_probe(data, cfg=replace(CFG, probe_pseudo_queries=True)).query_ids) == 12  # enough judged
 
 
+def test_a_collection_without_training_queries_is_probed_with_pseudo_queries_alone():
+    from dataclasses import replace
+
+    from sma.data import RetrievalData
+
+    full = tiny_collection()
+    data = RetrievalData(name=full.name, corpus=full.corpus, queries=full.queries,
+                         qrels={s: q for s, q in full.qrels.items() if s != "train"})
+    probe = build_probe(data, cfg=replace(CFG, probe_pseudo_queries=True))
+    assert len(probe.query_ids) == 12 and all(q.startswith("pseudo:") for q in probe.query_ids)
+    with pytest.raises(ValueError, match="no probe queries in train and analysis.probe_pseudo_queries is off"):
+        build_probe(data, cfg=CFG)
+
+
 def test_files_hold_every_unit_of_every_method(first_run):
     result, out, _ = first_run
     phase1 = out / "phase1"

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import sma.data
+from sma.config import ConfigError
 from sma.data import DataError, load_beir_folder, resolve_dataset
 from sma.model_source import ModelNotFoundError, check_model, looks_like_path
 from sma.preflight import PreflightError, check_tracking_uri, check_writable_dir
@@ -159,6 +160,52 @@ def test_a_split_of_unknown_ids_only_is_an_error(tmp_path):
     folder = write_beir(tmp_path / "beir", qrels={**TINY_QRELS, "dev": {"q-unknown": {"d1": 1}}})
     with pytest.raises(DataError, match="split 'dev' has no judgements of known queries and documents"):
         load_beir_folder(folder)
+
+
+# 4b. a collection without a split the run reads (BEIR ships many with train and test, or test alone) -----
+
+
+def _without(tmp: Path, *splits: str) -> Path:
+    return write_beir(tmp / "beir", qrels={s: q for s, q in TINY_QRELS.items() if s not in splits})
+
+
+def test_a_collection_without_a_dev_split_fails_at_once(poison, tiny_model_dir, tmp_path):
+    line = sma_fails(poison, tmp_path, *run_args(_without(tmp_path, "dev"), tiny_model_dir, tmp_path))
+    assert line.startswith("sma: error: data.dev_split: beir has no judged queries in split 'dev' (it has test, "
+                           "train);")
+    assert "--set data.dev_split=SPLIT" in line
+
+
+@pytest.mark.parametrize(("missing", "overrides", "key"), [
+    (("test",), {}, "data.test_split"),
+    (("train",), {}, "analysis.probe_splits"),  # the probe's judged queries come from train
+    (("train",), {"analysis.probe_pseudo_queries": "true", "train.baseline_epochs": "1"}, "data.train_split"),
+])
+def test_each_split_the_config_reads_is_checked(tmp_path, missing, overrides, key):
+    from sma.config import RunConfig, apply_overrides
+    from sma.preflight import check_splits
+
+    data = load_beir_folder(_without(tmp_path, *missing))
+    with pytest.raises(ConfigError, match=f"^{key}: beir has no judged queries in"):
+        check_splits(apply_overrides(RunConfig(), overrides), data)
+
+
+def test_what_a_config_does_not_read_need_not_be_there(tmp_path):
+    from sma.config import RunConfig, apply_overrides
+    from sma.preflight import check_splits
+
+    no_train = load_beir_folder(_without(tmp_path, "train"))
+    check_splits(apply_overrides(RunConfig(), {"analysis.probe_pseudo_queries": "true"}), no_train)  # label-free
+    check_splits(apply_overrides(RunConfig(), {"analysis.probe_splits": "dev"}), no_train)
+    dense_only = load_beir_folder(_without(tmp_path / "b", "dev", "train"))
+    check_splits(apply_overrides(RunConfig(), {"sparsity": ""}), dense_only)  # evaluates what is there
+
+
+def test_choosing_on_the_test_split_is_refused():
+    from sma.config import RunConfig, apply_overrides
+
+    with pytest.raises(ConfigError, match="^data.dev_split: must differ from data.test_split"):
+        apply_overrides(RunConfig(), {"data.dev_split": "test"})
 
 
 # 5. a model that cannot be found ------------------------------------------------------------------------

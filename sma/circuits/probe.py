@@ -69,6 +69,8 @@ def _merged_split(data: RetrievalData, splits: tuple[str, ...]) -> tuple[Queries
     queries: Queries = {}
     qrels: Qrels = {}
     for split in splits:
+        if not data.qrels.get(split):
+            continue  # a split the collection lacks: pseudo-queries may make the probe (checked up front)
         _, sq, sr = data.split(split)
         queries.update(sq)
         for q, docs in sr.items():
@@ -94,6 +96,9 @@ def build_probe(data: RetrievalData, *, cfg: AnalysisConfig, model=None) -> Prob
         qrels = {**qrels, **{q: {d: 1} for q, (_, d) in pseudo.items()}}
         positives.update({q: [d] for q, (_, d) in pseudo.items()})
         qids = [*qids, *pseudo]  # judged queries first: the one-unit ablations use the first ones
+    if not qids:
+        raise ValueError(f"{data.name}: no probe queries in {', '.join(cfg.probe_splits)} and "
+                         f"analysis.probe_pseudo_queries is off")
     depth = cfg.negatives_per_query + max(len(qrels[q]) for q in qids)
     texts = [queries[q] for q in qids]
     if cfg.negative_source == "bm25":

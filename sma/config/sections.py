@@ -68,6 +68,9 @@ class DataConfig:
         check(bool(self.dataset.strip()), "data.dataset", "must not be empty")
         check_at_least(self, 1, "data.", "max_samples")
         check_at_least(self, 0, "data.", "distractor_ratio")
+        check(self.dev_split != self.test_split, "data.dev_split",
+              f"must differ from data.test_split ({self.test_split!r}): configurations chosen on the test split "
+              f"make its numbers optimistic")
 
 
 @dataclass(frozen=True)
