@@ -51,10 +51,11 @@ def check_writable_dir(path: str | Path, key: str) -> None:
                              f"({exc.strerror or exc})") from None
 
 
-def check_splits(cfg: RunConfig, data: RetrievalData) -> None:
+def check_splits(cfg: RunConfig, data: RetrievalData, *, dev: bool = True) -> None:
     """The collection has judged queries in every split the run reads: test (retention), dev (choosing
-    configurations) and a probe split when something is pruned, training queries when the teacher is
-    fine-tuned. A BEIR collection often ships only some of them (train and test, or test alone)."""
+    configurations; only with ``dev``: ``sma analyze`` does not choose) and a probe split when something is
+    pruned, training queries when the teacher is fine-tuned. A BEIR collection often ships only some of them
+    (train and test, or test alone)."""
     have = sorted(s for s, q in data.qrels.items() if q)
     has = ", ".join(have) or "none"
 
@@ -64,7 +65,7 @@ def check_splits(cfg: RunConfig, data: RetrievalData) -> None:
     d = cfg.data
     if d.test_split not in have:
         raise missing("data.test_split", d.test_split, "name the split to report with --set data.test_split=SPLIT")
-    if cfg.sparsity and d.dev_split not in have:
+    if dev and cfg.sparsity and d.dev_split not in have:
         raise missing("data.dev_split", d.dev_split, "configurations are chosen on it: name another split than "
                       "the test split with --set data.dev_split=SPLIT")
     probe = cfg.analysis.probe_splits
@@ -77,7 +78,7 @@ def check_splits(cfg: RunConfig, data: RetrievalData) -> None:
                       f"{cfg.train.baseline_epochs}) needs judged training queries")
 
 
-def check_dataset(dataset: str, *, cache_dir: str | None, cfg: RunConfig | None = None) -> None:
+def check_dataset(dataset: str, *, cache_dir: str | None, cfg: RunConfig | None = None, dev: bool = True) -> None:
     """The collection exists and every line of it parses (the loader's checks, on the real files), and with
     ``cfg`` has the splits that config reads (:func:`check_splits`); a hub collection is checked when it is
     already cached, and must be when the hub is off."""
@@ -94,7 +95,7 @@ def check_dataset(dataset: str, *, cache_dir: str | None, cfg: RunConfig | None 
     with _quiet("sma.data"):  # the command loads it again and reports dropped judgements then, once
         data = load_beir_folder(where)
     if cfg is not None:
-        check_splits(cfg, data)
+        check_splits(cfg, data, dev=dev)
 
 
 def check_tracking_uri(configured: str | None) -> None:
@@ -135,12 +136,12 @@ def check_tcp(host: str, port: int, what: str, *, timeout: float = NETWORK_TIMEO
                              f"({exc.strerror or exc})") from None
 
 
-def check_inputs(cfg: RunConfig, *, tracked: bool) -> None:
+def check_inputs(cfg: RunConfig, *, tracked: bool, dev: bool = True) -> None:
     """What every modelled command reads and writes: output and cache folders, dataset, model, and the MLflow
     store when ``tracked``. Local checks first; servers last."""
     check_writable_dir(cfg.output_dir, "output_dir")
     check_writable_dir(cache_root(cfg.cache_dir), "cache_dir")
-    check_dataset(cfg.data.dataset, cache_dir=cfg.cache_dir, cfg=cfg)
+    check_dataset(cfg.data.dataset, cache_dir=cfg.cache_dir, cfg=cfg, dev=dev)
     check_model(cfg.model.name)
     if tracked:
         check_tracking_uri(cfg.mlflow_tracking_uri)
@@ -158,8 +159,8 @@ def check_run(cfg: RunConfig) -> None:
 
 
 def check_analyze(cfg: RunConfig) -> None:
-    """``sma analyze`` (no MLflow)."""
-    check_inputs(cfg, tracked=False)
+    """``sma analyze`` (no MLflow, no dev split)."""
+    check_inputs(cfg, tracked=False, dev=False)
 
 
 def check_bench(cfg: RunConfig) -> None:

@@ -199,6 +199,8 @@ def test_what_a_config_does_not_read_need_not_be_there(tmp_path):
     check_splits(apply_overrides(RunConfig(), {"analysis.probe_splits": "dev"}), no_train)
     dense_only = load_beir_folder(_without(tmp_path / "b", "dev", "train"))
     check_splits(apply_overrides(RunConfig(), {"sparsity": ""}), dense_only)  # evaluates what is there
+    no_dev = load_beir_folder(_without(tmp_path / "c", "dev"))
+    check_splits(RunConfig(), no_dev, dev=False)  # sma analyze chooses nothing on dev
 
 
 def test_choosing_on_the_test_split_is_refused():
