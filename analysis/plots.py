@@ -1,5 +1,6 @@
 """The report's figures (matplotlib, Agg backend): Pareto fronts against the reference implementation's
-published front, the ablation effects with their intervals, and per-epoch recovery curves."""
+published front, the ablation effects with their intervals, per-epoch recovery curves, and each test query's
+pruned against dense nDCG@10."""
 
 from __future__ import annotations
 
@@ -90,3 +91,21 @@ def time_plot(table: pd.DataFrame, path: Path) -> Path:
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(phases), frameon=False)
     return _save(fig, path)
 
+
+
+def query_plot(rows: list[tuple[str, str, pd.DataFrame]], path: Path) -> Path:
+    """One panel per results row (:func:`analysis.tables.row_queries`): each test query's pruned nDCG@10
+    (mean over seeds) against the dense model's, on the diagonal when unchanged; the query that moves the
+    row's retention most is labelled."""
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.4), squeeze=False)
+    for ax, (collection, sparsity, frame) in zip(axes[0], rows, strict=True):
+        ax.plot([0, 1], [0, 1], color="0.6", lw=1)
+        ax.scatter(frame["dense"], frame["pruned"], s=12)
+        top = frame.loc[frame["effect"].abs().idxmax()]
+        ax.annotate(f"{top['query']} ({top['effect']:+.1f} pts)", (top["dense"], top["pruned"]), fontsize=7,
+                    xytext=(4, -10), textcoords="offset points")
+        ax.set(xlim=(-0.03, 1.03), ylim=(-0.03, 1.03), title=f"{collection} {sparsity}".strip(),
+               xlabel="dense nDCG@10")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("pruned nDCG@10 (mean over seeds)")
+    return _save(fig, path)

@@ -37,10 +37,9 @@ def _save_csv(table: pd.DataFrame, path: Path) -> None:
 
 def _results_sections(df: pd.DataFrame, uri: str, out: Path, cache: Path, resamples: int) -> list[Section]:
     runs = df.dropna(subset=[tables.DEV])["run_id"]
-    results = tables.results_table(df, per_query(uri, runs, cache_dir=cache, missing_ok=True),
-                                   per_query(uri, runs, cache_dir=cache, model=DENSE, missing_ok=True,
-                                             progress=False),
-                                   resamples=resamples)
+    pruned = per_query(uri, runs, cache_dir=cache, missing_ok=True)
+    dense = per_query(uri, runs, cache_dir=cache, model=DENSE, missing_ok=True, progress=False)
+    results = tables.results_table(df, pruned, dense, resamples=resamples)
     _save_csv(results, out / "results.csv")
     sections = [Section("Results per sparsity", "The configuration with the best mean dev retention over its seeds "
                         "at each collection and target sparsity, with its means over those seeds (retention = pruned "
@@ -51,6 +50,16 @@ def _results_sections(df: pd.DataFrame, uri: str, out: Path, cache: Path, resamp
                         "model with dynamic int8 linear layers: its test retention and CPU speedup over the dense "
                         "float32 model, means over the seeds that measured it).",
                         tables=(("results.csv", results),))]
+    queries = tables.row_queries(results, pruned, dense)
+    if queries:
+        effects = tables.query_effect_table(queries)
+        _save_csv(effects, out / "queries.csv")
+        sections.append(Section("Per query", "Each row's test queries: pruned (mean over the row's seeds) against "
+                                "dense nDCG@10. Retention is a ratio of means over few queries, so one query can "
+                                "move it by points: the table gives the three queries of each row that move it "
+                                "most (effect: points of retention from that query's difference) and the "
+                                "retention without each.", tables=(("queries.csv", effects),),
+                                images=(plots.query_plot(queries, out / "queries.png"),)))
     profile = tables.collection_table(df)
     if not profile.empty:
         _save_csv(profile, out / "collections.csv")

@@ -107,6 +107,42 @@ def _query_columns(runs: pd.DataFrame, pruned: PerQuery, dense: PerQuery, resamp
             "Test queries": len(student.keys() & teacher.keys())}
 
 
+def row_queries(results: pd.DataFrame, pruned: PerQuery, dense: PerQuery) -> list[tuple[str, str, pd.DataFrame]]:
+    """For each row of :func:`results_table` whose runs all have both models' per-query numbers:
+    ``(collection, sparsity, frame)``, the frame a row per test query (``query``, ``dense``, ``pruned``: the
+    pruned model's mean over the row's seeds) with ``effect``: how many points of the row's retention the
+    query's difference makes, ``100 * (pruned - dense) / (queries * mean dense)`` (the effects add up to
+    retention - 100)."""
+    out = []
+    for _, row in results.iterrows():
+        ids = str(row["run_id"]).split(", ")
+        if not all(r in pruned and r in dense for r in ids):
+            continue
+        student = mean_over_seeds([pruned[r] for r in ids])
+        teacher = mean_over_seeds([dense[r] for r in ids])
+        qs = sorted(student.keys() & teacher.keys())
+        frame = pd.DataFrame({"query": qs, "dense": [teacher[q] for q in qs], "pruned": [student[q] for q in qs]})
+        total = frame["dense"].sum()
+        frame["effect"] = 100 * (frame["pruned"] - frame["dense"]) / total if total else float("nan")
+        out.append((str(row["Collection"]), str(row["Sparsity"]), frame))
+    return out
+
+
+def query_effect_table(rows: list[tuple[str, str, pd.DataFrame]], *, top: int = 3) -> pd.DataFrame:
+    """The ``top`` queries of each row that move its retention most (largest ``|effect|``), and what
+    retention would be without each of them alone."""
+    out = []
+    for collection, sparsity, frame in rows:
+        retention = 100 * frame["pruned"].sum() / frame["dense"].sum()
+        for _, q in frame.reindex(frame["effect"].abs().sort_values(ascending=False).index).head(top).iterrows():
+            rest = frame[frame["query"] != q["query"]]
+            out.append({"Collection": collection, "Sparsity": sparsity, "Query": q["query"], "Dense": q["dense"],
+                        "Pruned": q["pruned"], "Effect (points)": round(q["effect"], 2),
+                        "Retention": f"{retention:.2f}%",
+                        "Without it": f"{100 * rest['pruned'].sum() / rest['dense'].sum():.2f}%"})
+    return pd.DataFrame(out)
+
+
 INT8 = f"metrics.{RETENTION}_int8"
 INT8_COLUMNS = ("Retention int8", "Speedup int8", "int8 seeds")
 

@@ -217,6 +217,11 @@ def test_report_files_and_the_page_in_a_real_browser(store, tmp_path):
     results = pd.read_csv(folder / "results.csv")
     assert list(results["95% CI (queries)"]) == ["100.0-100.0%", "120.0-120.0%"]
     assert list(results["Test queries"]) == [3, 3]
+    # each query of the 50 % row: 0.6 (mean over seeds) against 0.5, 100 * 0.1 / 1.5 points of retention
+    effects = pd.read_csv(folder / "queries.csv")
+    assert list(effects["Sparsity"]) == ["30%"] * 3 + ["50%"] * 3
+    assert list(effects["Effect (points)"]) == [0.0] * 3 + [6.67] * 3
+    assert (folder / "queries.png").is_file()
     run_id = log_report("fx", uri, folder)
     from mlflow.tracking import MlflowClient
 
@@ -413,3 +418,21 @@ def test_results_table_gives_the_paired_query_interval_of_retention_over_seed_me
     table = tables.results_table(df, pruned, dense, resamples=2000).set_index("Collection")
     assert table.loc["cacm", "95% CI (queries)"] == "90.0-90.0%" and table.loc["cacm", "Test queries"] == 2
     assert pd.isna(table.loc["cranfield", "95% CI (queries)"])  # one of its runs lacks the dense side
+
+
+def test_the_queries_that_move_a_rows_retention_most_by_hand():
+    df = _two_collections()
+    # cacm (r0, r1): per-query means over seeds a 0.9, b 0.25, c 0.5 against the dense 1.0, 0.2, 0.5
+    pruned = {"r0": {"a": 0.8, "b": 0.2, "c": 0.5}, "r1": {"a": 1.0, "b": 0.3, "c": 0.5}}
+    dense = {r: {"a": 1.0, "b": 0.2, "c": 0.5} for r in ("r0", "r1")}
+    rows = tables.row_queries(tables.results_table(df, pruned, dense, resamples=100), pruned, dense)
+    assert [(c, s) for c, s, _ in rows] == [("cacm", "50%")]  # cranfield's runs have no per-query numbers
+    frame = rows[0][2].set_index("query")
+    # effect = 100 * (pruned - dense) / (1.0 + 0.2 + 0.5): a -10 / 1.7, b +5 / 1.7, c 0; they add up to
+    # retention - 100 = 100 * 1.65 / 1.7 - 100
+    assert frame["effect"].to_dict() == pytest.approx({"a": -1000 / 170, "b": 500 / 170, "c": 0.0})
+    assert frame["effect"].sum() == pytest.approx(100 * 1.65 / 1.7 - 100)
+    top = tables.query_effect_table(rows, top=2)
+    assert list(top["Query"]) == ["a", "b"] and list(top["Effect (points)"]) == [-5.88, 2.94]
+    assert list(top["Retention"]) == ["97.06%", "97.06%"]
+    assert list(top["Without it"]) == ["107.14%", "93.33%"]  # 0.75 / 0.7 and 1.4 / 1.5
