@@ -271,6 +271,9 @@ def test_the_shipped_ablation_config_loads():
     frontier = load_config(Path(__file__).resolve().parents[1] / "cluster" / "frontier.yaml", AblationConfig)
     assert frontier.run.sparsity == (0.8, 0.9) and [c.name for c in frontier.cells()] == [
         "reference", "whole_layers=2", "long_recovery=16", "layer_distill=1.0"]
+    defaults = load_config(Path(__file__).resolve().parents[1] / "cluster" / "defaults.yaml", AblationConfig)
+    assert [c.name for c in defaults.cells()] == ["reference"] and defaults.seed_list() == [43, 44, 45]
+    assert defaults.dataset_list() == ("cranfield", "cacm") and defaults.run.sparsity == (0.3, 0.5, 0.7)
 
 
 def test_ablation_design_one_factor_at_a_time_and_factorial():
