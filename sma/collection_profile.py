@@ -18,6 +18,8 @@ from sma.data import RetrievalData, doc_text
 
 MOST = 0.5
 """Share of documents past ``distill.max_length`` above which a run warns."""
+FEW_TEST_QUERIES = 50
+"""Judged test queries under which a run warns that retention rests on few queries (cacm has 26)."""
 LONG_QUERIES = 0.05
 """Share of judged queries past ``model.query_max_length`` above which a run warns."""
 
@@ -48,6 +50,7 @@ class CollectionProfile:
     eval_length: int
     query_length: int
     train_split: str
+    test_split: str = "test"
 
     def longer_than(self, tokens: int) -> set[str]:
         """Ids of the documents longer than ``tokens`` tokens."""
@@ -89,6 +92,11 @@ class CollectionProfile:
             out.append(f"the analysis probe has {train} judged {self.train_split} queries for "
                        f"analysis.probe_queries={probe}: unit scores rest on few queries; "
                        "analysis.probe_pseudo_queries=true tops the probe up with label-free spans of documents")
+        tests = self.judged_queries.get(self.test_split, 0)
+        if 0 < tests < FEW_TEST_QUERIES:
+            out.append(f"only {tests} judged {self.test_split} queries: each is 1/{tests} of the mean nDCG@10, so one "
+                       f"query the pruned model gains or loses moves retention by points; read it with its "
+                       f"bootstrap interval over the queries and the label-free agreement (sma report)")
         return out
 
 
@@ -101,4 +109,4 @@ def profile_collection(tokenizer, data: RetrievalData, cfg: RunConfig) -> Collec
         query_lengths=tuple(_lengths(tokenizer, [data.queries[q] for q in judged])),
         judged_queries={split: len(qrels) for split, qrels in data.qrels.items()},
         distill_length=cfg.distill.max_length, eval_length=cfg.model.doc_max_length,
-        query_length=cfg.model.query_max_length, train_split=cfg.data.train_split)
+        query_length=cfg.model.query_max_length, train_split=cfg.data.train_split, test_split=cfg.data.test_split)

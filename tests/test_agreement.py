@@ -77,8 +77,9 @@ def test_cosine_of_long_documents_by_hand(tiny_model_dir):
         "docs_over_distill_length": pytest.approx(1 / 3), "docs_over_eval_length": 0.0,
         "queries_over_query_length": pytest.approx(1 / 3)}  # "wing flow": 4 tokens
     warnings = profile.warnings(cfg)
-    assert len(warnings) == 2 and "33% of judged queries" in warnings[0]  # 1 of 3 documents past 5 is no majority
+    assert len(warnings) == 3 and "33% of judged queries" in warnings[0]  # 1 of 3 documents past 5 is no majority
     assert "probe has 1 judged train queries" in warnings[1]
+    assert warnings[2].startswith("only 2 judged test queries: each is 1/2 of the mean nDCG@10")
     short = apply_overrides(cfg, {"distill.max_length": 2})
     assert profile_collection(tokenizer, data, short).warnings(short)[0].startswith(
         "100% of documents are longer than distill.max_length=2 tokens (median 5, 90th percentile 7)")
