@@ -31,6 +31,8 @@ _PER_SPLIT = (
     *(Metric(stem, True, f"pruned model's {label}") for stem, label in IR_MEASURES.items()),
     *(Metric(f"dense_{stem}", True, f"dense teacher's {label}") for stem, label in IR_MEASURES.items()),
     Metric("retention", True, "pruned nDCG@10 / dense nDCG@10"),
+    Metric("retention_low", True, "low end of retention's 95 % paired bootstrap interval over the split's queries"),
+    Metric("retention_high", True, "high end of retention's 95 % paired bootstrap interval over the split's queries"),
     Metric("query_cosine", True, "mean cosine of student vs teacher embeddings of the split's queries (no labels)"),
     Metric("top10_overlap", True, "share of the teacher's top 10 per query also in the student's top 10 (no labels)"),
     Metric("ndcg_at_10_int8", True, "nDCG@10 of the pruned model with int8 linear layers (bench.int8)"),

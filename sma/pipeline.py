@@ -194,6 +194,8 @@ def _measure(cfg: RunConfig, prep: Prepared, teacher, student, sparsity: float, 
                 out[f"{split}_{k}"] = v
                 out[f"{split}_dense_{k}"] = dense[k]
             out[f"{split}_retention"] = r.mean["ndcg_at_10"] / dense["ndcg_at_10"] if dense["ndcg_at_10"] else 0.0
+            out[f"{split}_retention_low"], out[f"{split}_retention_high"] = _query_interval(
+                r.per_query, prep.teacher.metrics[split].per_query)
         if cfg.bench.enabled:
             from sma.bench import benchmark
 
@@ -207,6 +209,15 @@ def _measure(cfg: RunConfig, prep: Prepared, teacher, student, sparsity: float, 
             with timed(seconds, "int8"):
                 out.update(_int8_metrics(cfg, prep, teacher, student, float32_embeddings=mine))
     return out
+
+
+def _query_interval(pruned: dict[str, dict[str, float]], dense: dict[str, dict[str, float]]) -> tuple[float, float]:
+    """Retention's 95 % paired bootstrap interval over the split's queries (:func:`analysis.stats.retention_interval`,
+    seeded): how far another sample of as many queries could move it."""
+    from analysis.stats import retention_interval
+
+    return retention_interval({q: v["ndcg_at_10"] for q, v in pruned.items()},
+                              {q: v["ndcg_at_10"] for q, v in dense.items()})
 
 
 def _int8_metrics(cfg: RunConfig, prep: Prepared, teacher, student, *, float32_embeddings) -> dict[str, Any]:
@@ -319,7 +330,8 @@ def _pretrained_metrics(cfg: RunConfig, data, baseline: Teacher) -> dict[str, di
 
 
 def format_table(results: dict) -> str:
-    """The results table: Sparsity | Actual | Baseline | Pruned | Retention | Speedup | Memory (test split)."""
+    """The results table: Sparsity | Actual | Baseline | Pruned | Retention | its 95 % CI over the test queries |
+    Speedup | Memory (test split)."""
     base = results["baseline"]["metrics"].get("test", {}).get("ndcg_at_10", float("nan"))
     lines = [f"\nDense {results['model']} on {results['dataset']} ({results['num_documents']} documents): "
              + ", ".join(f"{s} nDCG@10 {m['ndcg_at_10']:.4f}" for s, m in results["baseline"]["metrics"].items())]
@@ -329,13 +341,15 @@ def format_table(results: dict) -> str:
             f"{s} {m['ndcg_at_10']:.4f}" for s, m in pretrained.items()) + ")"
     if results["sparsities"]:
         lines.append(f"{'Sparsity':<11}{'Actual':<10}{'Baseline':<11}{'Pruned':<9}{'Retention':<12}"
-                     f"{'Speedup':<10}{'Memory':<8}")
+                     f"{'95% CI (queries)':<18}{'Speedup':<10}{'Memory':<8}")
         for r in results["sparsities"]:
             speed = f"{r['speedup']:.3f}" if "speedup" in r else "-"
             mem = f"{100 * r['memory_ratio']:.0f}%" if "memory_ratio" in r else "-"
+            ci = (f"{100 * r['test_retention_low']:.1f}-{100 * r['test_retention_high']:.1f}"
+                  if "test_retention_low" in r else "-")
             lines.append(f"{100 * r['sparsity']:<11.0f}{100 * r['actual_sparsity']:<10.2f}{base:<11.4f}"
                          f"{r.get('test_ndcg_at_10', float('nan')):<9.4f}"
-                         f"{100 * r.get('test_retention', float('nan')):<12.2f}{speed:<10}{mem:<8}")
+                         f"{100 * r.get('test_retention', float('nan')):<12.2f}{ci:<18}{speed:<10}{mem:<8}")
         agree = [r for r in results["sparsities"] if "corpus_cosine" in r]
         if agree:
             lines.append("Agreement with the dense teacher (no labels): mean cosine of document / dev query / test "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from analysis.stats import retention_interval
 from sma import prepare as prepare_mod
 from sma.config import RunConfig, apply_overrides
 from sma.evaluate import evaluate_model, split_agreement
@@ -59,6 +60,12 @@ def test_pipeline_end_to_end_writes_table_and_files(tiny_model_dir, tiny_beir, t
             assert sum(v["ndcg_at_10"] for v in dense.values()) / len(dense) == pytest.approx(
                 metrics[f"{split}_dense_ndcg_at_10"])
         assert "dense_per_query" not in row
+        # retention's interval over the test queries, from those per-query numbers, printed in the table
+        low, high = retention_interval({q: v["ndcg_at_10"] for q, v in metrics["per_query"]["test"].items()},
+                                       {q: v["ndcg_at_10"] for q, v in metrics["dense_per_query"]["test"].items()})
+        assert (row["test_retention_low"], row["test_retention_high"]) == (low, high)
+        assert low <= row["test_retention"] <= high
+        assert f"{100 * low:.1f}-{100 * high:.1f}" in table
         # the saved model, reloaded as any user would, reproduces the reported test numbers exactly
         reloaded = BiEncoder.from_config(cfg.model, name=str(folder / "model"))
         again, emb = evaluate_model(reloaded, shared.data, cfg)
