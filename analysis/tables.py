@@ -94,14 +94,21 @@ def _result_row(collection: str, runs: pd.DataFrame, queries: dict[str, object])
 QUERY_COLUMNS = ("95% CI (queries)", "Test queries")
 
 
+def _seed_means(ids: list[str], pruned: PerQuery, dense: PerQuery) -> tuple[dict[str, float], dict[str, float]] | None:
+    """Per-query means over the runs ``ids`` of the pruned and the dense model; ``None`` unless every run has
+    both."""
+    if not all(r in pruned and r in dense for r in ids):
+        return None
+    return mean_over_seeds([pruned[r] for r in ids]), mean_over_seeds([dense[r] for r in ids])
+
+
 def _query_columns(runs: pd.DataFrame, pruned: PerQuery, dense: PerQuery, resamples: int) -> dict[str, object]:
     """The row's retention interval over test queries and how many queries; ``None`` unless every run of
     the row has both models' per-query numbers."""
-    ids = list(runs["run_id"])
-    if not all(r in pruned and r in dense for r in ids):
+    means = _seed_means(list(runs["run_id"]), pruned, dense)
+    if means is None:
         return dict.fromkeys(QUERY_COLUMNS)
-    student = mean_over_seeds([pruned[r] for r in ids])
-    teacher = mean_over_seeds([dense[r] for r in ids])
+    student, teacher = means
     low, high = retention_interval(student, teacher, resamples=resamples)
     return {"95% CI (queries)": f"{100 * low:.1f}-{100 * high:.1f}%",
             "Test queries": len(student.keys() & teacher.keys())}
@@ -115,11 +122,10 @@ def row_queries(results: pd.DataFrame, pruned: PerQuery, dense: PerQuery) -> lis
     retention - 100)."""
     out = []
     for _, row in results.iterrows():
-        ids = str(row["run_id"]).split(", ")
-        if not all(r in pruned and r in dense for r in ids):
+        means = _seed_means(str(row["run_id"]).split(", "), pruned, dense)
+        if means is None:
             continue
-        student = mean_over_seeds([pruned[r] for r in ids])
-        teacher = mean_over_seeds([dense[r] for r in ids])
+        student, teacher = means
         qs = sorted(student.keys() & teacher.keys())
         frame = pd.DataFrame({"query": qs, "dense": [teacher[q] for q in qs], "pruned": [student[q] for q in qs]})
         total = frame["dense"].sum()
