@@ -80,6 +80,12 @@ def test_cosine_of_long_documents_by_hand(tiny_model_dir):
     assert len(warnings) == 3 and "33% of judged queries" in warnings[0]  # 1 of 3 documents past 5 is no majority
     assert "probe has 1 judged train queries" in warnings[1]
     assert warnings[2].startswith("only 2 judged test queries: each is 1/2 of the mean nDCG@10")
+    dev_cfg = apply_overrides(cfg, {"data.dev_split": "val"})
+    with_dev = RetrievalData(name="x", corpus=corpus, queries=data.queries,
+                             qrels={**data.qrels, "val": {"q3": {"c": 1}}, "dev": {"q1": {"b": 1}, "q2": {"b": 1}}})
+    dev_warnings = profile_collection(tokenizer, with_dev, dev_cfg).warnings(dev_cfg)
+    assert dev_warnings[-1].startswith("only 1 judged val queries: a setting chosen on dev retention")
+    assert len(dev_warnings) == 4  # the split named by data.dev_split, not the one called dev
     short = apply_overrides(cfg, {"distill.max_length": 2})
     assert profile_collection(tokenizer, data, short).warnings(short)[0].startswith(
         "100% of documents are longer than distill.max_length=2 tokens (median 5, 90th percentile 7)")
