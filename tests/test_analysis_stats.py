@@ -127,6 +127,14 @@ def test_retention_interval_by_enumeration_and_pairing():
     assert all(math.isnan(x) for x in retention_interval({"a": 0.5}, {"a": 1.0}))
 
 
+def test_retention_interval_leaves_out_resamples_without_a_dense_score():
+    # the dense model scores 0 on a: a resample of (a, a) is 0 / 0 (a quarter of them); (a, b), (b, a) and
+    # (b, b) all give 0.5 / 1.0 or 1.0 / 2.0 = 0.5. One undefined resample must not make the interval NaN.
+    low, high = retention_interval({"a": 0.0, "b": 1.0}, {"a": 0.0, "b": 2.0}, resamples=400)
+    assert (low, high) == pytest.approx((0.5, 0.5), abs=1e-12)
+    assert all(math.isnan(x) for x in retention_interval({"a": 0.0, "b": 0.0}, {"a": 0.0, "b": 0.0}))
+
+
 def test_retention_interval_matches_a_hand_bootstrap_with_the_same_seed():
     p = np.array([0.5, 0.9, 0.7, 0.65, 0.4, 0.8])
     d = np.array([0.45, 0.6, 0.72, 0.5, 0.41, 0.55])
