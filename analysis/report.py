@@ -99,8 +99,9 @@ def _results_sections(df: pd.DataFrame, uri: str, out: Path, cache: Path, resamp
     seeds = tables.seed_table(df)
     if not seeds.empty:
         _save_csv(seeds, out / "seeds.csv")
-        sections.append(Section("Across seeds", "Test retention of each configuration run with several seeds: "
-                                "mean, sd and the 95 % t-interval of the mean.", tables=(("seeds.csv", seeds),)))
+        sections.append(Section("Across seeds", "Test retention of every configuration run: mean over its seeds, "
+                                "sd and the 95 % t-interval of the mean (blank with one seed).",
+                                tables=(("seeds.csv", seeds),)))
     return sections
 
 

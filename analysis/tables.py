@@ -196,14 +196,13 @@ SEED = "params.seed"
 
 
 def seed_table(df: pd.DataFrame, metric: str = TEST) -> pd.DataFrame:
-    """Per (collection, target sparsity, configuration) with at least two seeds: mean ± sd and the t-interval
-    over seeds (runs of one configuration with the same seed, repeats, count once: their mean)."""
+    """Per (collection, target sparsity, configuration): mean ± sd and the t-interval over seeds (runs of one
+    configuration with the same seed, repeats, count once: their mean). A configuration run with one seed is
+    listed too, its sd and interval NaN: the table is where every configuration tried can be found."""
     keys = [*([COLLECTION] if COLLECTION in df.columns else []), SPARSITY, *config_columns(df)]
     rows = []
     for key, group in df.groupby(keys, dropna=False, sort=True):
         per_seed = group.groupby(SEED)[metric].mean() if SEED in group.columns else group[metric]
-        if len(per_seed) < 2:
-            continue
         s = seed_summary(per_seed.tolist())
         rows.append({**dict(zip([k.removeprefix("params.") for k in keys], key, strict=True)),
                      "seeds": s.n, "mean": s.mean, "sd": s.sd, "ci_low": s.ci_low, "ci_high": s.ci_high,
