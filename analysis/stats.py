@@ -85,21 +85,22 @@ def retention_interval(pruned: Mapping[str, float], dense: Mapping[str, float], 
     percentile bootstrap interval of the ratio, queries resampled with replacement and paired (a resample
     takes a query's pruned and dense values together), ``numpy.random.default_rng(seed)``. Over the queries
     both sides have; (NaN, NaN) for fewer than two. A resample that draws only queries the dense model scores 0
-    has no ratio and is left out of the quantiles (cacm's 6 dev queries include one: about 1 resample in
-    47 000), instead of turning the whole interval into NaN."""
+    has no finite ratio (0/0, or x/0) and is left out of the quantiles (cacm's 6 dev queries include one: about
+    1 resample in 47 000), instead of turning the whole interval into NaN."""
     common = [q for q in sorted(pruned.keys() & dense.keys())
               if math.isfinite(pruned[q]) and math.isfinite(dense[q])]
     if len(common) < 2:
         return math.nan, math.nan
     p = np.array([pruned[q] for q in common], dtype=float)
     d = np.array([dense[q] for q in common], dtype=float)
-    with warnings.catch_warnings():  # scipy's own interval is NaN when a ratio is; the quantiles below skip them
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+    with warnings.catch_warnings():  # scipy's own interval and standard error are NaN when a ratio is not finite;
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # the quantiles below leave those out
+        warnings.simplefilter("ignore", RuntimeWarning)
         res = stats.bootstrap((p, d), _ratio_of_means, paired=True, vectorized=True, n_resamples=resamples,
                               batch=BOOTSTRAP_BATCH, confidence_level=confidence, method="percentile",
                               rng=np.random.default_rng(seed))
     ratios = res.bootstrap_distribution
-    defined = ratios[~np.isnan(ratios)]
+    defined = ratios[np.isfinite(ratios)]
     if defined.size == 0:
         return math.nan, math.nan
     tail = 100 * (1 - confidence) / 2

@@ -133,6 +133,10 @@ def test_retention_interval_leaves_out_resamples_without_a_dense_score():
     low, high = retention_interval({"a": 0.0, "b": 1.0}, {"a": 0.0, "b": 2.0}, resamples=400)
     assert (low, high) == pytest.approx((0.5, 0.5), abs=1e-12)
     assert all(math.isnan(x) for x in retention_interval({"a": 0.0, "b": 0.0}, {"a": 0.0, "b": 0.0}))
+    # pruned finds a where dense scores 0: (a, a) is 0.4 / 0, left out like 0 / 0; (b, b) is 0.5 / 1.0 and
+    # (a, b) 0.45 / 0.5 = 0.9 (two thirds of the rest), so the 2.5 % and 97.5 % quantiles are 0.5 and 0.9
+    low, high = retention_interval({"a": 0.4, "b": 0.5}, {"a": 0.0, "b": 1.0}, resamples=2000)
+    assert (low, high) == pytest.approx((0.5, 0.9), abs=1e-12)
 
 
 def test_retention_interval_matches_a_hand_bootstrap_with_the_same_seed():
