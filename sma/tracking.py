@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunStatus, ViewType
 from mlflow.tracking import MlflowClient
 
@@ -110,11 +111,28 @@ def result_tags(cfg: RunConfig, sparsity: float, *, role: str, commit: str | Non
             "git_commit": commit or git_commit(), "role": role, RESULT_TAG: "1"}
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+@contextmanager
+def first_open_lock(uri: str) -> Iterator[None]:
+    """Holds ``<db>.lock`` while a process opens a local SQLite store: the first MLflow client of a process
+    creates or migrates the tables, and two runs started at once on a new store would both do it (one fails
+    with ``table _alembic_tmp_experiments already exists``). A server store needs no lock."""
+    db = _sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock"):
+        yield
+
+
 def _artifact_location(uri: str, experiment: str) -> str | None:
     """Local backends keep artifacts next to the database (MLflow's default is ``./mlruns`` of the cwd)."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / experiment).as_uri()
-    return None
+    db = _sqlite_path(uri)
+    return (db.resolve().parent / "mlartifacts" / experiment).as_uri() if db is not None else None
 
 
 @dataclass(frozen=True)
@@ -130,15 +148,16 @@ class Tracking:
 
     @classmethod
     def open(cls, uri: str, experiment: str) -> Tracking:
-        client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            exp_id = client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment))
-        else:
-            exp_id = exp.experiment_id
-            if exp.lifecycle_stage == "deleted":
-                client.restore_experiment(exp_id)
-        mark_training_experiment(client, exp_id)
+        with first_open_lock(uri):
+            client = MlflowClient(tracking_uri=uri)
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                exp_id = client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment))
+            else:
+                exp_id = exp.experiment_id
+                if exp.lifecycle_stage == "deleted":
+                    client.restore_experiment(exp_id)
+            mark_training_experiment(client, exp_id)
         return cls(uri=uri, experiment_id=exp_id)
 
     # -- finding and creating runs -------------------------------------------------------------------

@@ -141,3 +141,44 @@ def test_a_sparsity_that_raises_fails_its_run_and_the_parent(tiny_model_dir, tin
     if status == "FAILED":
         assert children[0.5].data.tags["error"] == "RuntimeError: boom"
         assert parent.data.tags["error"] == "RuntimeError: boom"
+
+
+OPEN_STORE = """
+import sys
+from sma.tracking import Tracking
+Tracking.open(sys.argv[1], "e")
+"""
+
+
+def test_runs_started_at_once_on_a_new_store_all_open_it(tmp_path):
+    """Three processes open one new SQLite store at the same moment (two ``sma run`` started together on a new
+    machine): each creates MLflow's tables unless they take turns, and all but one then failed with
+    ``table _alembic_tmp_experiments already exists``."""
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_STORE, uri], stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    try:
+        errors = [p.communicate(timeout=240)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(errors)[-2000:]
+    assert [e.name for e in MlflowClient(tracking_uri=uri).search_experiments()].count("e") == 1
+
+
+def test_artifacts_of_a_store_reached_through_a_link_go_beside_the_real_file(tmp_path):
+    """A results folder whose ``mlflow.db`` links to a shared store (a git worktree using the main checkout's
+    results) keeps the experiment's artifacts beside the real database, not inside the folder of the link."""
+    from sma.tracking import Tracking
+
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "wt").mkdir()
+    (tmp_path / "wt" / "mlflow.db").symlink_to(tmp_path / "shared" / "mlflow.db")
+    tracking = Tracking.open(f"sqlite:///{tmp_path / 'wt' / 'mlflow.db'}", "e")
+    location = tracking.client.get_experiment(tracking.experiment_id).artifact_location
+    assert location == (tmp_path / "shared" / "mlartifacts" / "e").resolve().as_uri()
