@@ -23,6 +23,10 @@ FEW_TEST_QUERIES = 50
 FEW_DEV_QUERIES = 20
 """Judged dev queries under which a run warns that settings chosen on dev retention rest on few queries (cacm has
 6: the default recipe's dev retention at 30 % ranged from 82 to 93 % over three seeds)."""
+FEW_TRAIN_QUERIES = 50
+"""Judged training queries under which the distillation texts get a pseudo-query per document by default
+(``distill.pseudo_queries`` unset): cacm has 20 (its defaults kept 97.1 % at 30 % sparsity without them),
+cranfield 100."""
 LONG_QUERIES = 0.05
 """Share of judged queries past ``model.query_max_length`` above which a run warns."""
 
@@ -55,6 +59,9 @@ class CollectionProfile:
     train_split: str
     test_split: str = "test"
     dev_split: str = "dev"
+    pseudo_queries: int = 0
+    """Pseudo-queries per document among the distillation texts: ``distill.pseudo_queries``, or derived from
+    the judged training queries when it is unset (:func:`derived_pseudo_queries`)."""
 
     def longer_than(self, tokens: int) -> set[str]:
         """Ids of the documents longer than ``tokens`` tokens."""
@@ -71,6 +78,7 @@ class CollectionProfile:
             "docs_over_distill_length": _share_over(docs, self.distill_length),
             "docs_over_eval_length": _share_over(docs, self.eval_length),
             "queries_over_query_length": _share_over(list(self.query_lengths), self.query_length),
+            "pseudo_queries_per_document": float(self.pseudo_queries),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,6 +117,14 @@ class CollectionProfile:
         return out
 
 
+def derived_pseudo_queries(configured: int | None, train_queries: int) -> int:
+    """``distill.pseudo_queries`` when set; else one per document below :data:`FEW_TRAIN_QUERIES` judged
+    training queries, none from there on."""
+    if configured is not None:
+        return configured
+    return 1 if train_queries < FEW_TRAIN_QUERIES else 0
+
+
 def profile_collection(tokenizer, data: RetrievalData, cfg: RunConfig) -> CollectionProfile:
     """Tokenize every document and judged query of ``data`` once with ``tokenizer`` (no truncation)."""
     ids = sorted(data.corpus)
@@ -119,4 +135,6 @@ def profile_collection(tokenizer, data: RetrievalData, cfg: RunConfig) -> Collec
         judged_queries={split: len(qrels) for split, qrels in data.qrels.items()},
         distill_length=cfg.distill.max_length, eval_length=cfg.model.doc_max_length,
         query_length=cfg.model.query_max_length, train_split=cfg.data.train_split, test_split=cfg.data.test_split,
-        dev_split=cfg.data.dev_split)
+        dev_split=cfg.data.dev_split,
+        pseudo_queries=derived_pseudo_queries(cfg.distill.pseudo_queries,
+                                              len(data.qrels.get(cfg.data.train_split, {}))))

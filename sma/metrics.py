@@ -75,6 +75,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("docs_over_distill_length", None, "share of documents longer than distill.max_length"),
     Metric("docs_over_eval_length", None, "share of documents longer than model.doc_max_length"),
     Metric("queries_over_query_length", None, "share of judged queries longer than model.query_max_length"),
+    Metric("pseudo_queries_per_document", None, "pseudo-queries per document among the distillation texts "
+           "(distill.pseudo_queries; derived from train_queries when unset)"),
     *(Metric(f"{PHASE_PREFIX}{phase}", False, f"wall time of {what}") for phase, what in PHASES.items()),
 )}
 

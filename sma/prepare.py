@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sma.cache import Cache
-from sma.collection_profile import CollectionProfile, profile_collection
+from sma.collection_profile import FEW_TRAIN_QUERIES, CollectionProfile, profile_collection
 from sma.config import RunConfig
 from sma.data import RetrievalData, doc_text, load_data
 from sma.distill import DistillTexts, TaskPairs, pseudo_queries, teacher_embeddings
@@ -44,12 +44,12 @@ class Prepared:
         return self.teacher.load(self.cfg)
 
 
-def distill_texts(cfg: RunConfig, data: RetrievalData, dense: Teacher, teacher: BiEncoder) -> DistillTexts:
-    """Every corpus document (+ training queries, + spans of documents as pseudo-queries) and the teacher's
-    embeddings of them, cached."""
+def distill_texts(cfg: RunConfig, data: RetrievalData, dense: Teacher, teacher: BiEncoder, *,
+                  pseudo_per_doc: int) -> DistillTexts:
+    """Every corpus document (+ training queries, + ``pseudo_per_doc`` spans of each document as
+    pseudo-queries) and the teacher's embeddings of them, cached."""
     texts = [doc_text(data.corpus[d]) for d in sorted(data.corpus)]
-    texts += pseudo_queries(texts, per_doc=cfg.distill.pseudo_queries, words=cfg.distill.pseudo_query_words,
-                            seed=cfg.seed)
+    texts += pseudo_queries(texts, per_doc=pseudo_per_doc, words=cfg.distill.pseudo_query_words, seed=cfg.seed)
     if cfg.distill.train_queries and cfg.data.train_split in data.qrels:
         texts += [data.queries[q] for q in sorted(data.qrels[cfg.data.train_split])]
     if cfg.distill.max_texts is not None and cfg.distill.max_texts < len(texts):
@@ -99,7 +99,11 @@ def prepare(cfg: RunConfig, *, analysis_dir: Path | None = None, data: Retrieval
                     "upwards and should not be used to choose hyperparameters", cfg.data.dev_split,
                     cfg.data.dev_split)
     importance = get_importance(cfg, data, teacher, out_dir=analysis_dir)
-    texts = distill_texts(cfg, data, dense, teacher)
+    if cfg.distill.pseudo_queries is None and profile.pseudo_queries:
+        log.info("%s: %d judged %s queries (fewer than %d): a pseudo-query per document joins the distillation "
+                 "texts (distill.pseudo_queries unset; set it to 0 for none)", data.name,
+                 profile.judged_queries.get(cfg.data.train_split, 0), cfg.data.train_split, FEW_TRAIN_QUERIES)
+    texts = distill_texts(cfg, data, dense, teacher, pseudo_per_doc=profile.pseudo_queries)
     teacher_eval = teacher_eval_embeddings(cfg, data, dense, teacher, (cfg.data.dev_split, cfg.data.test_split))
     return Prepared(cfg=cfg, data=data, teacher=dense, teacher_computed=not dense.cached,
                     importance=importance, texts=texts, task=task_pairs(cfg, data), teacher_eval=teacher_eval,

@@ -75,7 +75,10 @@ def test_cosine_of_long_documents_by_hand(tiny_model_dir):
         "documents": 3.0, "train_queries": 1.0, "doc_tokens_median": 5.0,
         "doc_tokens_p90": pytest.approx(5 + 0.8 * (8 - 5)),  # inclusive: 1.8 of the way from the first to the last
         "docs_over_distill_length": pytest.approx(1 / 3), "docs_over_eval_length": 0.0,
-        "queries_over_query_length": pytest.approx(1 / 3)}  # "wing flow": 4 tokens
+        "queries_over_query_length": pytest.approx(1 / 3),  # "wing flow": 4 tokens
+        "pseudo_queries_per_document": 1.0}  # distill.pseudo_queries unset and 1 judged train query (< 50)
+    none = apply_overrides(cfg, {"distill.pseudo_queries": 0})
+    assert profile_collection(tokenizer, data, none).metrics()["pseudo_queries_per_document"] == 0.0
     warnings = profile.warnings(cfg)
     assert len(warnings) == 3 and "33% of judged queries" in warnings[0]  # 1 of 3 documents past 5 is no majority
     assert "probe has 1 judged train queries" in warnings[1]
@@ -95,3 +98,12 @@ def test_cosine_of_long_documents_by_hand(tiny_model_dir):
     assert subset_cosine(student, teacher, {"b", "c"}) == pytest.approx((1 + 1 / math.sqrt(2)) / 2)
     assert subset_cosine(student, teacher, {"a"}) == pytest.approx(1.0)
     assert subset_cosine(student, teacher, set()) is None
+
+
+def test_pseudo_queries_join_the_distillation_texts_when_training_queries_are_few():
+    from sma.collection_profile import FEW_TRAIN_QUERIES, derived_pseudo_queries
+
+    assert FEW_TRAIN_QUERIES == 50  # cacm has 20 judged training queries, cranfield 100
+    assert derived_pseudo_queries(None, 0) == derived_pseudo_queries(None, 49) == 1
+    assert derived_pseudo_queries(None, 50) == derived_pseudo_queries(None, 100) == 0
+    assert derived_pseudo_queries(0, 20) == 0 and derived_pseudo_queries(2, 100) == 2  # a set value is kept

@@ -304,7 +304,7 @@ def test_a_run_older_than_a_factor_takes_its_value_from_the_config_its_parent_lo
 
     df = load_runs("old", uri=uri).set_index("run_id")
     assert df.loc[old, "params.max_length"] == 192 and df.loc[old, "params.neighbor_share"] == 0.25
-    assert df.loc[old, "params.pseudo_queries"] == 0  # the config's default
+    assert df.loc[old, "params.pseudo_queries"] == "None"  # the config's default: derived from the collection
     assert df.loc[new, "params.max_length"] == 128
     assert df.loc[new, "params.neighbor_share"] == 0.25  # missing from the run, so from the parent
     assert df.loc[[orphan], "params.max_length"].isna().all()  # no parent, nothing to read

@@ -79,6 +79,9 @@ def test_pipeline_end_to_end_writes_table_and_files(tiny_model_dir, tiny_beir, t
         assert all(v >= 0 for v in phases.values()) and sum(phases.values()) <= row["seconds"] + 0.2
     # the collection under the config's cuts, logged with every row
     assert all(row["documents"] == len(shared.data.corpus) for row in results["sparsities"])
+    # 6 judged training queries (< 50): a pseudo-query per document joins the 24 documents and the 6 queries
+    assert all(row["pseudo_queries_per_document"] == 1.0 for row in results["sparsities"])
+    assert len(shared.texts.texts) == 24 + 24 + 6
     assert saved["collection"]["judged_queries"] == {s: len(q) for s, q in shared.data.qrels.items()}
     assert saved["seconds_baseline"] >= 0 and saved["seconds_prepare"] >= 0
     assert saved["seconds_baseline"] + saved["seconds_prepare"] <= saved["seconds"]

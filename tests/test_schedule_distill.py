@@ -215,19 +215,20 @@ def test_max_texts_distills_on_a_seeded_subset_of_the_texts(tiny_model_dir, tiny
     teacher = BiEncoder.from_pretrained(str(tiny_model_dir))
     baseline = SimpleNamespace(key="tiny-teacher")
     base = apply_overrides(RunConfig(), {"cache_dir": str(tmp_path / "cache"), "distill.max_length": 16})
-    every = distill_texts(base, data, baseline, teacher)
+    every = distill_texts(base, data, baseline, teacher, pseudo_per_doc=0)
     assert len(every.texts) == len(data.corpus) + len(data.qrels["train"])
     cfg = apply_overrides(base, {"distill.max_texts": 5})
-    subset = distill_texts(cfg, data, baseline, teacher)
+    subset = distill_texts(cfg, data, baseline, teacher, pseudo_per_doc=0)
     assert len(subset.texts) == 5 and subset.teacher.shape[0] == 5
     at = {t: i for i, t in enumerate(every.texts)}
     rows = [at[t] for t in subset.texts]
     assert rows == sorted(rows)  # drawn from the full list, order kept
     torch.testing.assert_close(subset.teacher, every.teacher[rows], atol=1e-5, rtol=0)
-    assert distill_texts(cfg, data, baseline, teacher).texts == subset.texts  # seeded
-    other = distill_texts(apply_overrides(cfg, {"seed": 7}), data, baseline, teacher)
+    assert distill_texts(cfg, data, baseline, teacher, pseudo_per_doc=0).texts == subset.texts  # seeded
+    other = distill_texts(apply_overrides(cfg, {"seed": 7}), data, baseline, teacher, pseudo_per_doc=0)
     assert other.texts != subset.texts
-    big = distill_texts(apply_overrides(base, {"distill.max_texts": 10_000}), data, baseline, teacher)
+    big = distill_texts(apply_overrides(base, {"distill.max_texts": 10_000}), data, baseline, teacher,
+                        pseudo_per_doc=0)
     assert big.texts == every.texts
     with pytest.raises(ValueError, match="max_texts"):
         apply_overrides(base, {"distill.max_texts": 0})

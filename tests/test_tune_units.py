@@ -267,7 +267,8 @@ def test_the_shipped_ablation_config_loads():
     assert cfg.seeds == 3 and cfg.run.sparsity == (0.3, 0.5, 0.7) and len(cfg.cells()) == 7
     transfer = load_config(Path(__file__).resolve().parents[1] / "cluster" / "generalization.yaml", AblationConfig)
     assert transfer.dataset_list() == ("cranfield", "cacm") and [c.name for c in transfer.cells()] == [
-        "reference", "distill_length=256", "pseudo_queries=1", "neighbors=0.0", "probe_pseudo_queries=True"]
+        "reference", "distill_length=256", "pseudo_queries=0", "pseudo_queries=1", "neighbors=0.0",
+        "probe_pseudo_queries=True"]
     frontier = load_config(Path(__file__).resolve().parents[1] / "cluster" / "frontier.yaml", AblationConfig)
     assert frontier.run.sparsity == (0.8, 0.9) and [c.name for c in frontier.cells()] == [
         "reference", "whole_layers=2", "long_recovery=16", "layer_distill=1.0"]

@@ -37,7 +37,8 @@ FACTORS: tuple[Factor, ...] = (
     Factor("post_prune_epochs", "distill.post_prune_epochs", (0,), "no recovery epochs after the last step"),
     # what may not transfer from one collection to another (cluster/generalization.yaml)
     Factor("distill_length", "distill.max_length", (256,), "distillation texts cut at 256 tokens (evaluation's)"),
-    Factor("pseudo_queries", "distill.pseudo_queries", (1,), "a pseudo-query per document among the texts"),
+    Factor("pseudo_queries", "distill.pseudo_queries", (0, 1),
+           "no pseudo-queries / a pseudo-query per document among the texts (default: by training queries)"),
     Factor("neighbors", "distill.neighbor_share", (0.0,), "random distillation batches (no teacher neighbours)"),
     Factor("probe_pseudo_queries", "analysis.probe_pseudo_queries", (True,),
            "probe topped up with pseudo-queries when judged ones are few"),
