@@ -264,8 +264,8 @@ class DistillConfig:
     together); ``None`` = all. Bounds the cost of an epoch on a large corpus; the quick test uses it."""
     pseudo_queries: int | None = None
     """Random word spans cut from each document and added as short, query-like texts (no labels used), per
-    document. ``None`` = derived from the collection (:meth:`sma.collection_profile.CollectionProfile.
-    pseudo_queries`): one per document when the training split has fewer than 50 judged queries, so that
+    document. ``None`` = derived from the collection (:func:`sma.collection_profile.derived_pseudo_queries`):
+    one per document when the training split has fewer than 50 judged queries, so that
     label-free query-like texts carry the query side of recovery where labelled queries are few; none otherwise."""
     pseudo_query_words: tuple[int, int] = PSEUDO_QUERY_WORDS
     """Length range (words) of those spans."""
