@@ -19,7 +19,7 @@ import gc
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -182,9 +182,10 @@ def _time_interleaved(forwards: list[Callable[[], object]], *, repeats: int, dev
 
 
 def _runtimes(models: list[nn.Module], *, int8: bool, onnx: bool, device: torch.device, dtype: torch.dtype,
-              threads: int) -> tuple[list[nn.Module], Any]:
-    """What is timed: the models, the pruned one as an int8 copy with ``int8``; with ``onnx`` also the pruned
-    one's ONNX Runtime session (timed in its place), int8-quantized by ONNX Runtime with ``int8`` too."""
+              threads: int, int8_keep_float: Collection[str] = ()) -> tuple[list[nn.Module], Any]:
+    """What is timed: the models, the pruned one as an int8 copy with ``int8`` (``int8_keep_float`` left in
+    float32); with ``onnx`` also the pruned one's ONNX Runtime session (timed in its place), int8-quantized by
+    ONNX Runtime with ``int8`` too."""
     if (int8 or onnx) and (device.type != "cpu" or dtype != torch.float32):
         raise ValueError(f"{_label(int8, onnx)} is timed on the CPU against float32, not {device.type} {dtype}")
     timed = list(models)
@@ -196,7 +197,7 @@ def _runtimes(models: list[nn.Module], *, int8: bool, onnx: bool, device: torch.
     elif int8:
         from sma.quantize import quantize_int8
 
-        timed[1] = quantize_int8(models[1])
+        timed[1] = quantize_int8(models[1], keep_float=int8_keep_float)
     return timed, session
 
 
@@ -224,13 +225,13 @@ def _model_run(model: nn.Module, timed: nn.Module, *, latencies: list[float], cp
 def benchmark(dense: nn.Module, pruned: nn.Module, *, seq_len: int = 256, batch_size: int = 32, repeats: int = 10,
               warmup: int = 2, threads: int = 2, dtype: torch.dtype = torch.float32,
               device: str | torch.device = "cpu", memory_repeats: int = 3, seed: int = 0,
-              int8: bool = False, onnx: bool = False) -> BenchResult:
+              int8: bool = False, onnx: bool = False, int8_keep_float: Collection[str] = ()) -> BenchResult:
     """Time ``dense`` and ``pruned`` (HF encoders, BiEncoders or DDP) on one batch, interleaved; medians.
 
     Models already on ``device`` in ``dtype`` are used as they are; otherwise a converted copy is made
     (the caller's models are never changed). ``threads`` sets torch's intra-op threads for the run. With
-    ``int8`` (CPU, float32) the pruned model is timed with int8 linear layers (:mod:`sma.quantize`), its
-    weight bytes as stored; its parameter counts and sparsity are those of the float model. With ``onnx``
+    ``int8`` (CPU, float32) the pruned model is timed with int8 linear layers (:mod:`sma.quantize`; those
+    named in ``int8_keep_float`` stay float32), its weight bytes as stored; its parameter counts and sparsity are those of the float model. With ``onnx``
     (CPU, float32) the pruned model runs in ONNX Runtime (exported by :func:`sma.export.onnx_session`) against
     the dense model in PyTorch; with ``onnx`` and ``int8`` that ONNX model is int8-quantized by ONNX Runtime
     (weight bytes: those of the float model).
@@ -244,7 +245,8 @@ def benchmark(dense: nn.Module, pruned: nn.Module, *, seq_len: int = 256, batch_
             enc = copy.deepcopy(enc).to(device=device, dtype=dtype)
         was_training.append(enc.training)
         models.append(enc.eval())
-    timed, session = _runtimes(models, int8=int8, onnx=onnx, device=device, dtype=dtype, threads=threads)
+    timed, session = _runtimes(models, int8=int8, onnx=onnx, device=device, dtype=dtype, threads=threads,
+                               int8_keep_float=int8_keep_float)
     vocab = min(int(getattr(models[0].config, "vocab_size", 1000)), 30000)
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000 if vocab > 2000 else 1, vocab, (batch_size, seq_len), generator=gen).to(device)

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -22,7 +23,7 @@ import torch
 
 from sma.atomic import write_json
 from sma.config import RunConfig, save_config, to_dict
-from sma.data import RetrievalData
+from sma.data import RetrievalData, doc_text
 from sma.device import resolve_device
 from sma.distill import distill_epochs
 from sma.distributed import broadcast, rank_and_world, rank_zero_first, wrap_ddp
@@ -221,21 +222,30 @@ def _query_interval(pruned: dict[str, dict[str, float]], dense: dict[str, dict[s
 
 
 def _int8_metrics(cfg: RunConfig, prep: Prepared, teacher, student, *, float32_embeddings) -> dict[str, Any]:
-    """The pruned model with dynamic int8 linear layers, on the CPU: nDCG@10 and retention on each split, how
-    close its document embeddings stay to the float32 model's, speed-up over the dense float32 model and
-    memory, measured side by side."""
+    """The pruned model with dynamic int8 linear layers (``bench.int8_float_layers`` of them kept float32 by
+    :func:`sma.quantize.plan_int8` on a seeded sample of documents), on the CPU: nDCG@10 and retention on each
+    split, how close its document embeddings stay to the float32 model's, speed-up over the dense float32 model
+    and memory, measured side by side."""
     from sma.bench import benchmark
-    from sma.quantize import quantize_int8
+    from sma.quantize import INT8_SAMPLE_TEXTS, plan_int8, quantize_int8
 
-    res, embeddings = evaluate_model(quantize_int8(student), prep.data, cfg)
+    ids = sorted(prep.data.corpus)
+    sample = random.Random(cfg.seed).sample(ids, min(INT8_SAMPLE_TEXTS, len(ids)))
+    plan = plan_int8(student, [doc_text(prep.data.corpus[d]) for d in sample],
+                     keep_float=cfg.bench.int8_float_layers, batch_size=cfg.eval.batch_size)
+    if plan.keep_float:
+        log.info("int8: %d linear layers kept float32: %s", len(plan.keep_float), ", ".join(plan.keep_float))
+    res, embeddings = evaluate_model(quantize_int8(student, plan.keep_float), prep.data, cfg)
     agree = split_agreement(embeddings, float32_embeddings)
-    out: dict[str, Any] = {"int8_corpus_cosine": next(iter(agree.values())).corpus_cosine}
+    out: dict[str, Any] = {"int8_corpus_cosine": next(iter(agree.values())).corpus_cosine,
+                           "int8_plan": plan.to_dict()}
     for split, r in res.items():
         dense = prep.teacher.metrics[split].mean["ndcg_at_10"]
         out[f"{split}_ndcg_at_10_int8"] = r.mean["ndcg_at_10"]
         out[f"{split}_retention_int8"] = r.mean["ndcg_at_10"] / dense if dense else 0.0
     b = benchmark(teacher.encoder, student.encoder, seq_len=cfg.bench.seq_len, batch_size=cfg.bench.batch_size,
-                  repeats=cfg.bench.repeats, threads=cfg.bench.threads, device="cpu", int8=True)
+                  repeats=cfg.bench.repeats, threads=cfg.bench.threads, device="cpu", int8=True,
+                  int8_keep_float=plan.keep_float)
     out.update({"speedup_int8": b.speedup, "memory_ratio_int8": b.encoder_weight_ratio, "bench_int8": b.to_dict()})
     return out
 
@@ -293,7 +303,7 @@ def run(cfg: RunConfig) -> dict:
             with tracked.sparsity(s) if tracked is not None else contextlib.nullcontext() as child:
                 r = run_sparsity(cfg, s, prepared=prep)
                 results["sparsities"].append({k: v for k, v in r.items()
-                                              if k not in ("per_query", "dense_per_query", "bench", "bench_int8",
+                                              if k not in ("per_query", "dense_per_query", "bench", "bench_int8", "int8_plan",
                                                               "history")})
                 if lead:
                     write_json(out / RESULTS_FILE, results, indent=2)

@@ -1,30 +1,94 @@
 """Dynamic int8 quantization of an encoder's linear layers for CPU serving (PyTorch's ``quantize_dynamic``:
-int8 weights, activations quantized per batch at run time; embeddings and LayerNorms stay float32)."""
+int8 weights, activations quantized per batch at run time; embeddings and LayerNorms stay float32).
+
+Plan, then apply: :func:`plan_int8` measures, without labels, how far each linear layer alone moves the
+embeddings of sample texts when it is int8 and names the most sensitive ones to keep in float32;
+:func:`quantize_int8` makes the int8 copy that keeps them."""
 
 from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
+from sma.prune.arch import unwrap
 
-def quantize_int8(model: nn.Module) -> nn.Module:
+INT8_SAMPLE_TEXTS = 128
+"""Documents :func:`plan_int8` measures each layer's sensitivity on in ``sma run`` (seeded sample)."""
+
+
+@dataclass(frozen=True)
+class Int8Plan:
+    """Which linear layers an int8 copy keeps in float32, and the measurement that chose them."""
+
+    keep_float: tuple[str, ...] = ()
+    """Names (inside the bare encoder) of the linear layers left in float32, the most sensitive first."""
+    sensitivity: dict[str, float] = field(default_factory=dict)
+    """1 - mean cosine between the sample texts' embeddings with only that layer int8 and the float model's;
+    empty when nothing was measured (nothing kept in float32)."""
+    texts: int = 0
+    """Sample texts the sensitivity was measured on."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keep_float": list(self.keep_float), "texts": self.texts,
+                "sensitivity": dict(sorted(self.sensitivity.items(), key=lambda kv: -kv[1]))}
+
+
+def int8_linears(model: nn.Module) -> list[str]:
+    """Names (inside the bare encoder) of the linear layers :func:`quantize_int8` makes int8: every
+    ``nn.Linear`` with weights (an emptied attention or FFN block's weightless layers have nothing to quantize)."""
+    return [name for name, m in unwrap(model).named_modules() if isinstance(m, nn.Linear) and m.weight.numel() > 0]
+
+
+def _prefix(model: nn.Module) -> str:
+    """Where the bare encoder sits inside ``model`` (``encoder.`` in a BiEncoder)."""
+    inner = unwrap(model)
+    return next(f"{name}." for name, m in model.named_modules() if m is inner) if inner is not model else ""
+
+
+def quantize_int8(model: nn.Module, keep_float: Collection[str] = ()) -> nn.Module:
     """An int8 copy of ``model`` (on the CPU, in eval mode) whose ``nn.Linear`` layers are dynamically
-    quantized; ``model`` itself is not changed. Works on a bare encoder or a :class:`sma.model.BiEncoder`.
+    quantized, except those named in ``keep_float`` (names inside the bare encoder, as in :class:`Int8Plan`);
+    ``model`` itself is not changed. Works on a bare encoder or a :class:`sma.model.BiEncoder`.
 
     Weights get one scale per output channel: with one per matrix (PyTorch's default) all-MiniLM-L6-v2's
-    document embeddings keep a cosine of about 0.96 with the float model's, per channel about 0.98. The linear
-    layers of an emptied attention or FFN block (no weights) stay as they are: there is nothing to quantize."""
+    document embeddings keep a cosine of about 0.96 with the float model's, per channel about 0.98."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
+    names = int8_linears(model)
+    unknown = sorted(set(keep_float) - set(names))
+    if unknown:
+        raise ValueError(f"keep_float: {unknown[0]!r} is not a linear layer with weights of this encoder")
+    prefix = _prefix(model)
     model = copy.deepcopy(model).cpu().float().eval()
-    spec = {name: per_channel_dynamic_qconfig for name, m in model.named_modules()
-            if isinstance(m, nn.Linear) and m.weight.numel() > 0}
+    spec = {prefix + name: per_channel_dynamic_qconfig for name in names if name not in set(keep_float)}
     with warnings.catch_warnings():  # torch 2.10+ points eager-mode quantization to torchao; it still works
         warnings.simplefilter("ignore")
         return quantize_dynamic(model, spec, dtype=torch.qint8)
+
+
+def plan_int8(model: nn.Module, texts: Sequence[str], *, keep_float: int, batch_size: int = 32) -> Int8Plan:
+    """Keep the ``keep_float`` linear layers of ``model`` (a :class:`sma.model.BiEncoder`) whose int8 copy
+    alone moves the document embeddings of ``texts`` furthest from the float model's (no labels needed).
+
+    One encoding of ``texts`` per linear layer with weights (36 on MiniLM) when ``keep_float`` > 0; none
+    otherwise."""
+    if keep_float <= 0:
+        return Int8Plan()
+    names = int8_linears(model)
+    reference = model.encode(texts, kind="doc", batch_size=batch_size)
+    sensitivity = {}
+    for name in names:
+        only = quantize_int8(model, keep_float=[n for n in names if n != name])
+        moved = only.encode(texts, kind="doc", batch_size=batch_size)
+        sensitivity[name] = 1.0 - torch.nn.functional.cosine_similarity(moved, reference).mean().item()
+    ranked = sorted(names, key=lambda n: -sensitivity[n])
+    return Int8Plan(keep_float=tuple(ranked[:keep_float]), sensitivity=sensitivity, texts=len(texts))
 
 
 def state_bytes(model: nn.Module) -> int:

@@ -241,6 +241,37 @@ def test_protected_circuit_units_survive_every_step(criterion, tiny_model_dir, t
     assert (gone & circuit) == (set() if protected else circuit)  # unprotected, the weakest all went
 
 
+def test_int8_float_layers_keeps_the_planned_layers_float_in_evaluation_and_benchmark(tiny_model_dir, tiny_beir,
+                                                                                    tmp_path, monkeypatch):
+    import torch
+    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+
+    from sma import bench, pipeline
+
+    evaluated, timed = [], []
+    monkeypatch.setattr(pipeline, "evaluate_model", lambda model, *a, **kw: (
+        evaluated.append(sum(isinstance(m, Int8Linear) for m in model.modules())), evaluate_model(model, *a, **kw))[1])
+    real_runtimes = bench._runtimes
+
+    def runtimes(*args, **kwargs):
+        out = real_runtimes(*args, **kwargs)
+        timed.append(sum(isinstance(m, Int8Linear) for m in out[0][1].modules()))
+        return out
+
+    monkeypatch.setattr(bench, "_runtimes", runtimes)
+    cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path, **{"bench.int8": True, "bench.int8_float_layers": 2,
+                                                          "prune.gentleness": 0.0})
+    res = run_sparsity(cfg, 0.5, out_dir=tmp_path / "x")
+    plan = res["int8_plan"]
+    reloaded = BiEncoder.from_config(cfg.model, name=str(tmp_path / "x" / "model"))
+    linears = sum(isinstance(m, torch.nn.Linear) and m.weight.numel() > 0 for m in reloaded.modules())
+    assert len(plan["keep_float"]) == 2 and len(plan["sensitivity"]) == linears
+    assert plan["texts"] == len(prepare(cfg).data.corpus)  # the tiny corpus is under the 128-document sample
+    ranked = sorted(plan["sensitivity"], key=lambda n: -plan["sensitivity"][n])
+    assert plan["keep_float"] == ranked[:2]
+    assert evaluated[-1] == linears - 2 and timed[-1] == linears - 2
+
+
 def test_int8_metrics_are_those_of_the_saved_model_quantized(tiny_model_dir, tiny_beir, tmp_path, monkeypatch):
     import torch
     from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
@@ -269,6 +300,7 @@ def test_int8_metrics_are_those_of_the_saved_model_quantized(tiny_model_dir, tin
     assert res["test_retention_int8"] == pytest.approx(res["test_ndcg_at_10_int8"] / res["test_dense_ndcg_at_10"])
     assert res["memory_ratio_int8"] < res["memory_ratio"] / 3 and res["speedup_int8"] > 0
     assert res["bench_int8"]["dtype"] == "int8"
+    assert res["int8_plan"] == {"keep_float": [], "texts": 0, "sensitivity": {}}  # nothing kept: nothing measured
     table = pipeline.format_table({"model": "m", "dataset": "d", "num_documents": 1, "sparsities": [res],
                                    "baseline": {"metrics": {}}, "config": {"train": {"baseline_epochs": 0}}})
     assert f"{100 * res['test_retention_int8']:.2f}" in table.split("int8 linear layers")[1]

@@ -75,3 +75,43 @@ def test_int8_minilm_embeds_close_to_float_with_an_emptied_layer(minilm):
         assert sum(isinstance(m, Int8Linear) for m in int8.modules()) == weighted
         cosine = torch.nn.functional.cosine_similarity(bi.encode(texts, kind="doc"), int8.encode(texts, kind="doc"))
         assert cosine.mean() > 0.975 and cosine.min() > 0.95, (plan is None, cosine)
+
+
+def test_int8_plan_keeps_the_layers_whose_int8_copy_alone_moves_embeddings_most(minilm):
+    """Each layer's sensitivity is 1 - cosine with only that layer int8, worked out here with torch's own
+    quantize_dynamic on one module; the plan keeps the top ones float32, and keeping them brings the int8
+    model's embeddings closer to the float model's than keeping none."""
+    import warnings
+
+    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    from sma.quantize import int8_linears, plan_int8, quantize_int8
+
+    texts = SENTENCES + [f"a {w} wing in supersonic flow sheds vortices and heats its leading edge"
+                         for w in ("flat", "swept", "thin", "delta")]
+    plan = plan_int8(minilm, texts, keep_float=3)
+    names = int8_linears(minilm)
+    assert len(names) == 37  # 6 layers x 6, and the pooler (unused by mean pooling)
+    assert set(plan.sensitivity) == set(names) and plan.texts == len(texts)
+    ranked = sorted(names, key=lambda n: -plan.sensitivity[n])
+    assert plan.keep_float == tuple(ranked[:3])
+    reference = minilm.encode(texts, kind="doc")
+    for name in (ranked[0], ranked[-1]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            only = quantize_dynamic(copy.deepcopy(minilm), {f"encoder.{name}": per_channel_dynamic_qconfig},
+                                    dtype=torch.qint8)
+        moved = torch.nn.functional.cosine_similarity(only.encode(texts, kind="doc"), reference).mean().item()
+        assert plan.sensitivity[name] == pytest.approx(1 - moved, abs=1e-6)
+    assert plan.sensitivity[ranked[0]] > 3 * plan.sensitivity[ranked[-1]]
+
+    kept = quantize_int8(minilm, plan.keep_float)
+    assert sum(isinstance(m, Int8Linear) for m in kept.modules()) == 34
+    assert all(type(kept.encoder.get_submodule(n)) is torch.nn.Linear for n in plan.keep_float)
+    cos_kept = torch.nn.functional.cosine_similarity(kept.encode(texts, kind="doc"), reference).mean()
+    cos_all = torch.nn.functional.cosine_similarity(quantize_int8(minilm).encode(texts, kind="doc"), reference).mean()
+    assert 1 - cos_kept < 0.9 * (1 - cos_all), (cos_kept, cos_all)
+    assert plan_int8(minilm, texts, keep_float=0).sensitivity == {}  # nothing measured when nothing is kept
+    with pytest.raises(ValueError, match="keep_float: 'encoder.layer.9.output.dense' is not a linear layer"):
+        quantize_int8(minilm, ["encoder.layer.9.output.dense"])
