@@ -45,12 +45,6 @@ def int8_linears(model: nn.Module) -> list[str]:
     return [name for name, m in unwrap(model).named_modules() if isinstance(m, nn.Linear) and m.weight.numel() > 0]
 
 
-def _prefix(model: nn.Module) -> str:
-    """Where the bare encoder sits inside ``model`` (``encoder.`` in a BiEncoder)."""
-    inner = unwrap(model)
-    return next(f"{name}." for name, m in model.named_modules() if m is inner) if inner is not model else ""
-
-
 def quantize_int8(model: nn.Module, keep_float: Collection[str] = ()) -> nn.Module:
     """An int8 copy of ``model`` (on the CPU, in eval mode) whose ``nn.Linear`` layers are dynamically
     quantized, except those named in ``keep_float`` (names inside the bare encoder, as in :class:`Int8Plan`);
@@ -60,23 +54,23 @@ def quantize_int8(model: nn.Module, keep_float: Collection[str] = ()) -> nn.Modu
     document embeddings keep a cosine of about 0.96 with the float model's, per channel about 0.98."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    names = int8_linears(model)
-    unknown = sorted(set(keep_float) - set(names))
+    names, keep = int8_linears(model), set(keep_float)
+    unknown = sorted(keep - set(names))
     if unknown:
         raise ValueError(f"keep_float: {unknown[0]!r} is not a linear layer with weights of this encoder")
-    prefix = _prefix(model)
     model = copy.deepcopy(model).cpu().float().eval()
-    spec = {prefix + name: per_channel_dynamic_qconfig for name in names if name not in set(keep_float)}
+    spec = {name: per_channel_dynamic_qconfig for name in names if name not in keep}
     with warnings.catch_warnings():  # torch 2.10+ points eager-mode quantization to torchao; it still works
         warnings.simplefilter("ignore")
-        return quantize_dynamic(model, spec, dtype=torch.qint8)
+        quantize_dynamic(unwrap(model), spec, dtype=torch.qint8, inplace=True)  # names are the bare encoder's
+    return model
 
 
 def plan_int8(model: nn.Module, texts: Sequence[str], *, keep_float: int, batch_size: int = 32) -> Int8Plan:
     """Keep the ``keep_float`` linear layers of ``model`` (a :class:`sma.model.BiEncoder`) whose int8 copy
     alone moves the document embeddings of ``texts`` furthest from the float model's (no labels needed).
 
-    One encoding of ``texts`` per linear layer with weights (36 on MiniLM) when ``keep_float`` > 0; none
+    One encoding of ``texts`` per linear layer with weights (37 on MiniLM, its unused pooler included) when ``keep_float`` > 0; none
     otherwise."""
     if keep_float <= 0:
         return Int8Plan()
