@@ -104,7 +104,7 @@ def test_int8_plan_keeps_the_layers_whose_int8_copy_alone_moves_embeddings_most(
                                     dtype=torch.qint8)
         moved = torch.nn.functional.cosine_similarity(only.encode(texts, kind="doc"), reference).mean().item()
         assert plan.sensitivity[name] == pytest.approx(1 - moved, abs=1e-6)
-    assert plan.sensitivity[ranked[0]] > 3 * plan.sensitivity[ranked[-1]]
+    assert plan.sensitivity[ranked[0]] > 3 * plan.sensitivity[ranked[len(ranked) // 2]]  # the last: the unused pooler, 0
 
     kept = quantize_int8(minilm, plan.keep_float)
     assert sum(isinstance(m, Int8Linear) for m in kept.modules()) == 34
