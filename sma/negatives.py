@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-
-import bm25s
+from types import ModuleType
 
 from sma.data import Corpus, Qrels, Queries, doc_text
 
 
+def _bm25s() -> ModuleType:
+    """bm25s, imported on first use with JAX kept off the GPU.
+
+    Where JAX is installed, importing bm25s runs a JAX op, which starts JAX on the GPU and reserves 75 % of its
+    memory (JAX's default) in every process that imports it: the next pipeline on the same GPU (trials of a
+    search or an ablation, ``--gpus-per-worker 0.25``) then fails to start. SMA computes on PyTorch; JAX
+    stays on the CPU unless the user set ``JAX_PLATFORMS``."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import bm25s
+
+    return bm25s
+
+
 def bm25_ranking(corpus: Corpus, queries: Queries, qids: Sequence[str], *, k: int = 50) -> dict[str, list[str]]:
     """Top-``k`` document ids per query from BM25 (bm25s, English stopwords)."""
+    bm25s = _bm25s()
     dids = list(corpus)
     retriever = bm25s.BM25()
     retriever.index(bm25s.tokenize([doc_text(corpus[d]) for d in dids], stopwords="en", show_progress=False),
