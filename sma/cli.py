@@ -58,6 +58,12 @@ def _report_extras(p: argparse.ArgumentParser) -> None:
                    help="the search's Optuna storage when it was not the default <output-dir>/<experiment>/tune/optuna.db")
 
 
+def _log_extras(p: argparse.ArgumentParser) -> None:
+    from sma.log_run import log_extras
+
+    log_extras(p)
+
+
 def _export_extras(p: argparse.ArgumentParser) -> None:
     from sma.export import export_extras
 
@@ -107,6 +113,12 @@ COMMANDS = (
             "analysis.report:run_cli", _report_extras,
             "writes <output-dir>/<experiment>/report/ (report.md, report.html, PNG, CSV) and logs it to MLflow",
             ("sma.preflight:check_report",)),
+    Command("log", "log a finished run folder made without tracking (--set track=false) to MLflow",
+            "sma.log_run:run_cli", _log_extras,
+            "RUN_DIR: results/<experiment>/ of a sma run made with --set track=false (on a machine that cannot "
+            "reach the tracking server, say), copied here: logged as that sma run would have logged it (its "
+            "command, commit, config, per-sparsity metrics and files), so sma report reads it. Logging the "
+            "same folder again does nothing.", ("sma.preflight:check_report",)),
     Command("export", "a pruned model as a sentence-transformers folder or an ONNX model, loadable without SMA",
             "sma.export:run_cli", _export_extras,
             "PATH: a pruned model folder or a sparsity's result folder (results/<exp>/phase2/s0.50). Pooling, "

@@ -42,6 +42,7 @@ from sma.metrics import PHASE_PREFIX
 from sma.model import gradient_checkpointing
 from sma.prepare import Prepared, load_run_data
 from sma.prepare import prepare as prepare_shared
+from sma.provenance import git_commit, invocation
 from sma.prune import PruningPlan, apply_plan, encoder_sparsity, plan_for_sparsity, save_pruned, structure
 from sma.schedule import sparsity_schedule
 from sma.seeding import set_seed
@@ -281,6 +282,7 @@ def run(cfg: RunConfig) -> dict:
         results: dict[str, Any] = {
             "experiment": cfg.experiment, "model": cfg.model.name, "dataset": data.name,
             "num_documents": len(data.corpus), "config": to_dict(cfg), "world_size": world,
+            "command": invocation(), "git_commit": git_commit(),  # for ``sma log`` of a run made without tracking
             "complete": False,  # until every sparsity is done: an interrupted run's file keeps the finished ones
             **({"mlflow": tracked.info} if tracked is not None else {}),
             "baseline": {"key": baseline.key, "cached": baseline.cached,

@@ -13,13 +13,9 @@ Nothing here imports :mod:`tune`; the module imports MLflow, so import it lazily
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
-import shlex
-import subprocess
-import sys
 import time
 import traceback
 from collections.abc import Iterable, Iterator, Mapping
@@ -34,6 +30,7 @@ from mlflow.tracking import MlflowClient
 
 from sma.config import RunConfig, params_of
 from sma.config.ablation import recipe_params
+from sma.provenance import git_commit, invocation
 from sma.tracking_ui import log_collection, mark_training_experiment
 
 log = logging.getLogger(__name__)
@@ -78,24 +75,6 @@ def fluent_tracking_uri(uri: str) -> Iterator[None]:
 
 COMMAND_TAG = "command"
 """The ``sma ...`` command line, on the top-level runs a command creates (a report shows how to rerun it)."""
-
-
-def invocation() -> str | None:
-    """This process's ``sma`` command line; ``None`` when it is not the ``sma`` CLI (a Ray worker, a test)."""
-    program = sys.argv[0] if sys.argv else ""
-    if Path(program).name == "sma" or program.endswith(os.path.join("sma", "cli.py")):
-        return shlex.join(["sma", *sys.argv[1:]])
-    return None
-
-
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def result_params(cfg: RunConfig, sparsity: float) -> dict[str, Any]:
@@ -167,10 +146,10 @@ class Tracking:
                                             run_view_type=ViewType.ACTIVE_ONLY, max_results=1000))
 
     def create_run(self, name: str, *, tags: Mapping[str, Any], params: Mapping[str, Any],
-                   parent_id: str | None = None) -> str:
+                   parent_id: str | None = None, command: str | None = None) -> str:
         """A new RUNNING run (a child of ``parent_id`` if given) with ``tags`` and ``params``."""
-        # a child names its parent; a top-level run, the command line that made it
-        links = {"mlflow.parentRunId": parent_id} if parent_id else {COMMAND_TAG: invocation()}
+        # a child names its parent; a top-level run, the command line that made it (this process's by default)
+        links = {"mlflow.parentRunId": parent_id} if parent_id else {COMMAND_TAG: command or invocation()}
         run = self.client.create_run(self.experiment_id, run_name=name, tags={**_str(tags), **_str(links)})
         self.client.log_batch(run.info.run_id, params=_params(params))
         if params.get("dataset"):
@@ -294,14 +273,19 @@ class RunTracking:
 
     @classmethod
     @contextmanager
-    def start(cls, cfg: RunConfig, config_file: str | Path) -> Iterator[RunTracking]:
-        """Open the store, create the parent run and close it when the block ends (see :func:`closing_run`)."""
+    def start(cls, cfg: RunConfig, config_file: str | Path, *, command: str | None = None,
+              commit: str | None = None, tags: Mapping[str, str] | None = None) -> Iterator[RunTracking]:
+        """Open the store, create the parent run and close it when the block ends (see :func:`closing_run`).
+
+        ``command``, ``commit`` and ``tags`` are for a run made elsewhere (``sma log``): by default the parent
+        run gets this process's command line and this checkout's commit."""
         tracking = Tracking.open(resolve_tracking_uri(cfg.mlflow_tracking_uri, cfg.output_dir), cfg.experiment)
-        commit = git_commit()
+        commit = commit or git_commit()
         run_id = tracking.create_run(
-            cfg.experiment, tags={"experiment": cfg.experiment, "criterion": cfg.prune.criterion,
+            cfg.experiment, tags={**(tags or {}), "experiment": cfg.experiment, "criterion": cfg.prune.criterion,
                                   "git_commit": commit, "role": RUN},
-            params={**params_of(cfg), "model": cfg.model.name, "dataset": cfg.data.dataset, "seed": cfg.seed})
+            params={**params_of(cfg), "model": cfg.model.name, "dataset": cfg.data.dataset, "seed": cfg.seed},
+            command=command)
         with closing_run(tracking, run_id):
             tracking.client.log_artifact(run_id, str(config_file))
             print(f"MLflow: run {run_id} (experiment {cfg.experiment!r}) at {tracking.uri}", flush=True)

@@ -182,3 +182,50 @@ def test_artifacts_of_a_store_reached_through_a_link_go_beside_the_real_file(tmp
     tracking = Tracking.open(f"sqlite:///{tmp_path / 'wt' / 'mlflow.db'}", "e")
     location = tracking.client.get_experiment(tracking.experiment_id).artifact_location
     assert location == (tmp_path / "shared" / "mlartifacts" / "e").resolve().as_uri()
+
+
+def test_sma_log_gives_an_untracked_run_the_runs_a_tracked_one_gets(tiny_model_dir, tiny_beir, tmp_path,
+                                                                    monkeypatch):
+    """A run made with track=false (a GPU node without the tracking server), then ``sma log``: the same parent
+    and result runs, params and metrics as the same run tracked, with the command and commit of the run."""
+    from sma.cli import main
+    from sma.provenance import git_commit
+
+    tracked = apply_overrides(_cfg(tiny_model_dir, tiny_beir, tmp_path / "a"), {"experiment": "e"})
+    monkeypatch.setattr("sys.argv", ["sma", "run", "--seed", "42"])
+    run(tracked)
+    untracked = apply_overrides(_cfg(tiny_model_dir, tiny_beir, tmp_path / "b"), {"track": False})
+    results = run(untracked)
+    assert "mlflow" not in results and not (tmp_path / "b" / "results" / "mlflow.db").exists()
+    assert (results["command"], results["git_commit"]) == ("sma run --seed 42", git_commit())
+    run_dir = tmp_path / "b" / "results" / "e"
+    results_file = run_dir / "results.json"
+    on_disk = json.loads(results_file.read_text())
+    on_disk["git_commit"] = "0123abc"  # the commit of the machine that ran it, not this checkout's
+    results_file.write_text(json.dumps(on_disk))
+    monkeypatch.setattr("sys.argv", ["sma", "log", str(run_dir)])
+    uri = f"sqlite:///{tmp_path / 'a' / 'results' / 'mlflow.db'}"  # beside the tracked run
+    assert main(["log", str(run_dir), "--mlflow-tracking-uri", uri]) == 0
+    parents = {p.data.tags.get("source_results") is not None: p for p in _runs(uri, "e", "tags.role = 'run'")}
+    assert set(parents) == {False, True}
+    mine, theirs = parents[True], parents[False]
+    assert mine.data.tags["command"] == "sma run --seed 42" and mine.data.tags["git_commit"] == "0123abc"
+    assert mine.data.params == theirs.data.params and mine.info.status == "FINISHED"
+    children = {}
+    for c in _runs(uri, "e", "tags.result = '1'"):
+        children[c.data.tags["mlflow.parentRunId"], float(c.data.params["sparsity"])] = c
+    assert len(children) == 4
+    for row in on_disk["sparsities"]:
+        s = row["sparsity"]
+        logged, direct = children[mine.info.run_id, s], children[theirs.info.run_id, s]
+        assert logged.data.params == direct.data.params
+        assert set(logged.data.metrics) == set(direct.data.metrics)
+        assert logged.data.metrics["test_retention"] == pytest.approx(row["test_retention"])
+        assert {k: v for k, v in logged.data.tags.items() if k not in ("mlflow.parentRunId", "git_commit", "mlflow.runName")} \
+            == {k: v for k, v in direct.data.tags.items() if k not in ("mlflow.parentRunId", "git_commit", "mlflow.runName")}
+        assert logged.data.tags["git_commit"] == "0123abc"
+        assert {a.path for a in _client(uri).list_artifacts(logged.info.run_id)} >= {"plan.json", "metrics.json"}
+    # again: nothing new; a folder that is not a run: one line, before MLflow is opened
+    assert main(["log", str(run_dir), "--mlflow-tracking-uri", uri]) == 0
+    assert len(_runs(uri, "e", "tags.role = 'run'")) == 2
+    assert main(["log", str(tmp_path), "--mlflow-tracking-uri", uri]) == 2
