@@ -14,6 +14,7 @@ import pandas as pd  # noqa: E402
 
 from analysis.pareto import REFERENCE_FRONT  # noqa: E402
 from sma.atomic import atomic_file  # noqa: E402
+from sma.metrics import PHASES  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -76,10 +77,14 @@ def curves_plot(curves: dict[str, pd.DataFrame], labels: dict[str, str], path: P
 
 
 def time_plot(table: pd.DataFrame, path: Path) -> Path:
-    """Stacked minutes per phase, one bar per collection and sparsity (:func:`analysis.tables.time_table`)."""
-    phases = [c for c in table.columns if c not in ("Collection", "Sparsity", "Runs", "total")]
-    labels = [f"{c} {s}".strip() for c, s in zip(table["Collection"], table["Sparsity"], strict=True)]
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(table) + 1.4))
+    """Stacked minutes per phase, one bar per row of :func:`analysis.tables.time_table` (collection, sparsity
+    and the params that tell its configurations apart)."""
+    phases = [c for c in table.columns if c in PHASES]
+    config = [c for c in table.columns if c not in (*PHASES, "Collection", "Sparsity", "Runs", "total")]
+    labels = [" ".join([f"{row['Collection']} {row['Sparsity']}".strip(), *(f"{c}={row[c]}" for c in config)])
+              for _, row in table.iterrows()]
+    width = 7 + 0.075 * max(0, max(map(len, labels), default=0) - 20)  # room for long labels beside the bars
+    fig, ax = plt.subplots(figsize=(width, 0.45 * len(table) + 1.4))
     left = pd.Series(0.0, index=table.index)
     for i, phase in enumerate(phases):
         values = table[phase].fillna(0.0)

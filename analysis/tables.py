@@ -271,17 +271,23 @@ def collection_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def time_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Where a sparsity's wall time goes: per collection and target sparsity, the mean minutes of each phase the
-    runs timed (``metrics.seconds_*``) and of the whole sparsity, over the runs that timed them. Empty when no
-    run did."""
+    """Where a sparsity's wall time goes: per collection, target sparsity and configuration, the mean minutes of
+    each phase the runs timed (``metrics.seconds_*``) and of the whole sparsity, over the runs that timed them.
+    Configurations are told apart by the params that differ among the timed runs (more recovery epochs,
+    bfloat16 distillation), shown as columns; none when every run shares them. Empty when no run timed."""
     prefix = f"metrics.{PHASE_PREFIX}"
     phases = [c for c in (f"{prefix}{p}" for p in PHASES) if c in df.columns]
     if not phases:
         return pd.DataFrame()
+    timed = df.dropna(subset=phases, how="all")
+    varying = [c for c in config_columns(timed) if timed[c].astype(str).nunique() > 1]
     rows = []
-    for collection, runs_of in by_collection(df.dropna(subset=phases, how="all")):
-        for sparsity, at in runs_of.groupby(SPARSITY, sort=True):
-            row: dict[str, object] = {"Collection": collection, "Sparsity": f"{100 * sparsity:.0f}%", "Runs": len(at)}
+    for collection, runs_of in by_collection(timed):
+        for keys, at in runs_of.groupby([SPARSITY, *varying], sort=True, dropna=False):
+            keys = keys if isinstance(keys, tuple) else (keys,)
+            row: dict[str, object] = {"Collection": collection, "Sparsity": f"{100 * keys[0]:.0f}%"}
+            row.update({c.removeprefix("params."): v for c, v in zip(varying, keys[1:], strict=True)})
+            row["Runs"] = len(at)
             row.update({c.removeprefix(prefix): round(at[c].mean() / 60, 2) for c in phases})
             row["total"] = round(at["metrics.seconds"].mean() / 60, 2)
             rows.append(row)

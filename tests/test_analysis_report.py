@@ -310,7 +310,7 @@ def test_a_run_older_than_a_factor_takes_its_value_from_the_config_its_parent_lo
     assert df.loc[[orphan], "params.max_length"].isna().all()  # no parent, nothing to read
 
 
-def test_time_table_gives_mean_minutes_per_phase_of_the_runs_that_timed_them():
+def test_time_table_gives_mean_minutes_per_phase_of_the_runs_that_timed_them(tmp_path):
     import pandas as pd
 
     df = pd.DataFrame([
@@ -327,6 +327,16 @@ def test_time_table_gives_mean_minutes_per_phase_of_the_runs_that_timed_them():
     assert list(table["recovery"]) == [15.0, 0.5] and list(table["evaluation"]) == [1.5, 0.1]
     assert list(table["total"]) == [20.0, 1.0]
     assert tables.time_table(df.drop(columns=["metrics.seconds_recovery", "metrics.seconds_evaluation"])).empty
+    # a param that differs among the timed runs (the untimed run's value does not count) splits the rows
+    df["params.precision"] = ["float32", "bfloat16", "float16", "float32"]
+    table = tables.time_table(df)
+    assert list(table["precision"]) == ["bfloat16", "float32", "float32"] and list(table["Runs"]) == [1, 1, 1]
+    assert list(table["recovery"]) == [20.0, 10.0, 0.5] and list(table["total"]) == [25.0, 15.0, 1.0]
+    from analysis import plots
+
+    assert plots.time_plot(table, tmp_path / "time.png").stat().st_size > 0  # config columns are labels, not bars
+    df["params.precision"] = ["float32", "float32", "float16", "float32"]  # only the untimed run differs
+    assert "precision" not in tables.time_table(df).columns
 
 
 def test_collection_table_has_a_row_per_collection_and_cut():
