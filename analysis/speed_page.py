@@ -36,12 +36,17 @@ def speed_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     mb = 2.0**20
     return pd.DataFrame([{
         "Sparsity": f"{r['target']:.0%}", "Actual": f"{r['pruned']['encoder_sparsity']:.2%}",
-        "Pruned model runs in": RUNTIMES.get(r["dtype"], r["dtype"]),
+        "Pruned model runs in": RUNTIMES.get(r["dtype"], r["dtype"]) + _kept(r),
         "Dense ms": round(1e3 * r["dense"]["latency_s"], 1), "Pruned ms": round(1e3 * r["pruned"]["latency_s"], 1),
         "Speedup": f"{r['speedup']:.2f}x", "Paired": f"{r['speedup_paired']:.2f}x",
         "CPU time": f"{r['speedup_cpu']:.2f}x", "Encoder MB dense": round(r["dense"]["encoder_weight_bytes"] / mb, 2),
         "Encoder MB pruned": round(r["pruned"]["encoder_weight_bytes"] / mb, 2),
         "Memory": f"{r['encoder_weight_ratio']:.3f}"} for r in rows])
+
+
+def _kept(row: dict[str, Any]) -> str:
+    kept = row.get("int8_keep_float") or []
+    return f", {len(kept)} kept float32 ({', '.join(kept)})" if kept else ""
 
 
 def training_table(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -40,6 +40,33 @@ def dense_model(name: str, *, random_weights: bool):
     return AutoModel.from_pretrained(path).eval()
 
 
+PYTORCH_INT8 = "int8"
+"""The ``bench.dtypes`` entry timed with PyTorch's dynamic int8 linear layers: the one the int8 plan applies to."""
+
+
+def int8_plan_texts(cfg: RunConfig) -> list[str]:
+    """The documents ``bench.int8_float_layers``' plan measures on: those ``sma run`` samples with the same
+    seed from ``data.dataset``."""
+    from sma.data import resolve_dataset
+    from sma.quantize import sample_documents
+
+    return sample_documents(resolve_dataset(cfg.data.dataset, cache_dir=cfg.cache_dir).corpus, cfg.seed)
+
+
+def int8_keep_float(cfg: RunConfig, pruned, texts: list[str]) -> tuple[str, ...]:
+    """The ``bench.int8_float_layers`` linear layers of the bare ``pruned`` encoder that :func:`sma.quantize.plan_int8`
+    keeps in float32 (the model's own tokenizer and pooling)."""
+    from transformers import AutoTokenizer
+
+    from sma.model import BiEncoder, resolve_model_path
+    from sma.quantize import plan_int8
+
+    m = cfg.model
+    model = BiEncoder(pruned, AutoTokenizer.from_pretrained(resolve_model_path(m.name)), pooling=m.pooling,
+                      query_max_length=m.query_max_length, doc_max_length=m.doc_max_length, normalize=m.normalize)
+    return plan_int8(model, texts, keep_float=cfg.bench.int8_float_layers, batch_size=cfg.eval.batch_size).keep_float
+
+
 def format_rows(rows: list[dict[str, Any]]) -> str:
     cols = ("target", "actual", "dtype", "dense ms", "pruned ms", "speedup", "(min)", "(paired)", "(cpu s)",
             "docs/s d", "docs/s p", "enc MB d", "enc MB p", "ratio", "peak MB d", "peak MB p")
@@ -47,7 +74,8 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     mb = 2.0**20
     for r in rows:
         d, p = r["dense"], r["pruned"]
-        cells = (f"{r['target']:.2f}", f"{p['encoder_sparsity']:.4f}", r["dtype"], f"{1e3 * d['latency_s']:.1f}",
+        dtype = f"{r['dtype']}+{len(r['int8_keep_float'])}f" if r.get("int8_keep_float") else r["dtype"]
+        cells = (f"{r['target']:.2f}", f"{p['encoder_sparsity']:.4f}", dtype, f"{1e3 * d['latency_s']:.1f}",
                  f"{1e3 * p['latency_s']:.1f}", f"{r['speedup']:.2f}x", f"{r['speedup_min']:.2f}x",
                  f"{r['speedup_paired']:.2f}x", f"{r['speedup_cpu']:.2f}x",
                  f"{d['docs_per_s']:.1f}", f"{p['docs_per_s']:.1f}", f"{d['encoder_weight_bytes'] / mb:.2f}",
@@ -79,21 +107,28 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
     scorer = magnitude_scores if args.scores == "magnitude" else first_n_scores
     rows: list[dict[str, Any]] = []
     training: list[dict[str, Any]] = []
+    texts = int8_plan_texts(cfg) if b.int8_float_layers and PYTORCH_INT8 in dtypes else None
     for target in cfg.sparsity:
         pruned = copy.deepcopy(dense)
         plan = plan_for_sparsity(pruned, scorer(pruned), target, allocation=cfg.prune.allocation, split=cfg.prune.split,
                                  neuron_multiple=cfg.prune.neuron_multiple, whole_layers=cfg.prune.whole_layers)
         apply_plan(pruned, plan)
-        for dt in dtypes:
+        keep_float = int8_keep_float(cfg, pruned, texts) if texts else ()
+        if keep_float:
+            print(f"sparsity {target:.2f} int8: {len(keep_float)} linear layers kept float32: {', '.join(keep_float)}")
+        # int8 with the plan is timed beside int8 throughout: what keeping the plan's layers float32 costs
+        runs = [(dt, kept) for dt in dtypes for kept in ([(), keep_float] if dt == PYTORCH_INT8 and keep_float else [()])]
+        for dt, kept in runs:
             int8, onnx = CPU_RUNTIMES.get(dt, (False, False))
             res = benchmark(dense, pruned, seq_len=b.seq_len, batch_size=b.batch_size, repeats=b.repeats,
                             warmup=b.warmup, threads=b.threads, device=device, int8=int8, onnx=onnx,
-                            dtype=torch.float32 if dt in CPU_RUNTIMES else getattr(torch, dt))
-            rows.append({"target": target, "sparsity_report": encoder_sparsity(pruned).to_dict(),
+                            dtype=torch.float32 if dt in CPU_RUNTIMES else getattr(torch, dt), int8_keep_float=kept)
+            rows.append({"target": target, "sparsity_report": encoder_sparsity(pruned).to_dict(), "int8_keep_float": list(kept),
                          "plan": {"heads": plan.num_heads, "neurons": plan.num_neurons,
                                   "allocation": plan.allocation, "method": plan.method},
                          "structure": structure(pruned), **res.to_dict()})
-            print(f"sparsity {target:.2f} {dt}: speedup {res.speedup:.2f}x (medians), {res.speedup_min:.2f}x (min), "
+            label = f"{dt} ({len(kept)} float32)" if kept else dt
+            print(f"sparsity {target:.2f} {label}: speedup {res.speedup:.2f}x (medians), {res.speedup_min:.2f}x (min), "
                   f"{res.speedup_paired:.2f}x (paired), {res.speedup_cpu:.2f}x (cpu s)", flush=True)
         if args.training:
             from sma.train_bench import train_step_speed

@@ -12,7 +12,6 @@ import contextlib
 import copy
 import json
 import logging
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -23,7 +22,7 @@ import torch
 
 from sma.atomic import write_json
 from sma.config import RunConfig, save_config, to_dict
-from sma.data import RetrievalData, doc_text
+from sma.data import RetrievalData
 from sma.device import resolve_device
 from sma.distill import distill_epochs
 from sma.distributed import broadcast, rank_and_world, rank_zero_first, wrap_ddp
@@ -228,12 +227,10 @@ def _int8_metrics(cfg: RunConfig, prep: Prepared, teacher, student, *, float32_e
     split, how close its document embeddings stay to the float32 model's, speed-up over the dense float32 model
     and memory, measured side by side."""
     from sma.bench import benchmark
-    from sma.quantize import INT8_SAMPLE_TEXTS, plan_int8, quantize_int8
+    from sma.quantize import plan_int8, quantize_int8, sample_documents
 
-    ids = sorted(prep.data.corpus)
-    sample = random.Random(cfg.seed).sample(ids, min(INT8_SAMPLE_TEXTS, len(ids)))
-    plan = plan_int8(student, [doc_text(prep.data.corpus[d]) for d in sample],
-                     keep_float=cfg.bench.int8_float_layers, batch_size=cfg.eval.batch_size)
+    plan = plan_int8(student, sample_documents(prep.data.corpus, cfg.seed), keep_float=cfg.bench.int8_float_layers,
+                     batch_size=cfg.eval.batch_size)
     if plan.keep_float:
         log.info("int8: %d linear layers kept float32: %s", len(plan.keep_float), ", ".join(plan.keep_float))
     res, embeddings = evaluate_model(quantize_int8(student, plan.keep_float), prep.data, cfg)

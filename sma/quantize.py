@@ -8,8 +8,9 @@ embeddings of sample texts when it is int8 and names the most sensitive ones to 
 from __future__ import annotations
 
 import copy
+import random
 import warnings
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,16 @@ from torch import nn
 from sma.prune.arch import unwrap
 
 INT8_SAMPLE_TEXTS = 128
-"""Documents :func:`plan_int8` measures each layer's sensitivity on in ``sma run`` (seeded sample)."""
+"""Documents :func:`plan_int8` measures each layer's sensitivity on in ``sma run`` and ``sma bench``."""
+
+
+def sample_documents(corpus: Mapping[str, Mapping[str, str]], seed: int) -> list[str]:
+    """The texts of :data:`INT8_SAMPLE_TEXTS` documents of ``corpus`` drawn with ``seed``: what the int8 plan
+    measures on, the same for a run and the benchmark of the same seed."""
+    from sma.data import doc_text
+
+    ids = sorted(corpus)
+    return [doc_text(corpus[d]) for d in random.Random(seed).sample(ids, min(INT8_SAMPLE_TEXTS, len(ids)))]
 
 
 @dataclass(frozen=True)

@@ -158,3 +158,48 @@ def test_sma_bench_training_writes_the_step_times(tmp_path, capsys):
     ratio = row["median_s"]["float32"] / row["median_s"]["bfloat16"]
     assert f"| 50% | {row['median_s']['float32']:.3f} | {row['median_s']['bfloat16']:.3f} | {ratio:.2f}x |" in \
         page.read_text()
+
+
+def test_sma_bench_times_int8_with_and_without_the_plans_float32_layers(tiny_model_dir, tiny_beir, tmp_path,
+                                                                         monkeypatch):
+    """``bench.int8_float_layers=2``: the int8 rows come in pairs, all layers int8 and the plan's two most
+    sensitive layers kept float32, the plan measured on the documents ``sma run`` samples with the seed."""
+    import copy
+
+    from transformers import AutoTokenizer
+
+    from sma.bench_cli import dense_model
+    from sma.config import RunConfig
+    from sma.data import resolve_dataset
+    from sma.model import BiEncoder
+    from sma.prune import magnitude_scores, plan_for_sparsity
+    from sma.quantize import plan_int8, sample_documents
+
+    out, page = tmp_path / "bench.json", tmp_path / "speed.md"
+    argv = ["bench", "--sparsity", "0.5", "--dtypes", "int8", "--set", f"model.name={tiny_model_dir}",
+            "--set", f"data.dataset={tiny_beir}", "--set", "bench.int8_float_layers=2", "--set", "bench.seq_len=16",
+            "--set", "bench.batch_size=2", "--repeats", "1", "--output", str(out), "--page", str(page)]
+    monkeypatch.setattr("sys.argv", ["sma", *argv])
+    args = make_parser().parse_args(argv)
+    assert run_cli(args, build_config(args)) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["dtype"], len(r["int8_keep_float"])) for r in rows] == [("int8", 0), ("int8", 2)]
+    # the same plan worked out here on the same magnitude-pruned shapes and sampled documents
+    pruned = copy.deepcopy(dense_model(str(tiny_model_dir), random_weights=False))
+    p = RunConfig().prune
+    apply_plan(pruned, plan_for_sparsity(pruned, magnitude_scores(pruned), 0.5, allocation=p.allocation, split=p.split))
+    texts = sample_documents(resolve_dataset(str(tiny_beir)).corpus, 42)
+    m = RunConfig().model
+    model = BiEncoder(pruned, AutoTokenizer.from_pretrained(str(tiny_model_dir)), pooling=m.pooling,
+                      query_max_length=m.query_max_length, doc_max_length=m.doc_max_length, normalize=m.normalize)
+    expected = plan_int8(model, texts, keep_float=2)
+    assert rows[1]["int8_keep_float"] == list(expected.keep_float)
+    assert rows[1]["pruned"]["encoder_weight_bytes"] > rows[0]["pruned"]["encoder_weight_bytes"]  # float32 kept
+    assert "PyTorch, int8 linear layers, 2 kept float32 (" in page.read_text()
+    from sma.config import ConfigError
+
+    with pytest.raises(ConfigError, match="bench.int8_float_layers"):
+        from sma.preflight import check_bench
+
+        check_bench(build_config(make_parser().parse_args(
+            ["bench", "--dtypes", "int8", "--set", "model.name=tiny", "--set", "bench.int8_float_layers=1"])))
