@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,20 @@ def log_extras(p: argparse.ArgumentParser) -> None:
                    help="a run's folder, results/<experiment>/ of the sma run that wrote it (config.json, results.json)")
 
 
-def read_run_dir(run_dir: Path) -> tuple[RunConfig, dict[str, Any], list[dict[str, Any]]]:
+@dataclass(frozen=True)
+class RunDir:
+    """What ``sma log`` reads of a run's folder, once."""
+
+    path: Path
+    cfg: RunConfig
+    results: dict[str, Any]
+    rows: list[dict[str, Any]]
+    """The full metrics (``metrics.json``) of each finished sparsity."""
+    digest: str
+    """SHA-256 of ``results.json``."""
+
+
+def read_run_dir(run_dir: Path) -> RunDir:
     """The run's config, its ``results.json`` and the full metrics of each finished sparsity; one line naming
     the file and what is wrong otherwise."""
     for name in (CONFIG_FILE, RESULTS_FILE):
@@ -39,12 +52,13 @@ def read_run_dir(run_dir: Path) -> tuple[RunConfig, dict[str, Any], list[dict[st
             raise ConfigError(f"{run_dir}: no {name}; RUN_DIR must be the results/<experiment>/ folder of a sma run")
     cfg = load_config(run_dir / CONFIG_FILE, RunConfig)
     try:
-        results = json.loads((run_dir / RESULTS_FILE).read_text())
+        raw = (run_dir / RESULTS_FILE).read_bytes()
+        results = json.loads(raw)
         rows = [json.loads((sparsity_dir(run_dir, row["sparsity"]) / METRICS_FILE).read_text())
                 for row in results["sparsities"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{run_dir}: unreadable run ({type(exc).__name__}: {exc})") from None
-    return cfg, results, rows
+    return RunDir(run_dir, cfg, results, rows, hashlib.sha256(raw).hexdigest())
 
 
 def logged_parent(uri: str, experiment: str, digest: str) -> str | None:
@@ -61,21 +75,20 @@ def logged_parent(uri: str, experiment: str, digest: str) -> str | None:
     return found[0].info.run_id if found else None
 
 
-def log_run_dir(run_dir: Path, *, tracking_uri: str) -> tuple[str, bool]:
-    """Log ``run_dir`` to ``tracking_uri``; returns the parent run's id and whether it was logged now (``False``:
+def log_run_dir(run: RunDir, *, tracking_uri: str) -> tuple[str, bool]:
+    """Log ``run`` to ``tracking_uri``; returns the parent run's id and whether it was logged now (``False``:
     this ``results.json`` was logged before)."""
     from sma.tracking import RunTracking
 
-    cfg, results, rows = read_run_dir(run_dir)
-    digest = hashlib.sha256((run_dir / RESULTS_FILE).read_bytes()).hexdigest()
-    if (existing := logged_parent(tracking_uri, cfg.experiment, digest)) is not None:
+    if (existing := logged_parent(tracking_uri, run.cfg.experiment, run.digest)) is not None:
         return existing, False
-    cfg = replace(cfg, mlflow_tracking_uri=tracking_uri)
-    command = results.get("command") or f"sma run --config {run_dir / CONFIG_FILE}"
-    with RunTracking.start(cfg, run_dir / CONFIG_FILE, command=command, commit=results.get("git_commit") or "unknown",
-                           tags={SOURCE_TAG: digest, "logged_from": str(run_dir)}) as tracked:
-        for metrics in rows:
-            folder = sparsity_dir(run_dir, metrics["sparsity"])
+    cfg = replace(run.cfg, mlflow_tracking_uri=tracking_uri)
+    command = run.results.get("command") or f"sma run --config {run.path / CONFIG_FILE}"
+    with RunTracking.start(cfg, run.path / CONFIG_FILE, command=command,
+                           commit=run.results.get("git_commit") or "unknown",
+                           tags={SOURCE_TAG: run.digest, "logged_from": str(run.path)}) as tracked:
+        for metrics in run.rows:
+            folder = sparsity_dir(run.path, metrics["sparsity"])
             with tracked.sparsity(metrics["sparsity"]) as child:
                 tracked.log_sparsity(child, metrics, [folder / PLAN_FILE, folder / METRICS_FILE])
         return tracked.run_id, True
@@ -84,14 +97,13 @@ def log_run_dir(run_dir: Path, *, tracking_uri: str) -> tuple[str, bool]:
 def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
     from sma.tracking import resolve_tracking_uri
 
-    run_dir = Path(args.run_dir)
-    _, results, rows = read_run_dir(run_dir)  # bad input fails before MLflow is opened
+    run = read_run_dir(Path(args.run_dir))  # bad input fails before MLflow is opened
     uri = resolve_tracking_uri(cfg.mlflow_tracking_uri, cfg.output_dir)
-    if not results.get("complete"):
-        print(f"{run_dir}: the run did not finish; logging its {len(rows)} finished sparsities")
-    run_id, new = log_run_dir(run_dir, tracking_uri=uri)
+    if not run.results.get("complete"):
+        print(f"{run.path}: the run did not finish; logging its {len(run.rows)} finished sparsities")
+    run_id, new = log_run_dir(run, tracking_uri=uri)
     if new:
-        print(f"logged {run_dir} ({len(rows)} sparsities) as run {run_id} at {uri}")
+        print(f"logged {run.path} ({len(run.rows)} sparsities) as run {run_id} at {uri}")
     else:
-        print(f"{run_dir} was logged before, as run {run_id} at {uri}: nothing to do")
+        print(f"{run.path} was logged before, as run {run_id} at {uri}: nothing to do")
     return 0
