@@ -291,9 +291,25 @@ def subsample(data: RetrievalData, *, max_queries: int, seed: int, distractor_ra
     return RetrievalData(name=data.name, corpus=corpus, queries=queries, qrels=qrels)
 
 
+def keep_queries(data: RetrievalData, split: str, n: int, *, seed: int) -> RetrievalData:
+    """``data`` with a seeded subset of ``n`` judged queries of ``split`` (all when it has fewer); the other
+    splits, their queries and the corpus untouched."""
+    judged = data.qrels.get(split, {})
+    keep = set(random.Random(seed).sample(sorted(judged), min(n, len(judged))))
+    drop = set(judged) - keep - {q for s, sq in data.qrels.items() if s != split for q in sq}
+    return RetrievalData(name=data.name, corpus=data.corpus,
+                         queries={q: t for q, t in data.queries.items() if q not in drop},
+                         qrels={**data.qrels, split: {q: judged[q] for q in sorted(keep)}})
+
+
 def load_data(dataset: str, *, max_samples: int | None = None, seed: int = 42,
-              distractor_ratio: float = 4.0, cache_dir: str | Path | None = None) -> RetrievalData:
+              distractor_ratio: float = 4.0, cache_dir: str | Path | None = None,
+              train_queries: tuple[str, int] | None = None) -> RetrievalData:
+    """The collection, subsampled when ``max_samples`` is set; ``train_queries`` = (split, n) keeps a seeded
+    ``n`` of that split's judged queries (:func:`keep_queries`)."""
     data = resolve_dataset(dataset, cache_dir=cache_dir)
     if max_samples is not None:
         data = subsample(data, max_queries=max_samples, seed=seed, distractor_ratio=distractor_ratio)
+    if train_queries is not None:
+        data = keep_queries(data, *train_queries, seed=seed)
     return data

@@ -72,10 +72,18 @@ def task_pairs(cfg: RunConfig, data: RetrievalData) -> TaskPairs:
     )
 
 
+def configured_data(cfg: RunConfig) -> RetrievalData:
+    """The config's collection: a seeded subset when ``data.max_samples`` is set, a seeded share of its
+    training queries when ``data.train_queries`` is."""
+    d = cfg.data
+    return load_data(d.dataset, max_samples=d.max_samples, seed=cfg.seed, distractor_ratio=d.distractor_ratio,
+                     cache_dir=cfg.cache_dir,
+                     train_queries=None if d.train_queries is None else (d.train_split, d.train_queries))
+
+
 def load_run_data(cfg: RunConfig) -> RetrievalData:
-    """The run's collection (seeded subset when ``data.max_samples`` is set)."""
-    data = load_data(cfg.data.dataset, max_samples=cfg.data.max_samples, seed=cfg.seed,
-                     distractor_ratio=cfg.data.distractor_ratio, cache_dir=cfg.cache_dir)
+    """The run's collection (:func:`configured_data`), logged and checked."""
+    data = configured_data(cfg)
     log.info("data %s: %d documents, %s", data.name, len(data.corpus),
              ", ".join(f"{s} {len(q)} queries" for s, q in data.qrels.items()))
     check_splits(cfg, data)  # again here: a hub collection is only checked once downloaded

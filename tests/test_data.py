@@ -243,3 +243,26 @@ def test_no_product_file_reaches_outside_the_repository_for_data():
     product = [*repo.joinpath("sma").rglob("*.py"), *repo.joinpath("tune").rglob("*.py"), repo / "Makefile",
                repo / ".ci" / "run"]
     assert not [p for p in product if p.is_file() and "../shared" in p.read_text()]
+
+
+def test_train_queries_keeps_a_seeded_share_of_the_training_split_only(tiny_beir):
+    from sma.config import RunConfig
+    from sma.config.sections import DataConfig
+    from sma.prepare import configured_data
+
+    full = load_beir_folder(tiny_beir)
+    train = sorted(full.qrels["train"])
+    assert len(train) > 2
+    cfg = RunConfig(data=DataConfig(dataset=str(tiny_beir), train_queries=2), seed=7)
+    few = configured_data(cfg)
+    import random
+    expected = sorted(random.Random(7).sample(train, 2))  # drawn independently of keep_queries
+    assert sorted(few.qrels["train"]) == expected
+    assert few.qrels["train"] == {q: full.qrels["train"][q] for q in expected}
+    assert few.qrels["dev"] == full.qrels["dev"] and few.qrels["test"] == full.qrels["test"]
+    assert few.corpus == full.corpus
+    others = {q for s in ("dev", "test") for q in full.qrels[s]}
+    assert set(few.queries) == set(full.queries) - (set(train) - set(expected))
+    assert others <= set(few.queries)
+    assert configured_data(cfg) == few  # seeded
+    assert configured_data(RunConfig(data=DataConfig(dataset=str(tiny_beir), train_queries=99))).qrels == full.qrels

@@ -24,10 +24,10 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
 
     from sma.circuits.compare import compare_methods
     from sma.circuits.run import faithfulness_table, run_analysis
-    from sma.data import load_data
     from sma.device import resolve_device
     from sma.layout import PHASE1_DIR
     from sma.model import BiEncoder
+    from sma.prepare import configured_data
 
     if args.preset == "smoke":
         args.random_seeds = min(args.random_seeds, 2)
@@ -38,8 +38,7 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
     # --seed seeds the probe too here (sma run keeps the analysis seed apart, so its seeds share one analysis)
     acfg = cfg.analysis if args.seed is None else dataclasses.replace(cfg.analysis, seed=cfg.seed)
     model = BiEncoder.from_config(cfg.model).to(resolve_device(cfg.device))
-    data = load_data(cfg.data.dataset, max_samples=cfg.data.max_samples, seed=cfg.seed,
-                     distractor_ratio=cfg.data.distractor_ratio, cache_dir=cfg.cache_dir)
+    data = configured_data(cfg)
     if args.compare_sparsity is None:
         result = run_analysis(model, data, acfg, cfg.run_dir, cache_dir=cfg.cache_dir)
         print(faithfulness_table(result.circuits))

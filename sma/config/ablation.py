@@ -42,6 +42,8 @@ FACTORS: tuple[Factor, ...] = (
     Factor("neighbors", "distill.neighbor_share", (0.0,), "random distillation batches (no teacher neighbours)"),
     Factor("probe_pseudo_queries", "analysis.probe_pseudo_queries", (True,),
            "probe topped up with pseudo-queries when judged ones are few"),
+    Factor("few_labels", "data.train_queries", (25,),
+           "25 judged training queries (a seeded share; dev, test and corpus untouched)"),
     # what recovery extreme sparsity needs (cluster/frontier.yaml)
     Factor("whole_layers", "prune.whole_layers", (2,), "up to two whole layers emptied first (depth)"),
     Factor("long_recovery", "distill.post_prune_epochs", (16,), "twice the recovery epochs"),

@@ -63,10 +63,13 @@ class DataConfig:
     train_split: str = "train"
     dev_split: str = "dev"
     test_split: str = "test"
+    train_queries: int | None = None
+    """Seeded subset of that many judged queries of ``train_split`` (drawn with the run's seed; dev, test and the
+    corpus untouched): how a recipe holds on a collection with few labelled queries. ``None`` = all."""
 
     def __post_init__(self) -> None:
         check(bool(self.dataset.strip()), "data.dataset", "must not be empty")
-        check_at_least(self, 1, "data.", "max_samples")
+        check_at_least(self, 1, "data.", "max_samples", "train_queries")
         check_at_least(self, 0, "data.", "distractor_ratio")
         check(self.dev_split != self.test_split, "data.dev_split",
               f"must differ from data.test_split ({self.test_split!r}): configurations chosen on the test split "
