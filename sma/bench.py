@@ -193,7 +193,7 @@ def _runtimes(models: list[nn.Module], *, int8: bool, onnx: bool, device: torch.
     if onnx:
         from sma.export import onnx_session
 
-        session = onnx_session(models[1], threads=threads, int8=int8)
+        session = onnx_session(models[1], threads=threads, int8=int8, keep_float=int8_keep_float)
     elif int8:
         from sma.quantize import quantize_int8
 

@@ -40,8 +40,12 @@ def dense_model(name: str, *, random_weights: bool):
     return AutoModel.from_pretrained(path).eval()
 
 
-PYTORCH_INT8 = "int8"
-"""The ``bench.dtypes`` entry timed with PyTorch's dynamic int8 linear layers: the one the int8 plan applies to."""
+def int8_dtypes() -> tuple[str, ...]:
+    """The ``bench.dtypes`` entries timed with int8 linear layers (PyTorch's ``int8``, ONNX Runtime's
+    ``onnx-int8``): those the int8 plan of ``bench.int8_float_layers`` applies to."""
+    from sma.config.choices import CPU_RUNTIMES
+
+    return tuple(dt for dt, (int8, _) in CPU_RUNTIMES.items() if int8)
 
 
 def int8_plan_texts(cfg: RunConfig) -> list[str]:
@@ -107,7 +111,7 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
     scorer = magnitude_scores if args.scores == "magnitude" else first_n_scores
     rows: list[dict[str, Any]] = []
     training: list[dict[str, Any]] = []
-    texts = int8_plan_texts(cfg) if b.int8_float_layers and PYTORCH_INT8 in dtypes else None
+    texts = int8_plan_texts(cfg) if b.int8_float_layers and set(int8_dtypes()) & set(dtypes) else None
     for target in cfg.sparsity:
         pruned = copy.deepcopy(dense)
         plan = plan_for_sparsity(pruned, scorer(pruned), target, allocation=cfg.prune.allocation, split=cfg.prune.split,
@@ -117,7 +121,7 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
         if keep_float:
             print(f"sparsity {target:.2f} int8: {len(keep_float)} linear layers kept float32: {', '.join(keep_float)}")
         # int8 with the plan is timed beside int8 throughout: what keeping the plan's layers float32 costs
-        runs = [(dt, kept) for dt in dtypes for kept in ([(), keep_float] if dt == PYTORCH_INT8 and keep_float else [()])]
+        runs = [(dt, kept) for dt in dtypes for kept in ([(), keep_float] if dt in int8_dtypes() and keep_float else [()])]
         for dt, kept in runs:
             int8, onnx = CPU_RUNTIMES.get(dt, (False, False))
             res = benchmark(dense, pruned, seq_len=b.seq_len, batch_size=b.batch_size, repeats=b.repeats,

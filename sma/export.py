@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from collections.abc import Collection
 from importlib.metadata import version
 from pathlib import Path
 
@@ -112,9 +113,31 @@ def export_onnx(source: Path, out: Path, model: ModelConfig) -> Path:
     return out
 
 
-def quantize_onnx(path: Path, out: Path) -> Path:
+ONNX_SCOPES = "pkg.torch.onnx.name_scopes"
+"""Node metadata in which the dynamo exporter records the module path a node was traced in."""
+ONNX_ENCODER_PREFIX = "encoder."
+"""Where :func:`write_onnx`'s pooled wrapper holds the bare encoder: module names inside the ONNX model are
+the bare encoder's (those of :class:`sma.quantize.Int8Plan`) behind it."""
+
+
+def onnx_linear_nodes(graph) -> dict[str, str]:
+    """``{module name inside the bare encoder: MatMul node name}`` of the exported model's linear layers, from
+    the module path the exporter records with each node (the weights themselves are renamed in the graph)."""
+    import ast
+
+    nodes: dict[str, str] = {}
+    for node in graph.node:
+        scopes = next((ast.literal_eval(m.value) for m in node.metadata_props if m.key == ONNX_SCOPES), None)
+        if node.op_type == "MatMul" and scopes and len(scopes) > 1 \
+                and scopes[-2].startswith(ONNX_ENCODER_PREFIX):  # [..., module, the op's own name]
+            nodes[scopes[-2].removeprefix(ONNX_ENCODER_PREFIX)] = node.name
+    return nodes
+
+
+def quantize_onnx(path: Path, out: Path, *, keep_float: Collection[str] = ()) -> Path:
     """``out``: the ONNX model at ``path`` with ONNX Runtime's dynamic int8 quantization (int8 weights of every
-    matrix multiplication, activations quantized per batch at run time), for CPU serving.
+    matrix multiplication, activations quantized per batch at run time), for CPU serving; the linear layers
+    named in ``keep_float`` (names inside the bare encoder, as in :class:`sma.quantize.Int8Plan`) stay float32.
 
     Weights are quantized per output channel: on MiniLM, one scale per weight matrix (ONNX Runtime's default)
     moved embeddings to a cosine of 0.94-0.97 with the float model's, one per channel to 0.99."""
@@ -124,13 +147,19 @@ def quantize_onnx(path: Path, out: Path) -> Path:
     graph = onnx.load(str(path), load_external_data=False).graph
     empty = {init.name for init in graph.initializer if 0 in init.dims}  # an emptied layer's weights
     skip = [node.name for node in graph.node if empty & set(node.input)]
+    if keep_float:
+        linears = onnx_linear_nodes(graph)
+        unknown = sorted(set(keep_float) - set(linears))
+        if unknown:
+            raise ValueError(f"keep_float: {unknown[0]!r} is not a linear layer of the ONNX model at {path}")
+        skip += [linears[name] for name in keep_float]
     quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=skip)
     return out
 
 
-def onnx_session(encoder, *, threads: int, int8: bool = False):
+def onnx_session(encoder, *, threads: int, int8: bool = False, keep_float: Collection[str] = ()):
     """An ONNX Runtime CPU session of ``encoder`` (an in-memory pruned encoder), int8-quantized with ``int8``
-    (:func:`quantize_onnx`), for benchmarks."""
+    (:func:`quantize_onnx`, ``keep_float`` left in float32), for benchmarks."""
     import tempfile
 
     import onnxruntime as ort
@@ -140,7 +169,7 @@ def onnx_session(encoder, *, threads: int, int8: bool = False):
     with tempfile.TemporaryDirectory(prefix="sma-onnx-") as tmp:
         path = write_onnx(save_pruned(encoder, Path(tmp) / MODEL_DIR), Path(tmp) / ONNX_FILE)
         if int8:
-            path = quantize_onnx(path, Path(tmp) / f"int8-{ONNX_FILE}")
+            path = quantize_onnx(path, Path(tmp) / f"int8-{ONNX_FILE}", keep_float=keep_float)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -103,8 +103,8 @@ def test_onnx_rows_time_the_pruned_model_in_onnx_runtime(monkeypatch, int8):
     runs, quantized = [], []
     real = export.onnx_session
 
-    def counting(model, *, threads, int8):
-        session = real(model, threads=threads, int8=int8)
+    def counting(model, *, threads, int8, keep_float=()):
+        session = real(model, threads=threads, int8=int8, keep_float=keep_float)
         quantized.append(int8)
 
         class Counted:
@@ -162,8 +162,9 @@ def test_sma_bench_training_writes_the_step_times(tmp_path, capsys):
 
 def test_sma_bench_times_int8_with_and_without_the_plans_float32_layers(tiny_model_dir, tiny_beir, tmp_path,
                                                                          monkeypatch):
-    """``bench.int8_float_layers=2``: the int8 rows come in pairs, all layers int8 and the plan's two most
-    sensitive layers kept float32, the plan measured on the documents ``sma run`` samples with the seed."""
+    """``bench.int8_float_layers=2``: the int8 rows (PyTorch and ONNX Runtime) come in pairs, all layers int8 and
+    the plan's two most sensitive layers kept float32, the plan measured on the documents ``sma run`` samples
+    with the seed."""
     import copy
 
     from transformers import AutoTokenizer
@@ -175,15 +176,27 @@ def test_sma_bench_times_int8_with_and_without_the_plans_float32_layers(tiny_mod
     from sma.prune import magnitude_scores, plan_for_sparsity
     from sma.quantize import plan_int8, sample_documents
 
+    pytest.importorskip("onnxruntime")
+    from sma import export
+
+    quantized: list[tuple[str, ...]] = []  # keep_float of each ONNX Runtime int8 model made
+    real = export.quantize_onnx
+
+    def recording(path, out, *, keep_float=()):
+        quantized.append(tuple(keep_float))
+        return real(path, out, keep_float=keep_float)
+
+    monkeypatch.setattr(export, "quantize_onnx", recording)
     out, page = tmp_path / "bench.json", tmp_path / "speed.md"
-    argv = ["bench", "--sparsity", "0.5", "--dtypes", "int8", "--set", f"model.name={tiny_model_dir}",
+    argv = ["bench", "--sparsity", "0.5", "--dtypes", "int8", "onnx-int8", "--set", f"model.name={tiny_model_dir}",
             "--set", f"data.dataset={tiny_beir}", "--set", "bench.int8_float_layers=2", "--set", "bench.seq_len=16",
             "--set", "bench.batch_size=2", "--repeats", "1", "--output", str(out), "--page", str(page)]
     monkeypatch.setattr("sys.argv", ["sma", *argv])
     args = make_parser().parse_args(argv)
     assert run_cli(args, build_config(args)) == 0
     rows = json.loads(out.read_text())["results"]
-    assert [(r["dtype"], len(r["int8_keep_float"])) for r in rows] == [("int8", 0), ("int8", 2)]
+    assert [(r["dtype"], len(r["int8_keep_float"])) for r in rows] == [("int8", 0), ("int8", 2), ("onnx-int8", 0),
+                                                                         ("onnx-int8", 2)]
     # the same plan worked out here on the same magnitude-pruned shapes and sampled documents
     pruned = copy.deepcopy(dense_model(str(tiny_model_dir), random_weights=False))
     p = RunConfig().prune
@@ -193,7 +206,8 @@ def test_sma_bench_times_int8_with_and_without_the_plans_float32_layers(tiny_mod
     model = BiEncoder(pruned, AutoTokenizer.from_pretrained(str(tiny_model_dir)), pooling=m.pooling,
                       query_max_length=m.query_max_length, doc_max_length=m.doc_max_length, normalize=m.normalize)
     expected = plan_int8(model, texts, keep_float=2)
-    assert rows[1]["int8_keep_float"] == list(expected.keep_float)
+    assert rows[1]["int8_keep_float"] == rows[3]["int8_keep_float"] == list(expected.keep_float)
+    assert quantized == [(), expected.keep_float]  # ONNX Runtime's int8 model keeps the same layers float32
     assert rows[1]["pruned"]["encoder_weight_bytes"] > rows[0]["pruned"]["encoder_weight_bytes"]  # float32 kept
     assert "PyTorch, int8 linear layers, 2 kept float32 (" in page.read_text()
     from sma.config import ConfigError

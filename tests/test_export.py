@@ -146,3 +146,36 @@ def test_onnx_int8_quantizes_every_matmul_and_embeds_close_to_float(pruned_dir, 
     (int8,) = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"]).run(None, feeds)
     cosine = (fp32 * int8).sum(-1) / np.linalg.norm(fp32, axis=-1) / np.linalg.norm(int8, axis=-1)
     assert cosine.min() > 0.97 and not np.allclose(fp32, int8, atol=1e-4)
+
+
+def test_onnx_int8_keeps_the_named_linear_layers_float32(pruned_dir, tmp_path):
+    """``quantize_onnx(keep_float=...)`` (the int8 plan in ONNX Runtime): exactly the named layers stay float
+    MatMuls, and their weights are those layers' own (matched by value: the graph renames weights)."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import numpy_helper
+
+    from sma.export import quantize_onnx, write_onnx
+    from sma.prune import load_pruned
+    from sma.prune.arch import unwrap
+    from sma.quantize import int8_linears
+
+    encoder = load_pruned(pruned_dir)
+    names = int8_linears(encoder)
+    keep = ["encoder.layer.2.output.dense", "encoder.layer.4.attention.self.query"]
+    assert set(keep) <= set(names)
+    (tmp_path / "fp32").mkdir()
+    path = write_onnx(pruned_dir, tmp_path / "fp32" / "model.onnx")
+    all_int8 = onnx.load(str(quantize_onnx(path, tmp_path / "all.onnx"))).graph
+    graph = onnx.load(str(quantize_onnx(path, tmp_path / "kept.onnx", keep_float=keep))).graph
+    integer = [sum(n.op_type == "MatMulInteger" for n in g.node) for g in (all_int8, graph)]
+    assert integer[0] - integer[1] == 2
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    float_weights = [inits[i] for n in graph.node if n.op_type == "MatMul" for i in n.input
+                     if i in inits and inits[i].ndim == 2 and inits[i].size]
+    modules = dict(unwrap(encoder).named_modules())
+    expected = [modules[name].weight.detach().numpy().T for name in keep]
+    assert len(float_weights) == 2
+    assert all(any(w.shape == e.shape and np.array_equal(w, e) for w in float_weights) for e in expected)
+    with pytest.raises(ValueError, match="'encoder.layer.9.output.dense' is not a linear layer"):
+        quantize_onnx(path, tmp_path / "bad.onnx", keep_float=["encoder.layer.9.output.dense"])

@@ -319,7 +319,8 @@ class BenchConfig:
     """``sma run``: also evaluate and time the pruned model with dynamic int8 linear layers on the CPU
     (metrics ``*_int8``: retention, speedup over the dense float32 model, memory)."""
     int8_float_layers: int = 0
-    """``sma run`` with ``int8``, ``sma bench`` with the ``int8`` dtype: linear layers the int8 model keeps in
+    """``sma run`` with ``int8``, ``sma bench`` with the ``int8`` or ``onnx-int8`` dtype (each timed with and
+    without them): linear layers the int8 model keeps in
     float32, those whose int8 copy alone moves the embeddings of 128 sample documents of ``data.dataset`` furthest
     (:func:`sma.quantize.plan_int8`; no labels). 0 = all int8."""
 
