@@ -64,6 +64,12 @@ def _log_extras(p: argparse.ArgumentParser) -> None:
     log_extras(p)
 
 
+def _evaluate_extras(p: argparse.ArgumentParser) -> None:
+    from sma.evaluate_cli import evaluate_extras
+
+    evaluate_extras(p)
+
+
 def _export_extras(p: argparse.ArgumentParser) -> None:
     from sma.export import export_extras
 
@@ -119,6 +125,12 @@ COMMANDS = (
             "reach the tracking server, say), copied here: logged as that sma run would have logged it (its "
             "command, commit, config, per-sparsity metrics and files), so sma report reads it. Logging the "
             "same folder again does nothing.", ("sma.preflight:check_report",)),
+    Command("evaluate", "measure a saved pruned model against its dense model again: on another collection, "
+            "as an int8 copy", "sma.evaluate_cli:run_cli", _evaluate_extras,
+            "PATH: a pruned model folder or a sparsity's result folder (results/<exp>/phase2/s0.50). Settings are "
+            "those of the run that wrote the model (its config.json), flags and --set on top: --dataset for "
+            "another collection, --set bench.int8=true (and bench.int8_float_layers=N) for its int8 copy. Writes "
+            "evaluation-<collection>.json beside the model folder."),
     Command("export", "a pruned model as a sentence-transformers folder or an ONNX model, loadable without SMA",
             "sma.export:run_cli", _export_extras,
             "PATH: a pruned model folder or a sparsity's result folder (results/<exp>/phase2/s0.50). Pooling, "

@@ -41,7 +41,7 @@ def model_dir(path: str | Path) -> Path:
     for candidate in (path, path / MODEL_DIR):
         if (candidate / STRUCTURE_FILE).is_file():
             return candidate
-    raise ConfigError(f"export: {str(path)!r} is not a pruned model folder (no {STRUCTURE_FILE} in it or in "
+    raise ConfigError(f"{str(path)!r} is not a pruned model folder (no {STRUCTURE_FILE} in it or in "
                       f"its {MODEL_DIR}/): give a folder written by sma run, e.g. results/<exp>/phase2/s0.50")
 
 

@@ -39,7 +39,7 @@ from sma.layout import (
 )
 from sma.metrics import PHASE_PREFIX
 from sma.model import gradient_checkpointing
-from sma.prepare import Prepared, load_run_data
+from sma.prepare import Prepared, Reference, load_run_data
 from sma.prepare import prepare as prepare_shared
 from sma.provenance import git_commit, invocation
 from sma.prune import PruningPlan, apply_plan, encoder_sparsity, plan_for_sparsity, save_pruned, structure
@@ -130,7 +130,7 @@ def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None
     with timed(seconds, "recovery"):
         _distill(cfg, prep, wrapped, teacher, epochs=cfg.distill.post_prune_epochs, rank=rank, world=world,
                  seed_offset=0, desc=f"s={sparsity:.2f} post-prune", on_epoch=metrics_by_epoch)
-    result = _measure(cfg, prep, teacher, student, sparsity, rank, world, seconds)
+    result = measure(cfg, prep, teacher, student, sparsity, rank, world, seconds)
     result.update(seconds)
     result["seconds"] = round(time.time() - started, 1)
     result["schedule"] = schedule
@@ -169,8 +169,11 @@ def _dev_row(cfg: RunConfig, prep: Prepared, student, rank: int, world: int) -> 
     return broadcast(row, world)
 
 
-def _measure(cfg: RunConfig, prep: Prepared, teacher, student, sparsity: float, rank: int, world: int,
-             seconds: dict[str, float]) -> dict[str, Any]:
+def measure(cfg: RunConfig, prep: Prepared | Reference, teacher, student, sparsity: float, rank: int, world: int,
+            seconds: dict[str, float]) -> dict[str, Any]:
+    """Everything measured of a pruned ``student`` against the dense ``teacher`` on ``prep``'s collection:
+    metrics and retention per split with their interval over the queries, agreement, the collection profile,
+    speed and memory (``bench.enabled``), and its int8 copy (``bench.int8``)."""
     out: dict[str, Any] = {}
     if rank == 0:
         report = encoder_sparsity(student.encoder)
@@ -221,7 +224,7 @@ def _query_interval(pruned: dict[str, dict[str, float]], dense: dict[str, dict[s
                               {q: v["ndcg_at_10"] for q, v in dense.items()})
 
 
-def _int8_metrics(cfg: RunConfig, prep: Prepared, teacher, student, *, float32_embeddings) -> dict[str, Any]:
+def _int8_metrics(cfg: RunConfig, prep: Prepared | Reference, teacher, student, *, float32_embeddings) -> dict[str, Any]:
     """The pruned model with dynamic int8 linear layers (``bench.int8_float_layers`` of them kept float32 by
     :func:`sma.quantize.plan_int8` on a seeded sample of documents), on the CPU: nDCG@10 and retention on each
     split, how close its document embeddings stay to the float32 model's, speed-up over the dense float32 model

@@ -19,6 +19,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -156,6 +157,15 @@ def check_run(cfg: RunConfig) -> None:
 
         check_storage_root(cfg)
         preflight(cfg)
+
+
+def check_evaluate(cfg: RunConfig, out: Path) -> None:
+    """``sma evaluate`` (the run's settings already applied): the output folder, cache, collection (dev and
+    test) and dense model, before the model is loaded."""
+    check_writable_dir(out.parent, "--output")
+    check_writable_dir(cache_root(cfg.cache_dir), "cache_dir")
+    check_dataset(cfg.data.dataset, cache_dir=cfg.cache_dir, cfg=replace(cfg, sparsity=()), dev=False)  # test only
+    check_model(cfg.model.name)
 
 
 def check_analyze(cfg: RunConfig) -> None:

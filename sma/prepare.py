@@ -25,6 +25,25 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Reference:
+    """What a pruned model is measured against on a collection (``sma evaluate``; :class:`Prepared` holds the
+    same fields for ``sma run``): the collection, the dense teacher's metrics, its evaluation embeddings and
+    the collection's profile."""
+
+    data: RetrievalData
+    teacher: Teacher
+    teacher_eval: EvalEmbeddings
+    profile: CollectionProfile
+
+
+def reference(cfg: RunConfig, data: RetrievalData, dense: Teacher, teacher: BiEncoder) -> Reference:
+    """The :class:`Reference` of ``data`` under ``cfg`` (the teacher's embeddings cached)."""
+    splits = (cfg.data.dev_split, cfg.data.test_split)
+    return Reference(data=data, teacher=dense, teacher_eval=teacher_eval_embeddings(cfg, data, dense, teacher, splits),
+                     profile=profile_collection(teacher.tokenizer, data, cfg))
+
+
+@dataclass(frozen=True)
 class Prepared:
     cfg: RunConfig
     data: RetrievalData
@@ -96,7 +115,8 @@ def prepare(cfg: RunConfig, *, analysis_dir: Path | None = None, data: Retrieval
     data = data if data is not None else load_run_data(cfg)
     dense = dense if dense is not None else get_teacher(cfg, data)
     teacher = dense.load(cfg)
-    profile = profile_collection(teacher.tokenizer, data, cfg)
+    ref = reference(cfg, data, dense, teacher)
+    profile = ref.profile
     for warning in profile.warnings(cfg):
         log.warning("%s: %s", data.name, warning)
     if cfg.distill.precision == "bfloat16" and not native_bfloat16(teacher.device):
@@ -112,7 +132,6 @@ def prepare(cfg: RunConfig, *, analysis_dir: Path | None = None, data: Retrieval
                  "texts (distill.pseudo_queries unset; set it to 0 for none)", data.name,
                  profile.judged_queries.get(cfg.data.train_split, 0), cfg.data.train_split, FEW_TRAIN_QUERIES)
     texts = distill_texts(cfg, data, dense, teacher, pseudo_per_doc=profile.pseudo_queries)
-    teacher_eval = teacher_eval_embeddings(cfg, data, dense, teacher, (cfg.data.dev_split, cfg.data.test_split))
     return Prepared(cfg=cfg, data=data, teacher=dense, teacher_computed=not dense.cached,
-                    importance=importance, texts=texts, task=task_pairs(cfg, data), teacher_eval=teacher_eval,
+                    importance=importance, texts=texts, task=task_pairs(cfg, data), teacher_eval=ref.teacher_eval,
                     profile=profile)

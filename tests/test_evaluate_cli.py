@@ -1,0 +1,78 @@
+"""``sma evaluate``: a model saved by ``sma run`` measured again gives the run's own numbers; on another
+collection and as an int8 copy it gives what the dense and pruned models score there, worked out here."""
+
+import json
+
+import pytest
+import torch
+
+from sma.cli import main
+from sma.config import RunConfig, apply_overrides
+from sma.evaluate import evaluate_model
+from sma.model import BiEncoder
+from sma.pipeline import run
+from sma.prepare import load_run_data
+from sma.quantize import quantize_int8
+from sma.tiny import TINY_CORPUS, TINY_QUERIES, _tiny_qrels, write_beir
+
+
+@pytest.fixture(scope="module")
+def saved_run(tiny_model_dir, tiny_beir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    cfg = apply_overrides(RunConfig(), {
+        "model.name": str(tiny_model_dir), "data.dataset": str(tiny_beir), "output_dir": str(root / "results"),
+        "experiment": "e", "cache_dir": str(root / "cache"), "sparsity": "0.5", "track": False,
+        "eval.show_progress": False, "deterministic": True, "distill.batch_size": 8, "distill.max_length": 16,
+        "distill.post_prune_epochs": 1, "prune.gentleness": 0.0, "analysis.probe_queries": 6,
+        "analysis.ablation_queries": 4, "analysis.neuron_group_size": 16, "analysis.batch_size": 8,
+        "bench.enabled": False, "bench.seq_len": 16, "bench.batch_size": 2, "bench.repeats": 1,
+        "bench.threads": 1})
+    run(cfg)
+    return cfg, root / "results" / "e" / "phase2" / "s0.50"
+
+
+def test_the_saved_model_gives_the_runs_own_numbers(saved_run, capsys):
+    cfg, folder = saved_run
+    assert main(["evaluate", str(folder)]) == 0
+    tiny = cfg.data.dataset.rstrip("/").rsplit("/", 1)[-1]
+    got = json.loads((folder / f"evaluation-{tiny}.json").read_text())["sparsities"][0]
+    ran = json.loads((folder / "metrics.json").read_text())
+    for key in ("test_ndcg_at_10", "test_dense_ndcg_at_10", "test_retention", "dev_retention", "corpus_cosine",
+                "test_top10_overlap", "test_query_cosine", "actual_sparsity", "documents"):
+        assert got[key] == ran[key], key
+    assert got["per_query"]["test"] == ran["per_query"]["test"]
+    assert "Retention" in capsys.readouterr().out
+
+
+def test_another_collection_and_the_int8_copy(saved_run, tmp_path):
+    cfg, folder = saved_run
+    # the same documents, other judgements: queries 0-5 become the test split
+    other = write_beir(tmp_path / "other", TINY_CORPUS, TINY_QUERIES,
+                       {"train": _tiny_qrels(range(6, 9)), "dev": _tiny_qrels(range(9, 12)),
+                        "test": _tiny_qrels(range(0, 6))})
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(folder), "--dataset", str(other), "--set", "bench.int8=true",
+                 "--output", str(out)]) == 0
+    got = json.loads(out.read_text())
+    row = got["sparsities"][0]
+    assert got["dataset"] == "other" and set(row["per_query"]["test"]) == {f"q{i}" for i in range(6)}
+    # worked out here: dense, pruned and int8-pruned nDCG@10 on the other collection's test split
+    ocfg = apply_overrides(cfg, {"data.dataset": str(other)})
+    data = load_run_data(ocfg)
+    dense = evaluate_model(BiEncoder.from_config(cfg.model), data, ocfg)[0]["test"].mean["ndcg_at_10"]
+    pruned_model = BiEncoder.from_config(cfg.model, name=str(folder / "model"))
+    (res, emb), (res8, emb8) = (evaluate_model(m, data, ocfg) for m in (pruned_model, quantize_int8(pruned_model)))
+    pruned, int8 = (r["test"].mean["ndcg_at_10"] for r in (res, res8))
+    cosine = torch.nn.functional.cosine_similarity(emb.docs, emb8.docs, dim=-1).mean().item()
+    assert not torch.equal(emb.docs, emb8.docs)  # int8 moved the documents' embeddings a little
+    assert row["int8_corpus_cosine"] == pytest.approx(cosine, abs=1e-6)
+    assert row["test_dense_ndcg_at_10"] == pytest.approx(dense, abs=1e-6)
+    assert row["test_ndcg_at_10"] == pytest.approx(pruned, abs=1e-6)
+    assert row["test_retention"] == pytest.approx(pruned / dense, abs=1e-6)
+    assert row["test_retention_int8"] == pytest.approx(int8 / dense, abs=1e-6)
+
+
+def test_a_folder_without_a_model_is_one_line(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a pruned model folder" in err
