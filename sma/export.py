@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 from collections.abc import Collection
 from importlib.metadata import version
@@ -153,7 +154,13 @@ def quantize_onnx(path: Path, out: Path, *, keep_float: Collection[str] = ()) ->
         if unknown:
             raise ValueError(f"keep_float: {unknown[0]!r} is not a linear layer of the ONNX model at {path}")
         skip += [linears[name] for name in keep_float]
-    quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=skip)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))  # the quantizer logs a line per tensor to the root logger at INFO
+    try:
+        quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=skip)
+    finally:
+        root.setLevel(level)
     return out
 
 
