@@ -169,7 +169,7 @@ def _dev_row(cfg: RunConfig, prep: Prepared, student, rank: int, world: int) -> 
     return broadcast(row, world)
 
 
-def measure(cfg: RunConfig, prep: Prepared | Reference, teacher, student, sparsity: float, rank: int, world: int,
+def measure(cfg: RunConfig, prep: Reference, teacher, student, sparsity: float, rank: int, world: int,
             seconds: dict[str, float]) -> dict[str, Any]:
     """Everything measured of a pruned ``student`` against the dense ``teacher`` on ``prep``'s collection:
     metrics and retention per split with their interval over the queries, agreement, the collection profile,
@@ -224,7 +224,7 @@ def _query_interval(pruned: dict[str, dict[str, float]], dense: dict[str, dict[s
                               {q: v["ndcg_at_10"] for q, v in dense.items()})
 
 
-def _int8_metrics(cfg: RunConfig, prep: Prepared | Reference, teacher, student, *, float32_embeddings) -> dict[str, Any]:
+def _int8_metrics(cfg: RunConfig, prep: Reference, teacher, student, *, float32_embeddings) -> dict[str, Any]:
     """The pruned model with dynamic int8 linear layers (``bench.int8_float_layers`` of them kept float32 by
     :func:`sma.quantize.plan_int8` on a seeded sample of documents), on the CPU: nDCG@10 and retention on each
     split, how close its document embeddings stay to the float32 model's, speed-up over the dense float32 model

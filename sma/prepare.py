@@ -26,14 +26,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Reference:
-    """What a pruned model is measured against on a collection (``sma evaluate``; :class:`Prepared` holds the
-    same fields for ``sma run``): the collection, the dense teacher's metrics, its evaluation embeddings and
-    the collection's profile."""
+    """What a pruned model is measured against on a collection (``sma evaluate``, and ``sma run`` through
+    :class:`Prepared`)."""
 
     data: RetrievalData
     teacher: Teacher
+    """The dense teacher (``baseline`` in results and search records)."""
     teacher_eval: EvalEmbeddings
+    """The teacher's dev/test query and corpus embeddings at evaluation lengths (student agreement)."""
     profile: CollectionProfile
+    """Token lengths of the collection under the config's cuts (logged with every result run)."""
 
 
 def reference(cfg: RunConfig, data: RetrievalData, dense: Teacher, teacher: BiEncoder) -> Reference:
@@ -44,20 +46,16 @@ def reference(cfg: RunConfig, data: RetrievalData, dense: Teacher, teacher: BiEn
 
 
 @dataclass(frozen=True)
-class Prepared:
+class Prepared(Reference):
+    """The shared work of ``sma run`` before anything is pruned: the :class:`Reference`, the unit importance,
+    the distillation texts with their teacher targets, and the labelled training pairs."""
+
     cfg: RunConfig
-    data: RetrievalData
-    teacher: Teacher
-    """The dense teacher (``baseline`` in results and search records)."""
     teacher_computed: bool
     """False when the teacher came from the cache (trials must not retrain it)."""
     importance: Importance
     texts: DistillTexts
     task: TaskPairs
-    teacher_eval: EvalEmbeddings
-    """The teacher's dev/test query and corpus embeddings at evaluation lengths (student agreement)."""
-    profile: CollectionProfile
-    """Token lengths of the collection under the config's cuts (logged with every result run)."""
 
     def load_teacher(self) -> BiEncoder:
         return self.teacher.load(self.cfg)
@@ -132,6 +130,5 @@ def prepare(cfg: RunConfig, *, analysis_dir: Path | None = None, data: Retrieval
                  "texts (distill.pseudo_queries unset; set it to 0 for none)", data.name,
                  profile.judged_queries.get(cfg.data.train_split, 0), cfg.data.train_split, FEW_TRAIN_QUERIES)
     texts = distill_texts(cfg, data, dense, teacher, pseudo_per_doc=profile.pseudo_queries)
-    return Prepared(cfg=cfg, data=data, teacher=dense, teacher_computed=not dense.cached,
-                    importance=importance, texts=texts, task=task_pairs(cfg, data), teacher_eval=ref.teacher_eval,
-                    profile=profile)
+    return Prepared(**vars(ref), cfg=cfg, teacher_computed=not dense.cached, importance=importance, texts=texts,
+                    task=task_pairs(cfg, data))
