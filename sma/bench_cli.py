@@ -18,6 +18,7 @@ from typing import Any
 
 from sma.atomic import write_json
 from sma.config import RunConfig
+from sma.config.choices import CPU_RUNTIMES
 
 BUILTIN_CONFIGS = {
     "tiny": {"vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -40,12 +41,9 @@ def dense_model(name: str, *, random_weights: bool):
     return AutoModel.from_pretrained(path).eval()
 
 
-def int8_dtypes() -> tuple[str, ...]:
-    """The ``bench.dtypes`` entries timed with int8 linear layers (PyTorch's ``int8``, ONNX Runtime's
-    ``onnx-int8``): those the int8 plan of ``bench.int8_float_layers`` applies to."""
-    from sma.config.choices import CPU_RUNTIMES
-
-    return tuple(dt for dt, (int8, _) in CPU_RUNTIMES.items() if int8)
+INT8_DTYPES = tuple(dt for dt, (int8, _) in CPU_RUNTIMES.items() if int8)
+"""The ``bench.dtypes`` entries timed with int8 linear layers (PyTorch's ``int8``, ONNX Runtime's
+``onnx-int8``): those the int8 plan of ``bench.int8_float_layers`` applies to."""
 
 
 def int8_plan_texts(cfg: RunConfig) -> list[str]:
@@ -94,7 +92,6 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
 
     from sma.bench import benchmark
     from sma.config import to_dict
-    from sma.config.choices import CPU_RUNTIMES
     from sma.prune import (
         apply_plan,
         encoder_sparsity,
@@ -111,7 +108,7 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
     scorer = magnitude_scores if args.scores == "magnitude" else first_n_scores
     rows: list[dict[str, Any]] = []
     training: list[dict[str, Any]] = []
-    texts = int8_plan_texts(cfg) if b.int8_float_layers and set(int8_dtypes()) & set(dtypes) else None
+    texts = int8_plan_texts(cfg) if b.int8_float_layers and set(INT8_DTYPES) & set(dtypes) else None
     for target in cfg.sparsity:
         pruned = copy.deepcopy(dense)
         plan = plan_for_sparsity(pruned, scorer(pruned), target, allocation=cfg.prune.allocation, split=cfg.prune.split,
@@ -121,7 +118,7 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
         if keep_float:
             print(f"sparsity {target:.2f} int8: {len(keep_float)} linear layers kept float32: {', '.join(keep_float)}")
         # int8 with the plan is timed beside int8 throughout: what keeping the plan's layers float32 costs
-        runs = [(dt, kept) for dt in dtypes for kept in ([(), keep_float] if dt in int8_dtypes() and keep_float else [()])]
+        runs = [(dt, kept) for dt in dtypes for kept in ([(), keep_float] if dt in INT8_DTYPES and keep_float else [()])]
         for dt, kept in runs:
             int8, onnx = CPU_RUNTIMES.get(dt, (False, False))
             res = benchmark(dense, pruned, seq_len=b.seq_len, batch_size=b.batch_size, repeats=b.repeats,

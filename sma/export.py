@@ -127,10 +127,9 @@ def onnx_linear_nodes(graph) -> dict[str, str]:
     import ast
 
     nodes: dict[str, str] = {}
-    for node in graph.node:
+    for node in (n for n in graph.node if n.op_type == "MatMul"):
         scopes = next((ast.literal_eval(m.value) for m in node.metadata_props if m.key == ONNX_SCOPES), None)
-        if node.op_type == "MatMul" and scopes and len(scopes) > 1 \
-                and scopes[-2].startswith(ONNX_ENCODER_PREFIX):  # [..., module, the op's own name]
+        if scopes and len(scopes) > 1 and scopes[-2].startswith(ONNX_ENCODER_PREFIX):  # [..., module, op name]
             nodes[scopes[-2].removeprefix(ONNX_ENCODER_PREFIX)] = node.name
     return nodes
 

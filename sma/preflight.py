@@ -176,12 +176,12 @@ def check_analyze(cfg: RunConfig) -> None:
 def check_bench(cfg: RunConfig) -> None:
     """``sma bench``: the model (the built-in random-weight configs need nothing), and the collection the int8
     plan samples (``bench.int8_float_layers``)."""
-    from sma.bench_cli import BUILTIN_CONFIGS, int8_dtypes
+    from sma.bench_cli import BUILTIN_CONFIGS, INT8_DTYPES
 
     if cfg.model.name not in BUILTIN_CONFIGS:
         check_model(cfg.model.name)
     # the int8 plan samples its documents
-    if cfg.bench.int8_float_layers and set(int8_dtypes()) & set(cfg.bench.dtypes):
+    if cfg.bench.int8_float_layers and set(INT8_DTYPES) & set(cfg.bench.dtypes):
         if cfg.model.name in BUILTIN_CONFIGS:
             raise PreflightError(f"bench.int8_float_layers: the int8 plan encodes documents, which the random "
                                  f"{cfg.model.name!r} model has no tokenizer for; use a real model")
