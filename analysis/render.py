@@ -25,6 +25,8 @@ class Section:
 
 
 def _cell(value: object) -> str:
+    if value is None:  # a column no run of the row measured (speedup with bench.enabled=false)
+        return "-"
     if isinstance(value, float):
         if math.isnan(value):
             return "-"

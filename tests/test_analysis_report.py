@@ -139,6 +139,19 @@ def test_results_table_has_a_row_per_collection_chosen_on_that_collections_dev()
     assert table.loc["cranfield", "run_id"] == "r4, r5" and table.loc["cranfield", "Seeds"] == 2
 
 
+def test_a_column_no_run_of_a_row_measured_reads_as_a_dash_on_the_page():
+    from analysis.render import markdown_table
+
+    # runs made with bench.enabled=false log no speedup or memory ratio: the page says "-", not "None"
+    page = markdown_table(tables.results_table(_two_collections()))
+    header, _, *rows = page.splitlines()
+    names = [c.strip() for c in header.strip("|").split("|")]
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[names.index("Speedup")] == cells[names.index("Memory")] == "-"
+    assert "None" not in page
+
+
 def test_seed_and_ablation_tables_never_pool_two_collections():
     df = _two_collections()
     seeds = tables.seed_table(df).set_index(["collection", "criterion"])

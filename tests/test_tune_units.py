@@ -275,6 +275,10 @@ def test_the_shipped_ablation_config_loads():
     defaults = load_config(Path(__file__).resolve().parents[1] / "cluster" / "defaults.yaml", AblationConfig)
     assert [c.name for c in defaults.cells()] == ["reference"] and defaults.seed_list() == [43, 44, 45]
     assert defaults.dataset_list() == ("cranfield", "cacm") and defaults.run.sparsity == (0.3, 0.5, 0.7)
+    recovery = load_config(Path(__file__).resolve().parents[1] / "cluster" / "recovery.yaml", AblationConfig)
+    assert [c.name for c in recovery.cells()] == ["reference", "long_recovery=16", "gentleness=0.0"]
+    assert recovery.dataset_list() == ("cranfield", "cacm") and recovery.run.sparsity == (0.3, 0.5, 0.7)
+    assert recovery.run.experiment == "recipe-arms"
 
 
 def test_ablation_design_one_factor_at_a_time_and_factorial():
