@@ -263,19 +263,20 @@ def test_the_shipped_ablation_config_loads():
 
     from sma.config.ablation import AblationConfig
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "cluster" / "ablation.yaml", AblationConfig)
+    cluster = Path(__file__).resolve().parents[1] / "cluster"
+    cfg = load_config(cluster / "ablation.yaml", AblationConfig)
     assert cfg.seeds == 3 and cfg.run.sparsity == (0.3, 0.5, 0.7) and len(cfg.cells()) == 7
-    transfer = load_config(Path(__file__).resolve().parents[1] / "cluster" / "generalization.yaml", AblationConfig)
+    transfer = load_config(cluster / "generalization.yaml", AblationConfig)
     assert transfer.dataset_list() == ("cranfield", "cacm") and [c.name for c in transfer.cells()] == [
         "reference", "distill_length=256", "pseudo_queries=0", "pseudo_queries=1", "neighbors=0.0",
         "probe_pseudo_queries=True"]
-    frontier = load_config(Path(__file__).resolve().parents[1] / "cluster" / "frontier.yaml", AblationConfig)
+    frontier = load_config(cluster / "frontier.yaml", AblationConfig)
     assert frontier.run.sparsity == (0.8, 0.9) and [c.name for c in frontier.cells()] == [
         "reference", "whole_layers=2", "long_recovery=16", "layer_distill=1.0"]
-    defaults = load_config(Path(__file__).resolve().parents[1] / "cluster" / "defaults.yaml", AblationConfig)
+    defaults = load_config(cluster / "defaults.yaml", AblationConfig)
     assert [c.name for c in defaults.cells()] == ["reference"] and defaults.seed_list() == [43, 44, 45]
     assert defaults.dataset_list() == ("cranfield", "cacm") and defaults.run.sparsity == (0.3, 0.5, 0.7)
-    recovery = load_config(Path(__file__).resolve().parents[1] / "cluster" / "recovery.yaml", AblationConfig)
+    recovery = load_config(cluster / "recovery.yaml", AblationConfig)
     assert [c.name for c in recovery.cells()] == ["reference", "long_recovery=16", "gentleness=0.0"]
     assert recovery.dataset_list() == ("cranfield", "cacm") and recovery.run.sparsity == (0.3, 0.5, 0.7)
     assert recovery.run.experiment == "recipe-arms"
