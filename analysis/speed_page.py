@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,25 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def ffn_widths(row: dict[str, Any]) -> str:
+    """The pruned model's FFN neurons per layer, each distinct count once, widest first (e.g. ``448, 384``)."""
+    widths = sorted({layer["neurons"] for layer in row.get("structure", [])}, reverse=True)
+    return ", ".join(str(w) for w in widths)
+
+
+def _multiple(rows: list[dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A "Neuron multiple" cell for each row when the rows compare several ``prune.neuron_multiple`` values."""
+    several = len({r.get("neuron_multiple", 1) for r in rows}) > 1
+    return lambda r: {"Neuron multiple": r.get("neuron_multiple", 1)} if several else {}
+
+
 def speed_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per (sparsity, runtime): latencies, the speedup statistics and weight memory."""
+    """One row per (sparsity, runtime[, neuron multiple]): latencies, the speedup statistics and weight memory."""
     mb = 2.0**20
+    multiple = _multiple(rows)
     return pd.DataFrame([{
-        "Sparsity": f"{r['target']:.0%}", "Actual": f"{r['pruned']['encoder_sparsity']:.2%}",
+        "Sparsity": f"{r['target']:.0%}", **multiple(r), "Actual": f"{r['pruned']['encoder_sparsity']:.2%}",
+        "FFN neurons": ffn_widths(r),
         "Pruned model runs in": RUNTIMES.get(r["dtype"], r["dtype"]) + _kept(r),
         "Dense ms": round(1e3 * r["dense"]["latency_s"], 1), "Pruned ms": round(1e3 * r["pruned"]["latency_s"], 1),
         "Speedup": f"{r['speedup']:.2f}x", "Paired": f"{r['speedup_paired']:.2f}x",
@@ -50,8 +65,10 @@ def _kept(row: dict[str, Any]) -> str:
 
 
 def training_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per sparsity: the pruned model's median distillation step in each precision and the ratio."""
-    return pd.DataFrame([{"Sparsity": f"{r['target']:.0%}",
+    """One row per sparsity[, neuron multiple]: the pruned model's median distillation step in each precision
+    and the ratio."""
+    multiple = _multiple(rows)
+    return pd.DataFrame([{"Sparsity": f"{r['target']:.0%}", **multiple(r),
                           **{f"{p} s": f"{s:.3f}" for p, s in r["median_s"].items()},
                           **{f"Speedup {p}": f"{x:.2f}x" for p, x in r["speedup"].items() if p != "float32"}}
                          for r in rows])
@@ -64,6 +81,15 @@ def _training_section(rows: list[dict[str, Any]]) -> Section:
                    f"tokens, float32 KD loss, backward, AdamW update) in each distill.precision, each on its own copy "
                    f"of the model, interleaved; median seconds per step and float32 median / bfloat16 median "
                    f"({first['threads']} threads).", tables=(("training", training_table(rows)),))
+
+
+def _multiples_text(rows: list[dict[str, Any]]) -> str:
+    multiples = sorted({r.get("neuron_multiple", 1) for r in rows})
+    if len(multiples) < 2:
+        return ""
+    return (f" Each sparsity's plans with each layer's FFN neurons rounded to a multiple of "
+            f"{', '.join(map(str, multiples))} (prune.neuron_multiple; 1 = the exact target) are timed in the same "
+            f"interleaved loop against the same dense runs, so their speedups compare directly.")
 
 
 def write_speed_page(path: Path, payload: dict[str, Any], *, command: str) -> Path:
@@ -79,7 +105,7 @@ def write_speed_page(path: Path, payload: dict[str, Any], *, command: str) -> Pa
             f"per-repeat ratios; CPU time = the same on process CPU seconds. The dense model runs in PyTorch "
             f"float32 on the CPU (or in the row's dtype on a GPU). Units removed by {settings['scores']} "
             f"scores, allocation {settings['allocation']}/{settings['split']}: the shapes of a pruned model, "
-            f"not its quality. Machine: {machine}; torch {payload['torch']}.")
+            f"not its quality.{_multiples_text(rows)} Machine: {machine}; torch {payload['torch']}.")
     notes = ("Encoder MB: weights of the encoder layers as stored (int8 rows: PyTorch's packed int8 weights; "
              "ONNX Runtime rows: the float32 model's).",
              "Ratios come from one process; latencies of different pages or runs are not comparable.")

@@ -1,7 +1,8 @@
 """Dense vs pruned speed and memory, measured in one process (``sma bench`` and :func:`benchmark`).
 
-Both models see the same random token batch (fixed ``seq_len`` and ``batch_size``, no padding). Timed
-forwards alternate dense/pruned (the order flips every repeat) after warm-up; medians are reported.
+Both models (or the dense model and several pruned ones) see the same random token batch (fixed ``seq_len``
+and ``batch_size``, no padding). Timed forwards alternate dense/pruned (the order flips every repeat) after
+warm-up; medians are reported.
 Peak memory is measured apart from timing, per model:
 
 - CPU: the increase of the process RSS over its value just before one forward pass, sampled every
@@ -182,23 +183,24 @@ def _time_interleaved(forwards: list[Callable[[], object]], *, repeats: int, dev
 
 
 def _runtimes(models: list[nn.Module], *, int8: bool, onnx: bool, device: torch.device, dtype: torch.dtype,
-              threads: int, int8_keep_float: Collection[str] = ()) -> tuple[list[nn.Module], Any]:
-    """What is timed: the models, the pruned one as an int8 copy with ``int8`` (``int8_keep_float`` left in
-    float32); with ``onnx`` also the pruned one's ONNX Runtime session (timed in its place), int8-quantized by
-    ONNX Runtime with ``int8`` too."""
+              threads: int, int8_keep_float: Sequence[Collection[str]]) -> tuple[list[nn.Module], list[Any]]:
+    """What is timed: the dense model (``models[0]``) as it is, each pruned one as an int8 copy with ``int8``
+    (its ``int8_keep_float`` names left in float32); with ``onnx`` also each pruned one's ONNX Runtime session
+    (timed in its place; ``None`` for the dense model), int8-quantized by ONNX Runtime with ``int8`` too."""
     if (int8 or onnx) and (device.type != "cpu" or dtype != torch.float32):
         raise ValueError(f"{_label(int8, onnx)} is timed on the CPU against float32, not {device.type} {dtype}")
     timed = list(models)
-    session = None
-    if onnx:
-        from sma.export import onnx_session
+    sessions: list[Any] = [None] * len(models)
+    for i, keep in enumerate(int8_keep_float, start=1):
+        if onnx:
+            from sma.export import onnx_session
 
-        session = onnx_session(models[1], threads=threads, int8=int8, keep_float=int8_keep_float)
-    elif int8:
-        from sma.quantize import quantize_int8
+            sessions[i] = onnx_session(models[i], threads=threads, int8=int8, keep_float=keep)
+        elif int8:
+            from sma.quantize import quantize_int8
 
-        timed[1] = quantize_int8(models[1], keep_float=int8_keep_float)
-    return timed, session
+            timed[i] = quantize_int8(models[i], keep_float=keep)
+    return timed, sessions
 
 
 def _label(int8: bool, onnx: bool) -> str:
@@ -222,31 +224,46 @@ def _model_run(model: nn.Module, timed: nn.Module, *, latencies: list[float], cp
         batch_size=batch_size)
 
 
-def benchmark(dense: nn.Module, pruned: nn.Module, *, seq_len: int = 256, batch_size: int = 32, repeats: int = 10,
-              warmup: int = 2, threads: int = 2, dtype: torch.dtype = torch.float32,
-              device: str | torch.device = "cpu", memory_repeats: int = 3, seed: int = 0,
-              int8: bool = False, onnx: bool = False, int8_keep_float: Collection[str] = ()) -> BenchResult:
-    """Time ``dense`` and ``pruned`` (HF encoders, BiEncoders or DDP) on one batch, interleaved; medians.
+def benchmark(dense: nn.Module, pruned: nn.Module, *, int8_keep_float: Collection[str] = (),
+              **kwargs: Any) -> BenchResult:
+    """Time ``dense`` and ``pruned`` side by side: :func:`benchmark_side_by_side` with one pruned model."""
+    return benchmark_side_by_side(dense, [pruned], int8_keep_float=[int8_keep_float], **kwargs)[0]
+
+
+def benchmark_side_by_side(dense: nn.Module, pruned: Sequence[nn.Module], *, seq_len: int = 256,
+                           batch_size: int = 32, repeats: int = 10, warmup: int = 2, threads: int = 2,
+                           dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                           memory_repeats: int = 3, seed: int = 0, int8: bool = False, onnx: bool = False,
+                           int8_keep_float: Sequence[Collection[str]] | None = None) -> list[BenchResult]:
+    """Time ``dense`` and every model of ``pruned`` (HF encoders, BiEncoders or DDP) on one batch, interleaved
+    in one loop (dense, first pruned, second pruned, ..., then the reverse order); medians. One result per
+    pruned model, all against the same dense run, so they compare with each other too (e.g. the shapes of
+    two plans of the same sparsity).
 
     Models already on ``device`` in ``dtype`` are used as they are; otherwise a converted copy is made
     (the caller's models are never changed). ``threads`` sets torch's intra-op threads for the run. With
-    ``int8`` (CPU, float32) the pruned model is timed with int8 linear layers (:mod:`sma.quantize`; those
-    named in ``int8_keep_float`` stay float32), its weight bytes as stored; its parameter counts and sparsity are those of the float model. With ``onnx``
-    (CPU, float32) the pruned model runs in ONNX Runtime (exported by :func:`sma.export.onnx_session`) against
-    the dense model in PyTorch; with ``onnx`` and ``int8`` that ONNX model is int8-quantized by ONNX Runtime
-    (weight bytes: those of the float model).
+    ``int8`` (CPU, float32) each pruned model is timed with int8 linear layers (:mod:`sma.quantize`; those
+    named in its entry of ``int8_keep_float`` stay float32), its weight bytes as stored; its parameter counts
+    and sparsity are those of the float model. With ``onnx`` (CPU, float32) each pruned model runs in ONNX
+    Runtime (exported by :func:`sma.export.onnx_session`) against the dense model in PyTorch; with ``onnx``
+    and ``int8`` that ONNX model is int8-quantized by ONNX Runtime (weight bytes: those of the float model).
     """
+    if not pruned:
+        raise ValueError("benchmark_side_by_side needs at least one pruned model")
+    keep = list(int8_keep_float) if int8_keep_float is not None else [()] * len(pruned)
+    if len(keep) != len(pruned):
+        raise ValueError(f"int8_keep_float has {len(keep)} entries for {len(pruned)} pruned models")
     device = torch.device(device)
     models, was_training = [], []
-    for m in (dense, pruned):
+    for m in (dense, *pruned):
         enc = unwrap(m)
         ref = next(enc.parameters())
         if ref.device != device or ref.dtype != dtype:
             enc = copy.deepcopy(enc).to(device=device, dtype=dtype)
         was_training.append(enc.training)
         models.append(enc.eval())
-    timed, session = _runtimes(models, int8=int8, onnx=onnx, device=device, dtype=dtype, threads=threads,
-                               int8_keep_float=int8_keep_float)
+    timed, sessions = _runtimes(models, int8=int8, onnx=onnx, device=device, dtype=dtype, threads=threads,
+                                int8_keep_float=keep)
     vocab = min(int(getattr(models[0].config, "vocab_size", 1000)), 30000)
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000 if vocab > 2000 else 1, vocab, (batch_size, seq_len), generator=gen).to(device)
@@ -256,14 +273,15 @@ def benchmark(dense: nn.Module, pruned: nn.Module, *, seq_len: int = 256, batch_
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            forwards = [(lambda m=m: m(**batch).last_hidden_state) for m in timed]
-            if session is not None:
-                feeds = {k: v.cpu().numpy() for k, v in batch.items()}
-                forwards[1] = lambda: session.run(None, feeds)
+            feeds = {k: v.cpu().numpy() for k, v in batch.items()}
+            forwards: list[Callable[[], object]] = [
+                (lambda m=m: m(**batch).last_hidden_state) if session is None
+                else (lambda session=session: session.run(None, feeds))
+                for m, session in zip(timed, sessions, strict=True)]
             for _ in range(warmup):
                 for forward in forwards:
                     forward()
-            peaks: list[list[int]] = [[], []]
+            peaks: list[list[int]] = [[] for _ in forwards]
             for _ in range(memory_repeats):
                 for i, forward in enumerate(forwards):
                     peaks[i].append(_peak_cuda(forward, device) if cuda else _peak_rss_delta(forward))
@@ -274,9 +292,9 @@ def benchmark(dense: nn.Module, pruned: nn.Module, *, seq_len: int = 256, batch_
             m.train(training)
     runs = [_model_run(m, t, latencies=times[i], cpu=cpu[i], peaks=peaks[i], batch_size=batch_size)
             for i, (m, t) in enumerate(zip(models, timed, strict=True))]
-    return BenchResult(
-        device=torch.cuda.get_device_name(device) if cuda else f"cpu ({threads} threads)",
-        dtype=_label(int8, onnx) if int8 or onnx else str(dtype).removeprefix("torch."), seq_len=seq_len,
-        batch_size=batch_size, threads=threads,
-        repeats=repeats, warmup=warmup, peak_memory_kind="cuda_max_allocated_delta" if cuda else "rss_delta",
-        dense=runs[0], pruned=runs[1])
+    where = torch.cuda.get_device_name(device) if cuda else f"cpu ({threads} threads)"
+    label = _label(int8, onnx) if int8 or onnx else str(dtype).removeprefix("torch.")
+    return [BenchResult(device=where, dtype=label, seq_len=seq_len, batch_size=batch_size, threads=threads,
+                        repeats=repeats, warmup=warmup,
+                        peak_memory_kind="cuda_max_allocated_delta" if cuda else "rss_delta",
+                        dense=runs[0], pruned=run) for run in runs[1:]]

@@ -70,14 +70,16 @@ def int8_keep_float(cfg: RunConfig, pruned, texts: list[str]) -> tuple[str, ...]
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    cols = ("target", "actual", "dtype", "dense ms", "pruned ms", "speedup", "(min)", "(paired)", "(cpu s)",
+    from analysis.speed_page import ffn_widths
+
+    cols = ("target", "actual", "neurons", "dtype", "dense ms", "pruned ms", "speedup", "(min)", "(paired)", "(cpu s)",
             "docs/s d", "docs/s p", "enc MB d", "enc MB p", "ratio", "peak MB d", "peak MB p")
     lines = [" ".join(f"{c:>9}" for c in cols)]
     mb = 2.0**20
     for r in rows:
         d, p = r["dense"], r["pruned"]
         dtype = f"{r['dtype']}+{len(r['int8_keep_float'])}f" if r.get("int8_keep_float") else r["dtype"]
-        cells = (f"{r['target']:.2f}", f"{p['encoder_sparsity']:.4f}", dtype, f"{1e3 * d['latency_s']:.1f}",
+        cells = (f"{r['target']:.2f}", f"{p['encoder_sparsity']:.4f}", ffn_widths(r).replace(" ", ""), dtype, f"{1e3 * d['latency_s']:.1f}",
                  f"{1e3 * p['latency_s']:.1f}", f"{r['speedup']:.2f}x", f"{r['speedup_min']:.2f}x",
                  f"{r['speedup_paired']:.2f}x", f"{r['speedup_cpu']:.2f}x",
                  f"{d['docs_per_s']:.1f}", f"{p['docs_per_s']:.1f}", f"{d['encoder_weight_bytes'] / mb:.2f}",
@@ -90,7 +92,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
     import torch
 
-    from sma.bench import benchmark
+    from sma.bench import benchmark_side_by_side
     from sma.config import to_dict
     from sma.prune import (
         apply_plan,
@@ -109,36 +111,52 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
     rows: list[dict[str, Any]] = []
     training: list[dict[str, Any]] = []
     texts = int8_plan_texts(cfg) if b.int8_float_layers and set(INT8_DTYPES) & set(dtypes) else None
+    multiples = b.neuron_multiples or (cfg.prune.neuron_multiple,)
     for target in cfg.sparsity:
-        pruned = copy.deepcopy(dense)
-        plan = plan_for_sparsity(pruned, scorer(pruned), target, allocation=cfg.prune.allocation, split=cfg.prune.split,
-                                 neuron_multiple=cfg.prune.neuron_multiple, whole_layers=cfg.prune.whole_layers)
-        apply_plan(pruned, plan)
-        keep_float = int8_keep_float(cfg, pruned, texts) if texts else ()
-        if keep_float:
-            print(f"sparsity {target:.2f} int8: {len(keep_float)} linear layers kept float32: {', '.join(keep_float)}")
+        shapes = []  # (multiple, plan, pruned model, int8 layers kept float32): timed side by side
+        for multiple in multiples:
+            pruned = copy.deepcopy(dense)
+            plan = plan_for_sparsity(pruned, scorer(pruned), target, allocation=cfg.prune.allocation,
+                                     split=cfg.prune.split, neuron_multiple=multiple,
+                                     whole_layers=cfg.prune.whole_layers)
+            apply_plan(pruned, plan)
+            keep_float = int8_keep_float(cfg, pruned, texts) if texts else ()
+            if keep_float:
+                print(f"sparsity {target:.2f} int8: {len(keep_float)} linear layers kept float32: "
+                      f"{', '.join(keep_float)}")
+            shapes.append((multiple, plan, pruned, keep_float))
         # int8 with the plan is timed beside int8 throughout: what keeping the plan's layers float32 costs
-        runs = [(dt, kept) for dt in dtypes for kept in ([(), keep_float] if dt in INT8_DTYPES and keep_float else [()])]
-        for dt, kept in runs:
+        with_plan = any(kept for *_, kept in shapes)
+        runs = [(dt, planned) for dt in dtypes for planned in ([False, True] if dt in INT8_DTYPES and with_plan
+                                                               else [False])]
+        for dt, planned in runs:
             int8, onnx = CPU_RUNTIMES.get(dt, (False, False))
-            res = benchmark(dense, pruned, seq_len=b.seq_len, batch_size=b.batch_size, repeats=b.repeats,
-                            warmup=b.warmup, threads=b.threads, device=device, int8=int8, onnx=onnx,
-                            dtype=torch.float32 if dt in CPU_RUNTIMES else getattr(torch, dt), int8_keep_float=kept)
-            rows.append({"target": target, "sparsity_report": encoder_sparsity(pruned).to_dict(), "int8_keep_float": list(kept),
-                         "plan": {"heads": plan.num_heads, "neurons": plan.num_neurons,
-                                  "allocation": plan.allocation, "method": plan.method},
-                         "structure": structure(pruned), **res.to_dict()})
-            label = f"{dt} ({len(kept)} float32)" if kept else dt
-            print(f"sparsity {target:.2f} {label}: speedup {res.speedup:.2f}x (medians), {res.speedup_min:.2f}x (min), "
-                  f"{res.speedup_paired:.2f}x (paired), {res.speedup_cpu:.2f}x (cpu s)", flush=True)
+            results = benchmark_side_by_side(
+                dense, [pruned for _, _, pruned, _ in shapes], seq_len=b.seq_len, batch_size=b.batch_size,
+                repeats=b.repeats, warmup=b.warmup, threads=b.threads, device=device, int8=int8, onnx=onnx,
+                dtype=torch.float32 if dt in CPU_RUNTIMES else getattr(torch, dt),
+                int8_keep_float=[kept if planned else () for *_, kept in shapes])
+            for (multiple, plan, pruned, kept), res in zip(shapes, results, strict=True):
+                kept = kept if planned else ()
+                rows.append({"target": target, "neuron_multiple": multiple,
+                             "sparsity_report": encoder_sparsity(pruned).to_dict(), "int8_keep_float": list(kept),
+                             "plan": {"heads": plan.num_heads, "neurons": plan.num_neurons,
+                                      "allocation": plan.allocation, "method": plan.method},
+                             "structure": structure(pruned), **res.to_dict()})
+                label = f"{dt} ({len(kept)} float32)" if kept else dt
+                shape = f" neuron multiple {multiple}" if len(multiples) > 1 else ""
+                print(f"sparsity {target:.2f}{shape} {label}: speedup {res.speedup:.2f}x (medians), "
+                      f"{res.speedup_min:.2f}x (min), {res.speedup_paired:.2f}x (paired), "
+                      f"{res.speedup_cpu:.2f}x (cpu s)", flush=True)
         if args.training:
             from sma.train_bench import train_step_speed
 
-            speed = train_step_speed(pruned, batch_size=b.batch_size, seq_len=cfg.distill.max_length,
-                                     repeats=b.repeats, warmup=b.warmup, threads=b.threads, device=device)
-            training.append({"target": target, **speed.to_dict()})
-            print(f"sparsity {target:.2f} distillation step: float32 {speed.median_s('float32'):.3f} s, bfloat16 "
-                  f"{speed.median_s('bfloat16'):.3f} s: {speed.speedup('bfloat16'):.2f}x", flush=True)
+            for multiple, _, pruned, _ in shapes:
+                speed = train_step_speed(pruned, batch_size=b.batch_size, seq_len=cfg.distill.max_length,
+                                         repeats=b.repeats, warmup=b.warmup, threads=b.threads, device=device)
+                training.append({"target": target, "neuron_multiple": multiple, **speed.to_dict()})
+                print(f"sparsity {target:.2f} distillation step: float32 {speed.median_s('float32'):.3f} s, "
+                      f"bfloat16 {speed.median_s('bfloat16'):.3f} s: {speed.speedup('bfloat16'):.2f}x", flush=True)
     print(format_rows(rows))
     payload = {"settings": {"model": cfg.model.name, "scores": args.scores, "bench": to_dict(b),
                             "allocation": cfg.prune.allocation, "split": cfg.prune.split},

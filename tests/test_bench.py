@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from sma.bench import benchmark
+from sma.bench import benchmark, benchmark_side_by_side
 from sma.bench_cli import run_cli
 from sma.cli import build_config, make_parser
 from sma.prune import PruningPlan, apply_plan
@@ -36,6 +36,57 @@ def test_benchmark_fields_add_up():
     assert res.peak_memory_kind == "rss_delta"
     assert json.loads(json.dumps(res.to_dict()))["pruned"]["encoder_params"] == res.pruned.encoder_params
     assert not dense.training and sum(p.numel() for p in dense.parameters()) == res.dense.params
+
+
+def test_side_by_side_times_every_pruned_model_in_one_interleaved_loop():
+    """Two pruned models against one dense run: every model runs warm-up + memory + timed forwards, the timed
+    ones in the order dense, first, second, then reversed, and both results share the dense measurements."""
+    dense, half, most = tiny_model(), tiny_model(), tiny_model()
+    apply_plan(half, PruningPlan(neurons={layer: tuple(range(FFN // 2)) for layer in range(3)}))
+    apply_plan(most, PruningPlan(neurons={layer: tuple(range(3 * FFN // 4)) for layer in range(3)}))
+    calls: list[str] = []
+    for name, model in (("dense", dense), ("half", half), ("most", most)):
+        model.register_forward_hook(lambda *_, name=name: calls.append(name))
+    results = benchmark_side_by_side(dense, [half, most], seq_len=16, batch_size=2, repeats=4, warmup=1, threads=1,
+                                     memory_repeats=2)
+    assert [calls.count(name) for name in ("dense", "half", "most")] == [1 + 2 + 4] * 3
+    assert calls[-12:] == ["dense", "half", "most", "most", "half", "dense"] * 2
+    assert len(results) == 2 and results[0].dense is results[1].dense
+    ffn_params = 3 * FFN * NEURON_PARAMS
+    assert results[0].pruned.encoder_params == results[0].dense.encoder_params - ffn_params // 2
+    assert results[1].pruned.encoder_params == results[1].dense.encoder_params - 3 * ffn_params // 4
+    assert results[1].speedup == pytest.approx(results[1].dense.latency_s / results[1].pruned.latency_s)
+    with pytest.raises(ValueError, match="2 entries for 1 pruned"):
+        benchmark_side_by_side(dense, [half], int8_keep_float=[(), ()])
+
+
+def test_sma_bench_times_the_plans_of_several_neuron_multiples_side_by_side(tmp_path):
+    """``--neuron-multiples 1 8``: per sparsity one row per multiple from one loop (same dense run); the
+    multiple-1 plan meets the target exactly, the multiple-8 plan keeps the multiple of 8 nearest to each of
+    its layers' counts (smoke model, 128 neurons per layer: 63 or 62 at 50 % -> 64, 43 or 42 at 70 % -> 40)."""
+    out, page = tmp_path / "bench.json", tmp_path / "speed.md"
+    argv = ["bench", "--smoke-test", "--sparsity", "0.5", "0.7", "--neuron-multiples", "1", "8", "--output", str(out),
+            "--page", str(page)]
+    args = make_parser().parse_args(argv)
+    assert run_cli(args, build_config(args)) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["target"], r["neuron_multiple"]) for r in rows] == [(0.5, 1), (0.5, 8), (0.7, 1), (0.7, 8)]
+    assert rows[0]["dense"] == rows[1]["dense"] and rows[2]["dense"] == rows[3]["dense"]
+    assert rows[0]["dense"] != rows[2]["dense"]
+    assert {layer["neurons"] for layer in rows[0]["structure"]} == {63, 62}
+    assert {layer["neurons"] for layer in rows[1]["structure"]} == {64}
+    assert {layer["neurons"] for layer in rows[2]["structure"]} == {43, 42}
+    assert {layer["neurons"] for layer in rows[3]["structure"]} == {40}
+    for r in (rows[0], rows[2]):
+        assert abs(r["sparsity_report"]["sparsity"] - r["target"]) <= 0.005
+    text = page.read_text()
+    assert "| Sparsity | Neuron multiple | Actual | FFN neurons |" in text
+    row_70 = next(line for line in text.splitlines() if line.startswith("| 70% | 8 |"))
+    assert "| 40 | PyTorch float32 |" in row_70
+    from sma.config import ConfigError
+
+    with pytest.raises(ConfigError, match="bench.neuron_multiples: lists a value twice"):
+        build_config(make_parser().parse_args(["bench", "--smoke-test", "--neuron-multiples", "1", "1"]))
 
 
 def test_smoke_cli_writes_json(tmp_path, capsys):
@@ -84,7 +135,7 @@ def test_sma_bench_int8_dtype_and_where_it_can_run(tmp_path, monkeypatch):
     assert rows[1]["encoder_weight_ratio"] < rows[0]["encoder_weight_ratio"] / 3
     text = page.read_text()  # the results page: the same rows, and the command that measured them
     for r, runtime in zip(rows, ("PyTorch float32", "PyTorch, int8 linear layers"), strict=True):
-        assert f"| 50% | 50.00% | {runtime} | " in text and f" | {r['speedup']:.2f}x | {r['speedup_paired']:.2f}x | " in text
+        assert f"| 50% | 50.00% | 63, 62 | {runtime} | " in text and f" | {r['speedup']:.2f}x | {r['speedup_paired']:.2f}x | " in text
     assert "sma " + " ".join(argv) in text
     from sma.config import ConfigError
 

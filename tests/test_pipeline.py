@@ -309,15 +309,17 @@ def test_int8_metrics_are_those_of_the_saved_model_quantized(tiny_model_dir, tin
 def test_the_pipeline_rounds_neuron_counts_when_asked(tiny_model_dir, tiny_beir, tmp_path):
     from sma.prune import unit_ids
 
-    cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path, **{"bench.enabled": False, "prune.neuron_multiple": 16,
+    cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path, **{"bench.enabled": False, "prune.neuron_multiple": 4,
                                                        "prune.gentleness": 0.5, "distill.post_prune_epochs": 0})
-    run_sparsity(cfg, 0.5, out_dir=tmp_path / "x")
+    run_sparsity(cfg, 0.6, out_dir=tmp_path / "x")
     kept = [len(u.neurons) for u in unit_ids(load_pruned(tmp_path / "x" / "model"))]
     plain = _cfg(tiny_model_dir, tiny_beir, tmp_path / "plain", **{"bench.enabled": False, "prune.gentleness": 0.5,
                                                                     "distill.post_prune_epochs": 0})
-    run_sparsity(plain, 0.5, out_dir=tmp_path / "y")
+    run_sparsity(plain, 0.6, out_dir=tmp_path / "y")
     exact = [len(u.neurons) for u in unit_ids(load_pruned(tmp_path / "y" / "model"))]
-    assert all(k % 16 == 0 for k in kept) and any(e % 16 for e in exact), (kept, exact)
+    # 4 is the most a layer of 64 neurons rounds to (a 16th of it); each layer keeps the multiple nearest the exact plan
+    assert all(k % 4 == 0 for k in kept) and any(e % 4 for e in exact), (kept, exact)
+    assert all(abs(k - e) <= 2 for k, e in zip(kept, exact, strict=True)), (kept, exact)
 
 
 def test_the_pipeline_empties_whole_layers_when_asked(tiny_model_dir, tiny_beir, tmp_path):

@@ -232,6 +232,25 @@ def test_neuron_counts_rounded_to_a_multiple_keep_the_most_important(target, mul
     assert len(rounded) == sum(max(len(plan.neurons[i]) - len(exact.neurons[i]), 0) for i in range(6))
 
 
+def test_the_neuron_multiple_is_at_most_a_sixteenth_of_the_layer():
+    """MiniLM (1536 neurons) and BERT-base (3072) keep 64; narrower layers halve it until 16 of it fit, so
+    rounding never moves a layer by more than a 32nd of its width; a tiny model with 64 neurons per layer
+    rounded to 64 would otherwise keep all of them or none."""
+    from sma.prune.plan import layer_multiple
+
+    assert [layer_multiple(64, n) for n in (1536, 3072, 1024, 1000, 128, 64, 10)] == [64, 64, 64, 32, 8, 4, 1]
+    assert layer_multiple(1, 1536) == 1 and layer_multiple(48, 1536) == 48
+    model = tiny_model()  # 3 layers of 64 neurons
+    scores = random_scores(model, 3)
+    plan = plan_for_sparsity(model, scores, 0.5, allocation="per_layer", split="proportional", neuron_multiple=64)
+    exact = plan_for_sparsity(model, scores, 0.5, allocation="per_layer", split="proportional")
+    for layer in range(3):
+        kept, kept_exact = 64 - len(plan.neurons.get(layer, ())), 64 - len(exact.neurons.get(layer, ()))
+        assert kept == 4 * int(kept_exact / 4 + 0.5) and 0 < kept < 64, (kept, kept_exact)
+    rounded = [d.reason for d in plan.decisions if "multiple of" in d.reason]
+    assert all("multiple of 4 " in reason for reason in rounded), rounded
+
+
 def test_rounding_takes_unprotected_neurons_first(minilm_shaped):
     import copy
 

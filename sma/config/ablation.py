@@ -48,6 +48,8 @@ FACTORS: tuple[Factor, ...] = (
     Factor("whole_layers", "prune.whole_layers", (2,), "up to two whole layers emptied first (depth)"),
     Factor("long_recovery", "distill.post_prune_epochs", (16,), "twice the recovery epochs"),
     Factor("layer_distill", "distill.hidden_weight", (1.0,), "every layer's token states distilled too"),
+    # shapes the matrix kernels like: each layer's FFN neurons at the nearest multiple of 64, not the exact target
+    Factor("neuron_multiple", "prune.neuron_multiple", (64,), "FFN neurons rounded to multiples of 64"),
     # what makes a run cheaper at the same recipe
     Factor("bfloat16", "distill.precision", ("bfloat16",), "distillation passes in bfloat16 autocast"),
 )

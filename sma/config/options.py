@@ -116,6 +116,8 @@ FLAGS: tuple[Flag, ...] = (
     _f("--device", "bench.device", ("bench",), help="cpu, auto, cuda or cuda:N"),
     _f("--dtypes", "bench.dtypes", ("bench",), nargs="+", choices=DTYPES,
        help="default: float32 on CPU; float32 bfloat16 float16 on CUDA"),
+    _f("--neuron-multiples", "bench.neuron_multiples", ("bench",), nargs="+", type=int,
+       help="time the plan's shapes at each of these prune.neuron_multiple values side by side, e.g. 1 64"),
     _f("--workers", "workers.num_workers", PIPELINE, type=int,
        help="Ray Train workers running the pipeline (of each trial or cell); DDP when > 1"),
     _f("--cpus-per-worker", "workers.cpus_per_worker", PIPELINE, type=float),

@@ -214,8 +214,9 @@ class PruneConfig:
     first: 6 of 12 heads gone at 30 % sparsity)."""
     min_heads_per_layer: int = 0
     neuron_multiple: int = 1
-    """Each layer keeps a multiple of this many FFN neurons (the nearest; the target is then met on average
-    over layers): matrix kernels run faster on such shapes. 1 = exactly the target."""
+    """Each layer keeps a multiple of this many FFN neurons (the nearest; halved until 16 of it fit in the
+    layer, :func:`sma.prune.plan.layer_multiple`), so the sparsity lands near the target, not on it: matrix
+    kernels run faster on such widths (64: CPU float32 and GPU bfloat16). 1 = exactly the target."""
     whole_layers: int = 0
     """Depth: empty up to this many whole layers first (every head and neuron; least important layer by total
     score per parameter first, circuit-holding layers last), as many as each step's target holds; the other
@@ -318,6 +319,10 @@ class BenchConfig:
     int8: bool = False
     """``sma run``: also evaluate and time the pruned model with dynamic int8 linear layers on the CPU
     (metrics ``*_int8``: retention, speedup over the dense float32 model, memory)."""
+    neuron_multiples: tuple[int, ...] = ()
+    """``sma bench`` only: time the shapes of the plan at each of these ``prune.neuron_multiple`` values side by
+    side, in one interleaved loop with the dense model (e.g. ``1 64``: exact target against kernel-friendly
+    widths); empty = ``prune.neuron_multiple`` alone."""
     int8_float_layers: int = 0
     """``sma run`` with ``int8``, ``sma bench`` with the ``int8`` or ``onnx-int8`` dtype (each timed with and
     without them): linear layers the int8 model keeps in
@@ -328,6 +333,10 @@ class BenchConfig:
         check_device_name(self.device, key="bench.device")
         check_at_least(self, 1, "bench.", "seq_len", "batch_size", "repeats", "threads")
         check_at_least(self, 0, "bench.", "warmup", "int8_float_layers")
+        for multiple in self.neuron_multiples:
+            check(multiple >= 1, "bench.neuron_multiples", f"must be at least 1 each, got {multiple}")
+        check(len(set(self.neuron_multiples)) == len(self.neuron_multiples), "bench.neuron_multiples",
+              f"lists a value twice: {list(self.neuron_multiples)}")
         for dtype in self.dtypes:
             check_choice(dtype, DTYPES, "bench.dtypes")
         for cpu_only in CPU_RUNTIMES:

@@ -181,18 +181,29 @@ def _fill(group: list[_Candidate], cnts: list[LayerCount], needed: float, state:
     return got
 
 
-def _round_neurons(cands: list[_Candidate], ids: list[LayerUnits], state: _State, multiple: int) -> set[int]:
-    """Make every layer keep a multiple of ``multiple`` FFN neurons (the nearest one it can hold): take the
-    least important kept neurons, or give back the most important ones this plan took. Returns the ids of
-    the candidates taken for the rounding."""
+def layer_multiple(multiple: int, dense_neurons: int) -> int:
+    """The neuron multiple a layer of ``dense_neurons`` FFN neurons is rounded to: ``multiple``, halved until
+    it is at most a 16th of the layer (so rounding moves a layer by at most a 32nd of its width; MiniLM's
+    1536 neurons keep 64, a 64-neuron test model gets 4)."""
+    while multiple > 1 and 16 * multiple > dense_neurons:
+        multiple //= 2
+    return multiple
+
+
+def _round_neurons(cands: list[_Candidate], ids: list[LayerUnits], counts: list[LayerCount], state: _State,
+                   multiple: int) -> set[int]:
+    """Make every layer keep a multiple of ``multiple`` (:func:`layer_multiple`) FFN neurons (the nearest one
+    it can hold): take the least important kept neurons, or give back the most important ones this plan took.
+    Returns the ids of the candidates taken for the rounding."""
     added: set[int] = set()
     for layer, units in enumerate(ids):
+        multiple_here = layer_multiple(multiple, counts[layer].dense_neurons)
         present = len(units.neurons)
         mine = [c for c in state.chosen if c.kind == "neuron" and c.layer == layer]
         kept = present - len(mine)
-        goal = multiple * math.floor(kept / multiple + 0.5)
+        goal = multiple_here * math.floor(kept / multiple_here + 0.5)
         if goal > present:
-            goal -= multiple
+            goal -= multiple_here
         if goal < kept:
             taken = {id(c) for c in state.chosen}
             more = [c for c in cands if c.kind == "neuron" and c.layer == layer and id(c) not in taken]
@@ -263,7 +274,8 @@ def plan_for_sparsity(model: nn.Module, scores: UnitScores, target: float, *, al
     ``("head"|"neuron", layer, original id)`` go last, only if the target is unreachable without them (with
     ``"proportional"``: if their kind's share is unreachable without them, so layers keep the split).
     ``neuron_multiple`` > 1 then rounds each layer's kept FFN neurons to the nearest multiple it can hold
-    (shapes the matrix kernels like): the target is met on average over layers, not exactly.
+    (shapes the matrix kernels like; at most a 16th of the layer, :func:`layer_multiple`): the sparsity is
+    then near the target, not exactly on it (within half a multiple of neurons per layer).
     ``whole_layers`` > 0 first empties up to that many whole layers (see the module docstring); the other
     layers then share what is left of the target as ``allocation`` says.
     Raises ``ValueError`` if the target cannot be reached under ``min_heads_per_layer``.
@@ -297,14 +309,15 @@ def plan_for_sparsity(model: nn.Module, scores: UnitScores, target: float, *, al
         got = _fill(group, cnts, needed, state, target=rest_target, split=split)
         excess = got - needed
         ranks.update({id(c): (i, len(group)) for i, c in enumerate(group)})
-    rounded = _round_neurons(cands, ids, state, neuron_multiple) if neuron_multiple > 1 else set()
+    rounded = _round_neurons(cands, ids, counts, state, neuron_multiple) if neuron_multiple > 1 else set()
     if already >= target * dense:
         notes.append(f"model already at {already / dense:.4f} sparsity >= target {target:g}; nothing to remove")
     scope = "all layers" if allocation == "global" else "within its layer"
     decisions = tuple(
         UnitDecision(kind=c.kind, layer=c.layer, unit=c.unit, score=c.score, params=c.cost,
                      reason=whole[id(c)] if id(c) in whole
-                     else (f"rounds the layer's neurons to a multiple of {neuron_multiple} (least important "
+                     else (f"rounds the layer's neurons to a multiple of "
+                           f"{layer_multiple(neuron_multiple, counts[c.layer].dense_neurons)} (least important "
                            f"kept neuron, score {c.score:.4g})") if id(c) in rounded
                      else _reason(c, *ranks[id(c)], scope, target))
         for c in sorted(state.chosen, key=lambda c: (c.layer, c.kind, c.unit)))
