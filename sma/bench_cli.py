@@ -155,7 +155,8 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
                 speed = train_step_speed(pruned, batch_size=b.batch_size, seq_len=cfg.distill.max_length,
                                          repeats=b.repeats, warmup=b.warmup, threads=b.threads, device=device)
                 training.append({"target": target, "neuron_multiple": multiple, **speed.to_dict()})
-                print(f"sparsity {target:.2f} distillation step: float32 {speed.median_s('float32'):.3f} s, "
+                shape = f" neuron multiple {multiple}" if len(multiples) > 1 else ""
+                print(f"sparsity {target:.2f}{shape} distillation step: float32 {speed.median_s('float32'):.3f} s, "
                       f"bfloat16 {speed.median_s('bfloat16'):.3f} s: {speed.speedup('bfloat16'):.2f}x", flush=True)
     print(format_rows(rows))
     payload = {"settings": {"model": cfg.model.name, "scores": args.scores, "bench": to_dict(b),
