@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +37,22 @@ def ffn_widths(row: dict[str, Any]) -> str:
     return ", ".join(str(w) for w in widths)
 
 
-def _multiple(rows: list[dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """A "Neuron multiple" cell for each row when the rows compare several ``prune.neuron_multiple`` values."""
-    several = len({r.get("neuron_multiple", 1) for r in rows}) > 1
-    return lambda r: {"Neuron multiple": r.get("neuron_multiple", 1)} if several else {}
+def _multiples(rows: list[dict[str, Any]]) -> list[int]:
+    """The ``prune.neuron_multiple`` values the rows compare (rows without one: 1), smallest first."""
+    return sorted({r.get("neuron_multiple", 1) for r in rows})
+
+
+def _multiple_cell(row: dict[str, Any], several: bool) -> dict[str, Any]:
+    """A "Neuron multiple" cell when the page compares several multiples."""
+    return {"Neuron multiple": row.get("neuron_multiple", 1)} if several else {}
 
 
 def speed_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per (sparsity, runtime[, neuron multiple]): latencies, the speedup statistics and weight memory."""
     mb = 2.0**20
-    multiple = _multiple(rows)
+    several = len(_multiples(rows)) > 1
     return pd.DataFrame([{
-        "Sparsity": f"{r['target']:.0%}", **multiple(r), "Actual": f"{r['pruned']['encoder_sparsity']:.2%}",
+        "Sparsity": f"{r['target']:.0%}", **_multiple_cell(r, several), "Actual": f"{r['pruned']['encoder_sparsity']:.2%}",
         "FFN neurons": ffn_widths(r),
         "Pruned model runs in": RUNTIMES.get(r["dtype"], r["dtype"]) + _kept(r),
         "Dense ms": round(1e3 * r["dense"]["latency_s"], 1), "Pruned ms": round(1e3 * r["pruned"]["latency_s"], 1),
@@ -67,8 +70,8 @@ def _kept(row: dict[str, Any]) -> str:
 def training_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per sparsity[, neuron multiple]: the pruned model's median distillation step in each precision
     and the ratio."""
-    multiple = _multiple(rows)
-    return pd.DataFrame([{"Sparsity": f"{r['target']:.0%}", **multiple(r),
+    several = len(_multiples(rows)) > 1
+    return pd.DataFrame([{"Sparsity": f"{r['target']:.0%}", **_multiple_cell(r, several),
                           **{f"{p} s": f"{s:.3f}" for p, s in r["median_s"].items()},
                           **{f"Speedup {p}": f"{x:.2f}x" for p, x in r["speedup"].items() if p != "float32"}}
                          for r in rows])
@@ -84,7 +87,7 @@ def _training_section(rows: list[dict[str, Any]]) -> Section:
 
 
 def _multiples_text(rows: list[dict[str, Any]]) -> str:
-    multiples = sorted({r.get("neuron_multiple", 1) for r in rows})
+    multiples = _multiples(rows)
     if len(multiples) < 2:
         return ""
     return (f" Each sparsity's plans with each layer's FFN neurons rounded to a multiple of "

@@ -273,7 +273,7 @@ def benchmark_side_by_side(dense: nn.Module, pruned: Sequence[nn.Module], *, seq
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            feeds = {k: v.cpu().numpy() for k, v in batch.items()}
+            feeds = {k: v.cpu().numpy() for k, v in batch.items()} if any(sessions) else {}
             forwards: list[Callable[[], object]] = [
                 (lambda m=m: m(**batch).last_hidden_state) if session is None
                 else (lambda session=session: session.run(None, feeds))
