@@ -245,7 +245,8 @@ def ablation_table(df: pd.DataFrame, per_query_by_run: dict[str, dict[str, float
 
 COLLECTION_METRICS = {
     "documents": "Documents", "train_queries": "Train queries", "doc_tokens_median": "Doc tokens (median)",
-    "doc_tokens_p90": "Doc tokens (p90)", "docs_over_distill_length": "Docs past distill length",
+    "doc_tokens_p90": "Doc tokens (p90)", "distill_length": "Distill length",
+    "docs_over_distill_length": "Docs past distill length",
     "docs_over_eval_length": "Docs past eval length", "queries_over_query_length": "Queries past query length",
 }
 """The collection profile's metrics (:mod:`sma.collection_profile`) and their column names."""
@@ -255,6 +256,10 @@ def collection_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per collection: its size, judged training queries and what the runs' length cuts meet (shares
     as percentages). Runs on one collection under different cuts (an ablation of the distillation length)
     give a row per cut. Empty when no run logged its collection's profile."""
+    if "params.max_length" in df.columns:  # runs that predate the distill_length metric set distill.max_length
+        logged = df["metrics.distill_length"] if "metrics.distill_length" in df.columns else pd.Series(index=df.index)
+        df = df.assign(**{"metrics.distill_length": logged.fillna(pd.to_numeric(df["params.max_length"],
+                                                                                  errors="coerce"))})
     cols = [f"metrics.{m}" for m in COLLECTION_METRICS if f"metrics.{m}" in df.columns]
     if not cols:
         return pd.DataFrame()
@@ -264,8 +269,8 @@ def collection_table(df: pd.DataFrame) -> pd.DataFrame:
             row: dict[str, object] = {"Collection": collection}
             for col, value in zip(cols, values, strict=True):
                 name = col.removeprefix("metrics.")
-                row[COLLECTION_METRICS[name]] = (f"{100 * value:.0f}%" if name.startswith(("docs_", "queries_"))
-                                                 else int(value))
+                row[COLLECTION_METRICS[name]] = ("-" if pd.isna(value) else f"{100 * value:.0f}%"
+                                                 if name.startswith(("docs_", "queries_")) else int(value))
             rows.append(row)
     return pd.DataFrame(rows)
 

@@ -149,10 +149,11 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
                       f"{res.speedup_min:.2f}x (min), {res.speedup_paired:.2f}x (paired), "
                       f"{res.speedup_cpu:.2f}x (cpu s)", flush=True)
         if args.training:
+            from sma.collection_profile import DISTILL_LENGTH
             from sma.train_bench import train_step_speed
 
             for multiple, _, pruned, _ in shapes:
-                speed = train_step_speed(pruned, batch_size=b.batch_size, seq_len=cfg.distill.max_length,
+                speed = train_step_speed(pruned, batch_size=b.batch_size, seq_len=cfg.distill.max_length or DISTILL_LENGTH,
                                          repeats=b.repeats, warmup=b.warmup, threads=b.threads, device=device)
                 training.append({"target": target, "neuron_multiple": multiple, **speed.to_dict()})
                 shape = f" neuron multiple {multiple}" if len(multiples) > 1 else ""

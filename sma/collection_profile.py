@@ -17,7 +17,10 @@ from sma.config import RunConfig
 from sma.data import RetrievalData, doc_text
 
 MOST = 0.5
-"""Share of documents past ``distill.max_length`` above which a run warns."""
+"""Share of documents past ``distill.max_length`` above which a run warns, and past :data:`DISTILL_LENGTH` above
+which an unset ``distill.max_length`` becomes the evaluation length."""
+DISTILL_LENGTH = 128
+"""Tokens the distillation texts are cut at, unless most documents are longer (``distill.max_length`` unset)."""
 FEW_TEST_QUERIES = 50
 """Judged test queries under which a run warns that retention rests on few queries (cacm has 26)."""
 FEW_DEV_QUERIES = 20
@@ -54,6 +57,8 @@ class CollectionProfile:
     judged_queries: dict[str, int]
     """Judged queries per split."""
     distill_length: int
+    """Tokens the distillation texts are cut at: ``distill.max_length``, or derived from the documents' lengths
+    when it is unset (:func:`derived_distill_length`)."""
     eval_length: int
     query_length: int
     train_split: str
@@ -67,6 +72,10 @@ class CollectionProfile:
         """Ids of the documents longer than ``tokens`` tokens."""
         return {d for d, n in self.doc_lengths.items() if n > tokens}
 
+    def share_longer_than(self, tokens: int) -> float:
+        """Share of the documents longer than ``tokens`` tokens."""
+        return _share_over(list(self.doc_lengths.values()), tokens)
+
     def metrics(self) -> dict[str, float]:
         """The numbers logged with each result run (names in :data:`sma.metrics.METRICS`)."""
         docs = list(self.doc_lengths.values())
@@ -79,6 +88,7 @@ class CollectionProfile:
             "docs_over_eval_length": _share_over(docs, self.eval_length),
             "queries_over_query_length": _share_over(list(self.query_lengths), self.query_length),
             "pseudo_queries_per_document": float(self.pseudo_queries),
+            "distill_length": float(self.distill_length),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,15 +135,27 @@ def derived_pseudo_queries(configured: int | None, train_queries: int) -> int:
     return 1 if train_queries < FEW_TRAIN_QUERIES else 0
 
 
+def derived_distill_length(configured: int | None, doc_lengths: list[int], eval_length: int) -> int:
+    """``distill.max_length`` when set; else the evaluation length ``eval_length`` where more than :data:`MOST` of
+    the documents are longer than :data:`DISTILL_LENGTH` tokens (their tails would otherwise never be distilled,
+    though evaluation embeds them); else :data:`DISTILL_LENGTH`, or ``eval_length`` where that is shorter."""
+    if configured is not None:
+        return configured
+    return eval_length if _share_over(doc_lengths, DISTILL_LENGTH) > MOST else min(eval_length, DISTILL_LENGTH)
+
+
 def profile_collection(tokenizer, data: RetrievalData, cfg: RunConfig) -> CollectionProfile:
     """Tokenize every document and judged query of ``data`` once with ``tokenizer`` (no truncation)."""
     ids = sorted(data.corpus)
     judged = sorted({q for qrels in data.qrels.values() for q in qrels if q in data.queries})
+    doc_lengths = dict(zip(ids, _lengths(tokenizer, [doc_text(data.corpus[d]) for d in ids]), strict=True))
     return CollectionProfile(
-        doc_lengths=dict(zip(ids, _lengths(tokenizer, [doc_text(data.corpus[d]) for d in ids]), strict=True)),
+        doc_lengths=doc_lengths,
         query_lengths=tuple(_lengths(tokenizer, [data.queries[q] for q in judged])),
         judged_queries={split: len(qrels) for split, qrels in data.qrels.items()},
-        distill_length=cfg.distill.max_length, eval_length=cfg.model.doc_max_length,
+        distill_length=derived_distill_length(cfg.distill.max_length, list(doc_lengths.values()),
+                                              cfg.model.doc_max_length),
+        eval_length=cfg.model.doc_max_length,
         query_length=cfg.model.query_max_length, train_split=cfg.data.train_split, test_split=cfg.data.test_split,
         dev_split=cfg.data.dev_split,
         pseudo_queries=derived_pseudo_queries(cfg.distill.pseudo_queries,

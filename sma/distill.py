@@ -270,6 +270,9 @@ def distill_epochs(student: nn.Module, texts: DistillTexts, cfg: DistillConfig, 
     """
     if epochs <= 0:
         return []
+    if cfg.max_length is None:
+        raise ValueError("distill.max_length is unset: a run derives it from the collection "
+                         "(sma.collection_profile.derived_distill_length); pass a length here")
     if cfg.hidden_weight > 0 and teacher is None:
         raise ValueError("distill.hidden_weight > 0 needs the teacher model")
     use_task = cfg.alpha < 1.0 and task is not None and len(task.qids) > 0

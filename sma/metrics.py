@@ -56,9 +56,9 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("actual_sparsity_with_embeddings", None, "share of all parameters removed, embeddings included"),
     *(Metric(f"{split}_{m.name}", m.higher_is_better, f"{split}: {m.meaning}") for split in SPLITS for m in _PER_SPLIT),
     Metric("corpus_cosine", True, "mean cosine of student vs teacher embeddings of every document (no labels)"),
-    Metric("corpus_cosine_long", True, "corpus_cosine over the documents longer than distill.max_length tokens, "
+    Metric("corpus_cosine_long", True, "corpus_cosine over the documents longer than distill_length tokens, "
            "whose tail the student was never distilled on (no labels)"),
-    Metric("long_documents", None, "documents longer than distill.max_length tokens"),
+    Metric("long_documents", None, "documents longer than distill_length tokens"),
     Metric("speedup", True, "dense latency / pruned latency, measured side by side in one process"),
     Metric("memory_ratio", False, "pruned / dense encoder weight bytes"),
     Metric("memory_ratio_with_embeddings", False, "pruned / dense weight bytes, embeddings included"),
@@ -72,11 +72,13 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("train_queries", None, "judged queries of the training split"),
     Metric("doc_tokens_median", None, "median document length in tokens, untruncated"),
     Metric("doc_tokens_p90", None, "90th percentile of document length in tokens, untruncated"),
-    Metric("docs_over_distill_length", None, "share of documents longer than distill.max_length"),
+    Metric("docs_over_distill_length", None, "share of documents longer than distill_length"),
     Metric("docs_over_eval_length", None, "share of documents longer than model.doc_max_length"),
     Metric("queries_over_query_length", None, "share of judged queries longer than model.query_max_length"),
     Metric("pseudo_queries_per_document", None, "pseudo-queries per document among the distillation texts "
            "(distill.pseudo_queries; derived from train_queries when unset)"),
+    Metric("distill_length", None, "tokens the distillation texts are cut at (distill.max_length; derived from the "
+           "documents' lengths when unset)"),
     *(Metric(f"{PHASE_PREFIX}{phase}", False, f"wall time of {what}") for phase, what in PHASES.items()),
 )}
 

@@ -148,7 +148,8 @@ def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None
 def _distill(cfg: RunConfig, prep: Prepared, model: torch.nn.Module, teacher, *, epochs: float, rank: int, world: int,
              seed_offset: int, desc: str, on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
     with gradient_checkpointing(model, cfg.gradient_checkpointing):
-        return distill_epochs(model, prep.texts, cfg.distill, epochs=epochs, seed=cfg.seed + 1000 * seed_offset,
+        return distill_epochs(model, prep.texts, replace(cfg.distill, max_length=prep.profile.distill_length),
+                              epochs=epochs, seed=cfg.seed + 1000 * seed_offset,
                               task=prep.task, teacher=teacher, rank=rank, world_size=world, on_epoch=on_epoch,
                               show_progress=cfg.eval.show_progress, desc=desc)
 
@@ -184,7 +185,7 @@ def measure(cfg: RunConfig, prep: Reference, teacher, student, sparsity: float, 
                "per_query": {s: r.per_query for s, r in res.items()},
                "dense_per_query": {s: prep.teacher.metrics[s].per_query for s in res}}
         out.update(prep.profile.metrics())
-        long_docs = prep.profile.longer_than(cfg.distill.max_length)
+        long_docs = prep.profile.longer_than(prep.profile.distill_length)
         if (long := subset_cosine(mine, prep.teacher_eval, long_docs)) is not None:
             out["corpus_cosine_long"] = long
             out["long_documents"] = len(long_docs)
@@ -366,7 +367,7 @@ def format_table(results: dict) -> str:
         if agree:
             lines.append("Agreement with the dense teacher (no labels): mean cosine of document / dev query / test "
                          "query embeddings, share of the teacher's top 10 kept (dev / test), cosine of the documents "
-                         "longer than the distillation length (distill.max_length)")
+                         "longer than the distillation length (distill_length)")
             for r in agree:
                 lines.append(f"{100 * r['sparsity']:<11.0f}" + "  ".join(
                     f"{r.get(k, float('nan')):.4f}" for k in ("corpus_cosine", "dev_query_cosine", "test_query_cosine",

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sma.cache import Cache
-from sma.collection_profile import FEW_TRAIN_QUERIES, CollectionProfile, profile_collection
+from sma.collection_profile import DISTILL_LENGTH, FEW_TRAIN_QUERIES, CollectionProfile, profile_collection
 from sma.config import RunConfig
 from sma.data import RetrievalData, doc_text, load_data
 from sma.distill import DistillTexts, TaskPairs, pseudo_queries, teacher_embeddings
@@ -62,9 +62,9 @@ class Prepared(Reference):
 
 
 def distill_texts(cfg: RunConfig, data: RetrievalData, dense: Teacher, teacher: BiEncoder, *,
-                  pseudo_per_doc: int) -> DistillTexts:
+                  pseudo_per_doc: int, max_length: int) -> DistillTexts:
     """Every corpus document (+ training queries, + ``pseudo_per_doc`` spans of each document as
-    pseudo-queries) and the teacher's embeddings of them, cached."""
+    pseudo-queries) and the teacher's embeddings of them cut at ``max_length`` tokens, cached."""
     texts = [doc_text(data.corpus[d]) for d in sorted(data.corpus)]
     texts += pseudo_queries(texts, per_doc=pseudo_per_doc, words=cfg.distill.pseudo_query_words, seed=cfg.seed)
     if cfg.distill.train_queries and cfg.data.train_split in data.qrels:
@@ -72,9 +72,9 @@ def distill_texts(cfg: RunConfig, data: RetrievalData, dense: Teacher, teacher: 
     if cfg.distill.max_texts is not None and cfg.distill.max_texts < len(texts):
         keep = sorted(random.Random(cfg.seed).sample(range(len(texts)), cfg.distill.max_texts))
         texts = [texts[i] for i in keep]
-    key = Cache.key("teacher-targets", dense.key, cfg.distill.max_length, texts)
+    key = Cache.key("teacher-targets", dense.key, max_length, texts)
     emb = Cache(cfg.cache_dir).get("teacher-targets", key, lambda: teacher_embeddings(
-        teacher, texts, max_length=cfg.distill.max_length, show_progress=cfg.eval.show_progress))
+        teacher, texts, max_length=max_length, show_progress=cfg.eval.show_progress))
     return DistillTexts(texts=tuple(texts), teacher=emb)
 
 
@@ -129,6 +129,11 @@ def prepare(cfg: RunConfig, *, analysis_dir: Path | None = None, data: Retrieval
         log.info("%s: %d judged %s queries (fewer than %d): a pseudo-query per document joins the distillation "
                  "texts (distill.pseudo_queries unset; set it to 0 for none)", data.name,
                  profile.judged_queries.get(cfg.data.train_split, 0), cfg.data.train_split, FEW_TRAIN_QUERIES)
-    texts = distill_texts(cfg, data, dense, teacher, pseudo_per_doc=profile.pseudo_queries)
+    if cfg.distill.max_length is None and profile.distill_length > DISTILL_LENGTH:
+        log.info("%s: %.0f%% of documents are longer than %d tokens: the student is distilled at the evaluation "
+                 "length, %d tokens (distill.max_length unset; set it for another)", data.name,
+                 100 * profile.share_longer_than(DISTILL_LENGTH), DISTILL_LENGTH, profile.distill_length)
+    texts = distill_texts(cfg, data, dense, teacher, pseudo_per_doc=profile.pseudo_queries,
+                          max_length=profile.distill_length)
     return Prepared(**vars(ref), cfg=cfg, teacher_computed=not dense.cached, importance=importance, texts=texts,
                     task=task_pairs(cfg, data))

@@ -76,7 +76,8 @@ def test_cosine_of_long_documents_by_hand(tiny_model_dir):
         "doc_tokens_p90": pytest.approx(5 + 0.8 * (8 - 5)),  # inclusive: 1.8 of the way from the first to the last
         "docs_over_distill_length": pytest.approx(1 / 3), "docs_over_eval_length": 0.0,
         "queries_over_query_length": pytest.approx(1 / 3),  # "wing flow": 4 tokens
-        "pseudo_queries_per_document": 1.0}  # distill.pseudo_queries unset and 1 judged train query (< 50)
+        "pseudo_queries_per_document": 1.0,  # distill.pseudo_queries unset and 1 judged train query (< 50)
+        "distill_length": 5.0}  # set, so not derived
     none = apply_overrides(cfg, {"distill.pseudo_queries": 0})
     assert profile_collection(tokenizer, data, none).metrics()["pseudo_queries_per_document"] == 0.0
     warnings = profile.warnings(cfg)
@@ -107,3 +108,16 @@ def test_pseudo_queries_join_the_distillation_texts_when_training_queries_are_fe
     assert derived_pseudo_queries(None, 0) == derived_pseudo_queries(None, 49) == 1
     assert derived_pseudo_queries(None, 50) == derived_pseudo_queries(None, 100) == 0
     assert derived_pseudo_queries(0, 20) == 0 and derived_pseudo_queries(2, 100) == 2  # a set value is kept
+
+
+def test_the_distillation_length_follows_the_documents_when_unset():
+    from sma.collection_profile import DISTILL_LENGTH, derived_distill_length
+
+    assert DISTILL_LENGTH == 128  # cacm: 21 % of documents past it; cranfield 78 %
+    assert derived_distill_length(None, [100, 200, 300], 256) == 256  # 2 of 3 past 128: the evaluation length
+    assert derived_distill_length(None, [129, 129, 129, 50], 512) == 512  # 3 of 4
+    assert derived_distill_length(None, [100, 200], 256) == 128  # exactly half is no majority
+    assert derived_distill_length(None, [20, 30, 300], 256) == 128
+    assert derived_distill_length(None, [20, 30, 300], 64) == 64  # never past what evaluation embeds
+    assert derived_distill_length(None, [200, 300], 64) == 64
+    assert derived_distill_length(96, [200, 300], 256) == 96 and derived_distill_length(256, [20], 256) == 256

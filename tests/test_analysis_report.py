@@ -355,15 +355,18 @@ def test_time_table_gives_mean_minutes_per_phase_of_the_runs_that_timed_them(tmp
 def test_collection_table_has_a_row_per_collection_and_cut():
     import pandas as pd
 
-    def run(collection: str, docs: int, past: float) -> dict:
+    def run(collection: str, docs: int, past: float, length: str, derived: float | None = None) -> dict:
         return {"collection": collection, "metrics.documents": docs, "metrics.train_queries": 20.0,
-                "metrics.doc_tokens_median": 28.0, "metrics.docs_over_distill_length": past}
+                "metrics.doc_tokens_median": 28.0, "metrics.docs_over_distill_length": past,
+                "params.max_length": length, "metrics.distill_length": derived}
 
-    df = pd.DataFrame([run("cacm", 3204, 0.2), run("cacm", 3204, 0.2), run("cacm", 3204, 0.05),
-                       run("cranfield", 1400, 0.78), {"collection": "old"}])
+    df = pd.DataFrame([run("cacm", 3204, 0.2, "128"), run("cacm", 3204, 0.2, "None", 128.0),
+                       run("cacm", 3204, 0.05, "256"), run("cranfield", 1400, 0.29, "None", 256.0),
+                       {"collection": "old"}])
     table = tables.collection_table(df)
     assert list(table["Collection"]) == ["cacm", "cacm", "cranfield"]  # cacm under two distillation lengths
-    assert list(table["Docs past distill length"]) == ["5%", "20%", "78%"]
+    assert list(table["Distill length"]) == [128, 256, 256]  # set (logged as a param) or derived (a metric)
+    assert list(table["Docs past distill length"]) == ["20%", "5%", "29%"]
     assert list(table["Documents"]) == [3204, 3204, 1400]
     assert tables.collection_table(pd.DataFrame([{"collection": "old"}])).empty
 

@@ -335,3 +335,27 @@ def test_the_pipeline_empties_whole_layers_when_asked(tiny_model_dir, tiny_beir,
     units = unit_ids(load_pruned(tmp_path / "x" / "model"))
     assert [i for i, u in enumerate(units) if not u.heads and not u.neurons] == emptied
     assert abs(res["actual_sparsity"] - 0.5) <= 0.005
+
+
+@pytest.mark.parametrize(("threshold", "length"), [(4, 24), (20, 20)])
+def test_an_unset_distillation_length_is_derived_from_the_documents(threshold, length, tiny_model_dir, tiny_beir,
+                                                                     tmp_path, monkeypatch):
+    """Every tiny document is 12 tokens: past a threshold of 4 most are long, and the student and its teacher
+    targets are cut at the evaluation length (24); under a threshold of 20 none is, and they are cut at 20."""
+    from sma import collection_profile, pipeline
+
+    monkeypatch.setattr(collection_profile, "DISTILL_LENGTH", threshold)
+    targets, students = [], []
+    embeddings, epochs = prepare_mod.teacher_embeddings, pipeline.distill_epochs
+    monkeypatch.setattr(prepare_mod, "teacher_embeddings",
+                        lambda teacher, texts, *, max_length, **kw: targets.append(max_length) or embeddings(
+                            teacher, texts, max_length=max_length, **kw))
+    monkeypatch.setattr(pipeline, "distill_epochs", lambda model, texts, cfg, **kw: students.append(
+        cfg.max_length) or epochs(model, texts, cfg, **kw))
+    cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path, **{"model.doc_max_length": 24, "bench.enabled": False})
+    cfg = replace(cfg, distill=replace(cfg.distill, max_length=None))
+    prep = prepare(cfg)
+    assert set(prep.profile.doc_lengths.values()) == {12}
+    res = run_sparsity(cfg, 0.5, out_dir=tmp_path / "s", prepared=prep)
+    assert targets == [length] and students and set(students) == {length}
+    assert res["distill_length"] == length

@@ -61,10 +61,15 @@ def test_distillation_moves_student_towards_teacher(tiny_model_dir):
                            temperature=0.05).item()
 
     before = gap()
+    # dropout draws from the global generator, so the result must not hang on it: 60 epochs leave 31-36 % of
+    # the gap under seeds 0-3 of that generator, 30 epochs 43-60 %
+    torch.manual_seed(0)
     losses = distill_epochs(student, data, _dcfg(learning_rate=3e-3, max_length=16, lr_schedule="constant",
-                                                 warmup_ratio=0.0), epochs=30, seed=0, show_progress=False)
-    assert len(losses) == 30
+                                                 warmup_ratio=0.0), epochs=60, seed=0, show_progress=False)
+    assert len(losses) == 60
     assert gap() < 0.5 * before
+    with pytest.raises(ValueError, match="distill.max_length is unset"):  # a run derives it; the API needs it
+        distill_epochs(student, data, _dcfg(max_length=None), epochs=1, seed=0, show_progress=False)
 
 
 @pytest.mark.parametrize("schedule", ["linear", "constant"])
@@ -215,20 +220,20 @@ def test_max_texts_distills_on_a_seeded_subset_of_the_texts(tiny_model_dir, tiny
     teacher = BiEncoder.from_pretrained(str(tiny_model_dir))
     baseline = SimpleNamespace(key="tiny-teacher")
     base = apply_overrides(RunConfig(), {"cache_dir": str(tmp_path / "cache"), "distill.max_length": 16})
-    every = distill_texts(base, data, baseline, teacher, pseudo_per_doc=0)
+    every = distill_texts(base, data, baseline, teacher, pseudo_per_doc=0, max_length=16)
     assert len(every.texts) == len(data.corpus) + len(data.qrels["train"])
     cfg = apply_overrides(base, {"distill.max_texts": 5})
-    subset = distill_texts(cfg, data, baseline, teacher, pseudo_per_doc=0)
+    subset = distill_texts(cfg, data, baseline, teacher, pseudo_per_doc=0, max_length=16)
     assert len(subset.texts) == 5 and subset.teacher.shape[0] == 5
     at = {t: i for i, t in enumerate(every.texts)}
     rows = [at[t] for t in subset.texts]
     assert rows == sorted(rows)  # drawn from the full list, order kept
     torch.testing.assert_close(subset.teacher, every.teacher[rows], atol=1e-5, rtol=0)
-    assert distill_texts(cfg, data, baseline, teacher, pseudo_per_doc=0).texts == subset.texts  # seeded
-    other = distill_texts(apply_overrides(cfg, {"seed": 7}), data, baseline, teacher, pseudo_per_doc=0)
+    assert distill_texts(cfg, data, baseline, teacher, pseudo_per_doc=0, max_length=16).texts == subset.texts  # seeded
+    other = distill_texts(apply_overrides(cfg, {"seed": 7}), data, baseline, teacher, pseudo_per_doc=0, max_length=16)
     assert other.texts != subset.texts
     big = distill_texts(apply_overrides(base, {"distill.max_texts": 10_000}), data, baseline, teacher,
-                        pseudo_per_doc=0)
+                        pseudo_per_doc=0, max_length=16)
     assert big.texts == every.texts
     with pytest.raises(ValueError, match="max_texts"):
         apply_overrides(base, {"distill.max_texts": 0})

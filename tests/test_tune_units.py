@@ -268,7 +268,7 @@ def test_the_shipped_ablation_config_loads():
     assert cfg.seeds == 3 and cfg.run.sparsity == (0.3, 0.5, 0.7) and len(cfg.cells()) == 7
     transfer = load_config(cluster / "generalization.yaml", AblationConfig)
     assert transfer.dataset_list() == ("cranfield", "cacm") and [c.name for c in transfer.cells()] == [
-        "reference", "distill_length=256", "pseudo_queries=0", "pseudo_queries=1", "neighbors=0.0",
+        "reference", "distill_length=128", "distill_length=256", "pseudo_queries=0", "pseudo_queries=1", "neighbors=0.0",
         "probe_pseudo_queries=True"]
     frontier = load_config(cluster / "frontier.yaml", AblationConfig)
     assert frontier.run.sparsity == (0.8, 0.9) and [c.name for c in frontier.cells()] == [

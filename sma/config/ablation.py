@@ -36,7 +36,8 @@ FACTORS: tuple[Factor, ...] = (
     Factor("gentleness", "prune.gentleness", (0.0,), "one-shot pruning instead of the schedule"),
     Factor("post_prune_epochs", "distill.post_prune_epochs", (0,), "no recovery epochs after the last step"),
     # what may not transfer from one collection to another (cluster/generalization.yaml)
-    Factor("distill_length", "distill.max_length", (256,), "distillation texts cut at 256 tokens (evaluation's)"),
+    Factor("distill_length", "distill.max_length", (128, 256),
+           "distillation texts cut at 128 or 256 tokens whatever the documents' lengths"),
     Factor("pseudo_queries", "distill.pseudo_queries", (0, 1),
            "no pseudo-queries / a pseudo-query per document among the texts (default: by training queries)"),
     Factor("neighbors", "distill.neighbor_share", (0.0,), "random distillation batches (no teacher neighbours)"),

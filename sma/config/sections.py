@@ -255,7 +255,11 @@ class DistillConfig:
     batch_size: int = 32
     gradient_accumulation: int = 1
     """Batches whose gradients are summed before each optimizer step (effective batch = ``batch_size`` x this)."""
-    max_length: int = 128
+    max_length: int | None = None
+    """Tokens each distillation text is cut at. ``None`` = derived from the collection
+    (:func:`sma.collection_profile.derived_distill_length`): the evaluation length ``model.doc_max_length`` where
+    most documents are longer than 128 tokens, so that the student learns the same document the teacher embeds
+    at evaluation; else 128."""
     precision: str = "float32"
     """``bfloat16`` runs the student's forward and backward passes of every distillation batch (pruning steps
     and recovery) under ``torch.autocast`` in bfloat16: matrix products in bfloat16, while weights, gradients,
