@@ -46,7 +46,7 @@ def test_the_flag_turns_it_on_for_recovery(monkeypatch):
     seen = []
     monkeypatch.setattr(pipeline, "distill_epochs",
                         lambda model, *a, **k: seen.append(unwrap(model).is_activation_checkpointing) or [])
-    prep = SimpleNamespace(texts=None, task=None)
+    prep = SimpleNamespace(texts=None, task=None, profile=SimpleNamespace(distill_length=128))
     for flag in (True, False):
         pipeline._distill(RunConfig(gradient_checkpointing=flag), prep, tiny_model().train(), None, epochs=1,
                           rank=0, world=1, seed_offset=0, desc="distill")
