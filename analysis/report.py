@@ -17,6 +17,7 @@ from analysis import plots, tables
 from analysis.render import Section, to_html, to_markdown
 from analysis.runs import (
     DENSE,
+    INT8,
     PARENT,
     commands,
     display_command,
@@ -39,7 +40,8 @@ def _results_sections(df: pd.DataFrame, uri: str, out: Path, cache: Path, resamp
     runs = df.dropna(subset=[tables.DEV])["run_id"]
     pruned = per_query(uri, runs, cache_dir=cache, missing_ok=True)
     dense = per_query(uri, runs, cache_dir=cache, model=DENSE, missing_ok=True, progress=False)
-    results = tables.results_table(df, pruned, dense, resamples=resamples)
+    int8 = per_query(uri, runs, cache_dir=cache, model=INT8, missing_ok=True, progress=False)
+    results = tables.results_table(df, pruned, dense, int8=int8, resamples=resamples)
     _save_csv(results, out / "results.csv")
     sections = [Section("Results per sparsity", "The configuration with the best mean dev retention over its seeds "
                         "at each collection and target sparsity, with its means over those seeds (retention = pruned "
@@ -48,7 +50,8 @@ def _results_sections(df: pd.DataFrame, uri: str, out: Path, cache: Path, resamp
                         f"test queries ({resamples} resamples, per-query means over seeds first), the spread another "
                         "sample of as many queries could give; where runs measured it with bench.int8, the same "
                         "model with dynamic int8 linear layers: its test retention and CPU speedup over the dense "
-                        "float32 model, means over the seeds that measured it).",
+                        "float32 model and its loss, float32 - int8 test retention in points, means over the seeds "
+                        "that measured it, with the loss's paired bootstrap interval over the test queries).",
                         tables=(("results.csv", results),))]
     queries = tables.row_queries(results, pruned, dense)
     if queries:

@@ -160,16 +160,17 @@ def _artifact(uri: str, run_id: str, name: str, cache_dir: Path) -> Path:
     return local
 
 
-PRUNED, DENSE = "per_query", "dense_per_query"
-"""Keys of a run's ``metrics.json`` holding the pruned model's and the dense teacher's per-query metrics."""
+PRUNED, DENSE, INT8 = "per_query", "dense_per_query", "int8_per_query"
+"""Keys of a run's ``metrics.json`` holding the per-query metrics of the pruned model, the dense teacher and the
+pruned model's int8 copy (runs with ``bench.int8``)."""
 
 
 def per_query(uri: str, run_ids: Iterable[str], *, split: str = "test", metric: str = "ndcg_at_10",
               cache_dir: Path, progress: bool = True, model: str = PRUNED,
               missing_ok: bool = False) -> dict[str, dict[str, float]]:
     """``{run_id: {query_id: value}}`` from each run's ``metrics.json`` artifact (downloaded once into
-    ``cache_dir/<run_id>/``, then read from there). ``model``: :data:`PRUNED` or :data:`DENSE` (runs whose
-    file has no dense per-query metrics are left out). ``missing_ok``: leave out runs without the file
+    ``cache_dir/<run_id>/``, then read from there). ``model``: :data:`PRUNED`, :data:`DENSE` or :data:`INT8` (runs
+    whose file has no such per-query metrics are left out). ``missing_ok``: leave out runs without the file
     instead of raising."""
     from mlflow.exceptions import MlflowException
     from tqdm.auto import tqdm

@@ -4,6 +4,7 @@
   percentile bootstrap interval (:func:`scipy.stats.bootstrap`) and the two-sided Wilcoxon signed-rank p.
 - :func:`retention_interval`: a seeded paired percentile bootstrap interval over queries of retention, the ratio
   of the pruned model's mean to the dense model's on the same resampled queries.
+- :func:`retention_difference_interval`: the same for the difference of two models' retentions (float32 - int8).
 - :func:`mean_over_seeds`: per-query means over seeds, taken *before* any paired comparison.
 - :func:`holm`: Holm-Bonferroni adjusted p values for a family of comparisons.
 - :func:`seed_summary`: mean, sd and t-interval of one number over seeds.
@@ -87,20 +88,42 @@ def retention_interval(pruned: Mapping[str, float], dense: Mapping[str, float], 
     both sides have; (NaN, NaN) for fewer than two. A resample that draws only queries the dense model scores 0
     has no finite ratio (0/0, or x/0) and is left out of the quantiles (cacm's 6 dev queries include one: about
     1 resample in 47 000), instead of turning the whole interval into NaN."""
-    common = [q for q in sorted(pruned.keys() & dense.keys())
-              if math.isfinite(pruned[q]) and math.isfinite(dense[q])]
+    return _paired_interval((pruned, dense), _ratio_of_means, resamples=resamples, seed=seed, confidence=confidence)
+
+
+def retention_difference_interval(first: Mapping[str, float], second: Mapping[str, float],
+                                  dense: Mapping[str, float], *, resamples: int = 10_000, seed: int = 0,
+                                  confidence: float = 0.95) -> tuple[float, float]:
+    """How far the difference of two models' retentions on the same queries, ``(mean first - mean second) /
+    mean dense`` (e.g. a float32 model and its int8 copy), could move with another sample of queries: the
+    percentile bootstrap interval of :func:`retention_interval`, each resample taking a query's three values
+    together, over the queries all three have."""
+    return _paired_interval((first, second, dense), _difference_over_mean, resamples=resamples, seed=seed,
+                            confidence=confidence)
+
+
+def _difference_over_mean(first: np.ndarray, second: np.ndarray, dense: np.ndarray, axis: int = -1) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (first.mean(axis=axis) - second.mean(axis=axis)) / dense.mean(axis=axis)
+
+
+def _paired_interval(samples: Sequence[Mapping[str, float]], statistic, *, resamples: int, seed: int,
+                     confidence: float) -> tuple[float, float]:
+    """Percentile interval of ``statistic`` over paired resamples of the queries every map has (finite values),
+    resamples without a finite value left out; (NaN, NaN) for fewer than two queries or no finite resample."""
+    common = [q for q in sorted(set.intersection(*(set(m) for m in samples)))
+              if all(math.isfinite(m[q]) for m in samples)]
     if len(common) < 2:
         return math.nan, math.nan
-    p = np.array([pruned[q] for q in common], dtype=float)
-    d = np.array([dense[q] for q in common], dtype=float)
+    columns = tuple(np.array([m[q] for q in common], dtype=float) for m in samples)
     with warnings.catch_warnings():  # scipy's own interval and standard error are NaN when a ratio is not finite;
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # the quantiles below leave those out
         warnings.simplefilter("ignore", RuntimeWarning)
-        res = stats.bootstrap((p, d), _ratio_of_means, paired=True, vectorized=True, n_resamples=resamples,
+        res = stats.bootstrap(columns, statistic, paired=True, vectorized=True, n_resamples=resamples,
                               batch=BOOTSTRAP_BATCH, confidence_level=confidence, method="percentile",
                               rng=np.random.default_rng(seed))
-    ratios = res.bootstrap_distribution
-    defined = ratios[np.isfinite(ratios)]
+    values = res.bootstrap_distribution
+    defined = values[np.isfinite(values)]
     if defined.size == 0:
         return math.nan, math.nan
     tail = 100 * (1 - confidence) / 2

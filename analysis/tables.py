@@ -10,7 +10,7 @@ import pandas as pd
 
 from analysis.pareto import REFERENCE_FRONT, hypervolume, pareto_front
 from analysis.runs import COLLECTION
-from analysis.stats import mean_over_seeds, retention_interval, seed_summary
+from analysis.stats import mean_over_seeds, retention_difference_interval, retention_interval, seed_summary
 from sma.config import SEARCHED
 from sma.config.ablation import RECIPE_PARAMS
 from sma.metrics import METRICS, OBJECTIVE, PHASE_PREFIX, PHASES, RETENTION
@@ -46,7 +46,7 @@ PerQuery = dict[str, dict[str, float]]
 
 
 def results_table(df: pd.DataFrame, pruned: PerQuery | None = None, dense: PerQuery | None = None, *,
-                  resamples: int = 10_000) -> pd.DataFrame:
+                  int8: PerQuery | None = None, resamples: int = 10_000) -> pd.DataFrame:
     """Per collection and target sparsity, the configuration (runs alike but for the seed) with the best mean
     dev retention over its seeds, shown with its means over those seeds (and the sd of test retention over
     them): the seed-style results table, a row per collection and sparsity. Ties go to the configuration met
@@ -54,20 +54,26 @@ def results_table(df: pd.DataFrame, pruned: PerQuery | None = None, dense: PerQu
 
     With the per-query test nDCG@10 of the pruned and dense models of every run of a row, the row also has
     the paired bootstrap 95 % interval over test queries of its retention (per-query means over seeds first):
-    the spread another sample of queries could give, next to ``sd``, the spread over seeds."""
+    the spread another sample of queries could give, next to ``sd``, the spread over seeds. Where runs measured
+    their int8 copy (``bench.int8``), the row has its retention and speedup, and what int8 loses: float32 - int8
+    test retention in points, with its paired interval over the test queries when ``int8`` has the copies'
+    per-query nDCG@10 (:func:`_int8_columns`)."""
     cols = config_columns(df)
     rows = []
     for collection, runs_of in by_collection(df.dropna(subset=[DEV])):
         for _, at in runs_of.groupby(SPARSITY, sort=True):
             configs = [runs for _, runs in at.groupby(cols, dropna=False, sort=False)] if cols else [at]
             runs = max(configs, key=lambda r: r[DEV].mean())  # max keeps the first of equals
-            rows.append(_result_row(collection, runs, _query_columns(runs, pruned or {}, dense or {}, resamples)))
+            queries = _query_columns(runs, pruned or {}, dense or {}, resamples)
+            rows.append(_result_row(collection, runs, queries,
+                                    _int8_columns(runs, pruned or {}, dense or {}, int8 or {}, resamples)))
     table = pd.DataFrame(rows)
     unmeasured = [c for c in (*INT8_COLUMNS, *QUERY_COLUMNS) if c in table.columns and table[c].isna().all()]
     return table.drop(columns=unmeasured)
 
 
-def _result_row(collection: str, runs: pd.DataFrame, queries: dict[str, object]) -> dict[str, object]:
+def _result_row(collection: str, runs: pd.DataFrame, queries: dict[str, object],
+                int8: dict[str, object]) -> dict[str, object]:
     def mean(column: str) -> float | None:
         return runs[column].mean() if column in runs.columns else None
 
@@ -85,7 +91,7 @@ def _result_row(collection: str, runs: pd.DataFrame, queries: dict[str, object])
         "Corpus cosine": mean("metrics.corpus_cosine"),
         "Speedup": mean("metrics.speedup"),
         "Memory": mean("metrics.memory_ratio"),
-        **_int8_columns(runs),
+        **int8,
         "Seeds": len(runs),
         "run_id": ", ".join(runs["run_id"]),
     }
@@ -150,16 +156,28 @@ def query_effect_table(rows: list[tuple[str, str, pd.DataFrame]], *, top: int = 
 
 
 INT8 = f"metrics.{RETENTION}_int8"
-INT8_COLUMNS = ("Retention int8", "Speedup int8", "int8 seeds")
+INT8_COLUMNS = ("Retention int8", "int8 loss (points)", "int8 loss 95% CI (queries)", "Speedup int8", "int8 seeds")
 
 
-def _int8_columns(runs: pd.DataFrame) -> dict[str, object]:
-    """The int8 model's test retention and speedup, means over the seeds that measured it (``bench.int8``), and
-    how many did; ``None`` (the column is then left out) when none did."""
+def _int8_columns(runs: pd.DataFrame, pruned: PerQuery, dense: PerQuery, int8: PerQuery,
+                  resamples: int) -> dict[str, object]:
+    """Over the seeds that measured the int8 copy (``bench.int8``): its test retention and speedup, its loss
+    (float32 - int8 test retention, points; positive = int8 lost) and how many seeds; the loss's paired
+    bootstrap interval over the test queries (per-query means over those seeds first) when every one of them
+    has the three models' per-query numbers. ``None`` (the column is then left out) where nothing was measured."""
     if INT8 not in runs.columns or runs[INT8].isna().all():
         return dict.fromkeys(INT8_COLUMNS)
     measured = runs.dropna(subset=[INT8])
+    ids = list(measured["run_id"])
+    interval = None
+    if ids and all(r in pruned and r in dense and r in int8 for r in ids):
+        low, high = retention_difference_interval(mean_over_seeds([pruned[r] for r in ids]),
+                                                  mean_over_seeds([int8[r] for r in ids]),
+                                                  mean_over_seeds([dense[r] for r in ids]), resamples=resamples)
+        interval = f"{100 * low:.2f} to {100 * high:.2f}"
     return {"Retention int8": f"{100 * measured[INT8].mean():.2f}%",
+            "int8 loss (points)": round(100 * (measured[TEST] - measured[INT8]).mean(), 2),
+            "int8 loss 95% CI (queries)": interval,
             "Speedup int8": measured["metrics.speedup_int8"].mean() if "metrics.speedup_int8" in runs else None,
             "int8 seeds": len(measured)}
 

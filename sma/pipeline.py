@@ -228,8 +228,9 @@ def _query_interval(pruned: dict[str, dict[str, float]], dense: dict[str, dict[s
 def _int8_metrics(cfg: RunConfig, prep: Reference, teacher, student, *, float32_embeddings) -> dict[str, Any]:
     """The pruned model with dynamic int8 linear layers (``bench.int8_float_layers`` of them kept float32 by
     :func:`sma.quantize.plan_int8` on a seeded sample of documents), on the CPU: nDCG@10 and retention on each
-    split, how close its document embeddings stay to the float32 model's, speed-up over the dense float32 model
-    and memory, measured side by side."""
+    split (and per query, for the report's paired interval of what int8 loses), how close its document
+    embeddings stay to the float32 model's, speed-up over the dense float32 model and memory, measured side by
+    side."""
     from sma.bench import benchmark
     from sma.quantize import plan_int8, quantize_int8, sample_documents
 
@@ -240,7 +241,7 @@ def _int8_metrics(cfg: RunConfig, prep: Reference, teacher, student, *, float32_
     res, embeddings = evaluate_model(quantize_int8(student, plan.keep_float), prep.data, cfg)
     agree = split_agreement(embeddings, float32_embeddings)
     out: dict[str, Any] = {"int8_corpus_cosine": next(iter(agree.values())).corpus_cosine,
-                           "int8_plan": plan.to_dict()}
+                           "int8_plan": plan.to_dict(), "int8_per_query": {s: r.per_query for s, r in res.items()}}
     for split, r in res.items():
         dense = prep.teacher.metrics[split].mean["ndcg_at_10"]
         out[f"{split}_ndcg_at_10_int8"] = r.mean["ndcg_at_10"]
@@ -306,8 +307,8 @@ def run(cfg: RunConfig) -> dict:
             with tracked.sparsity(s) if tracked is not None else contextlib.nullcontext() as child:
                 r = run_sparsity(cfg, s, prepared=prep)
                 results["sparsities"].append({k: v for k, v in r.items()
-                                              if k not in ("per_query", "dense_per_query", "bench", "bench_int8", "int8_plan",
-                                                              "history")})
+                                              if k not in ("per_query", "dense_per_query", "int8_per_query", "bench",
+                                                              "bench_int8", "int8_plan", "history")})
                 if lead:
                     write_json(out / RESULTS_FILE, results, indent=2)
                 if tracked is not None:

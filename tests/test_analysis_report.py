@@ -439,7 +439,26 @@ def test_results_table_shows_int8_retention_over_the_seeds_that_measured_it():
     table = tables.results_table(df).set_index("Collection")
     assert table.loc["cacm", "Retention int8"] == "96.00%" and table.loc["cacm", "Speedup int8"] == 4.2
     assert table.loc["cacm", "int8 seeds"] == 1 and table.loc["cacm", "Seeds"] == 2
+    assert table.loc["cacm", "int8 loss (points)"] == 1.0  # seed 2's float32 0.97 - int8 0.96
     assert pd.isna(table.loc["cranfield", "Retention int8"])
+    assert "int8 loss 95% CI (queries)" not in table.columns  # no per-query numbers of the int8 copies
+
+
+def test_the_int8_loss_interval_is_over_the_queries_of_the_seeds_that_measured_it():
+    df = _two_collections()
+    df["metrics.test_retention_int8"] = [0.95, 0.95, None, None, None, None]  # both cacm seeds measured it
+    # cacm per-query means over seeds: float32 a 0.45, b 0.8; int8 a 0.35, b 0.8; dense a 1.0, b 0.8 (a seed
+    # alone would give other means). Paired resamples lose 0.1 / 1.0, 0.1 / 1.8 or 0: interval 0 to 10 points
+    pruned = {"r0": {"a": 0.4, "b": 0.8}, "r1": {"a": 0.5, "b": 0.8}}
+    int8 = {"r0": {"a": 0.2, "b": 0.8}, "r1": {"a": 0.5, "b": 0.8}}
+    dense = {r: {"a": 1.0, "b": 0.8} for r in ("r0", "r1")}
+    table = tables.results_table(df, pruned, dense, int8=int8, resamples=4000).set_index("Collection")
+    # the loss column itself: mean over the seeds of float32 - int8 test retention, (0.99 - 0.95 + 0.97 - 0.95) / 2
+    assert table.loc["cacm", "int8 loss (points)"] == 3.0
+    assert table.loc["cacm", "int8 loss 95% CI (queries)"] == "0.00 to 10.00"
+    del int8["r1"]  # one seed without its int8 per-query numbers: no interval
+    table = tables.results_table(df, pruned, dense, int8=int8, resamples=4000).set_index("Collection")
+    assert "int8 loss 95% CI (queries)" not in table.columns and table.loc["cacm", "int8 loss (points)"] == 3.0
 
 
 def test_results_table_gives_the_paired_query_interval_of_retention_over_seed_means():

@@ -14,6 +14,7 @@ from analysis.stats import (
     holm,
     mean_over_seeds,
     paired_difference,
+    retention_difference_interval,
     retention_interval,
     seed_summary,
 )
@@ -125,6 +126,22 @@ def test_retention_interval_by_enumeration_and_pairing():
     low, high = retention_interval({"a": 0.9, "b": 0.18, "c": 0.45}, {"a": 1.0, "b": 0.2, "c": 0.5})
     assert (low, high) == pytest.approx((0.9, 0.9))
     assert all(math.isnan(x) for x in retention_interval({"a": 0.5}, {"a": 1.0}))
+
+
+def test_retention_difference_interval_by_enumeration_and_pairing():
+    # float32 a 0.5, b 0.8; int8 a 0.4, b 0.8; dense a 1.0, b 0.8. A resample of (a, a) loses 0.1 / 1.0, (a, b)
+    # or (b, a) 0.1 / 1.8 and (b, b) nothing, with probabilities 1/4, 1/2, 1/4: the 2.5 % and 97.5 % quantiles
+    # are the extremes, 0 and 0.1
+    low, high = retention_difference_interval({"a": 0.5, "b": 0.8}, {"a": 0.4, "b": 0.8, "only_int8": 0.1},
+                                              {"a": 1.0, "b": 0.8, "only_dense": 0.3}, resamples=4000)
+    assert (low, high) == pytest.approx((0.0, 0.1), abs=1e-12)
+    # int8 = float32 - 0.05 x dense on every query: every paired resample loses exactly 0.05 (resampling the
+    # three apart would not)
+    float32, dense = {"a": 0.9, "b": 0.3, "c": 0.6}, {"a": 1.0, "b": 0.4, "c": 0.8}
+    int8 = {q: float32[q] - 0.05 * dense[q] for q in dense}
+    low, high = retention_difference_interval(float32, int8, dense)
+    assert (low, high) == pytest.approx((0.05, 0.05))
+    assert all(math.isnan(x) for x in retention_difference_interval({"a": 0.5}, {"a": 0.4}, {"a": 1.0}))
 
 
 def test_retention_interval_leaves_out_resamples_without_a_dense_score():

@@ -297,6 +297,8 @@ def test_int8_metrics_are_those_of_the_saved_model_quantized(tiny_model_dir, tin
     assert res["int8_corpus_cosine"] == pytest.approx(cosines.mean().item(), abs=1e-6)
     assert res["test_ndcg_at_10_int8"] == again["test"].mean["ndcg_at_10"]
     assert res["dev_ndcg_at_10_int8"] == again["dev"].mean["ndcg_at_10"]
+    saved = json.loads((tmp_path / "x" / "metrics.json").read_text())["int8_per_query"]  # for the report's interval
+    assert saved["test"] == again["test"].per_query and set(saved) == {"dev", "test"}
     assert res["test_retention_int8"] == pytest.approx(res["test_ndcg_at_10_int8"] / res["test_dense_ndcg_at_10"])
     assert res["memory_ratio_int8"] < res["memory_ratio"] / 3 and res["speedup_int8"] > 0
     assert res["bench_int8"]["dtype"] == "int8"
