@@ -170,10 +170,10 @@ def _int8_columns(runs: pd.DataFrame, pruned: PerQuery, dense: PerQuery, int8: P
     measured = runs.dropna(subset=[INT8])
     ids = list(measured["run_id"])
     interval = None
-    if ids and all(r in pruned and r in dense and r in int8 for r in ids):
-        low, high = retention_difference_interval(mean_over_seeds([pruned[r] for r in ids]),
-                                                  mean_over_seeds([int8[r] for r in ids]),
-                                                  mean_over_seeds([dense[r] for r in ids]), resamples=resamples)
+    means = _seed_means(ids, pruned, dense)
+    if means is not None and all(r in int8 for r in ids):
+        low, high = retention_difference_interval(means[0], mean_over_seeds([int8[r] for r in ids]), means[1],
+                                                  resamples=resamples)
         interval = f"{100 * low:.2f} to {100 * high:.2f}"
     return {"Retention int8": f"{100 * measured[INT8].mean():.2f}%",
             "int8 loss (points)": round(100 * (measured[TEST] - measured[INT8]).mean(), 2),
