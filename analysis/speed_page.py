@@ -54,12 +54,18 @@ def speed_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame([{
         "Sparsity": f"{r['target']:.0%}", **_multiple_cell(r, several), "Actual": f"{r['pruned']['encoder_sparsity']:.2%}",
         "FFN neurons": ffn_widths(r),
-        "Pruned model runs in": RUNTIMES.get(r["dtype"], r["dtype"]) + _kept(r),
+        "Pruned model runs in": RUNTIMES.get(r["dtype"], r["dtype"]) + _inputs(r) + _kept(r),
         "Dense ms": round(1e3 * r["dense"]["latency_s"], 1), "Pruned ms": round(1e3 * r["pruned"]["latency_s"], 1),
         "Speedup": f"{r['speedup']:.2f}x", "Paired": f"{r['speedup_paired']:.2f}x",
         "CPU time": f"{r['speedup_cpu']:.2f}x", "Encoder MB dense": round(r["dense"]["encoder_weight_bytes"] / mb, 2),
         "Encoder MB pruned": round(r["pruned"]["encoder_weight_bytes"] / mb, 2),
         "Memory": f"{r['encoder_weight_ratio']:.3f}"} for r in rows])
+
+
+def _inputs(row: dict[str, Any]) -> str:
+    """The input range of PyTorch's int8 layers (``bench.int8_activations`` as resolved), where the row has one."""
+    bits = {"full": 8, "reduced": 7}.get(row.get("int8_activations", ""))
+    return f" ({bits}-bit inputs)" if bits else ""
 
 
 def _kept(row: dict[str, Any]) -> str:

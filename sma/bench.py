@@ -183,9 +183,10 @@ def _time_interleaved(forwards: list[Callable[[], object]], *, repeats: int, dev
 
 
 def _runtimes(models: list[nn.Module], *, int8: bool, onnx: bool, device: torch.device, dtype: torch.dtype,
-              threads: int, int8_keep_float: Sequence[Collection[str]]) -> tuple[list[nn.Module], list[Any]]:
+              threads: int, int8_keep_float: Sequence[Collection[str]],
+              int8_activations: str) -> tuple[list[nn.Module], list[Any]]:
     """What is timed: the dense model (``models[0]``) as it is, each pruned one as an int8 copy with ``int8``
-    (its ``int8_keep_float`` names left in float32); with ``onnx`` also each pruned one's ONNX Runtime session
+    (its ``int8_keep_float`` names left in float32, inputs in the ``int8_activations`` range); with ``onnx`` also each pruned one's ONNX Runtime session
     (timed in its place; ``None`` for the dense model), int8-quantized by ONNX Runtime with ``int8`` too."""
     if (int8 or onnx) and (device.type != "cpu" or dtype != torch.float32):
         raise ValueError(f"{_label(int8, onnx)} is timed on the CPU against float32, not {device.type} {dtype}")
@@ -199,7 +200,7 @@ def _runtimes(models: list[nn.Module], *, int8: bool, onnx: bool, device: torch.
         elif int8:
             from sma.quantize import quantize_int8
 
-            timed[i] = quantize_int8(models[i], keep_float=keep)
+            timed[i] = quantize_int8(models[i], keep_float=keep, activations=int8_activations)
     return timed, sessions
 
 
@@ -234,7 +235,8 @@ def benchmark_side_by_side(dense: nn.Module, pruned: Sequence[nn.Module], *, seq
                            batch_size: int = 32, repeats: int = 10, warmup: int = 2, threads: int = 2,
                            dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                            memory_repeats: int = 3, seed: int = 0, int8: bool = False, onnx: bool = False,
-                           int8_keep_float: Sequence[Collection[str]] | None = None) -> list[BenchResult]:
+                           int8_keep_float: Sequence[Collection[str]] | None = None,
+                           int8_activations: str = "auto") -> list[BenchResult]:
     """Time ``dense`` and every model of ``pruned`` (HF encoders, BiEncoders or DDP) on one batch, interleaved
     in one loop (dense, first pruned, second pruned, ..., then the reverse order); medians. One result per
     pruned model, all against the same dense run, so they compare with each other too (e.g. the shapes of
@@ -243,7 +245,8 @@ def benchmark_side_by_side(dense: nn.Module, pruned: Sequence[nn.Module], *, seq
     Models already on ``device`` in ``dtype`` are used as they are; otherwise a converted copy is made
     (the caller's models are never changed). ``threads`` sets torch's intra-op threads for the run. With
     ``int8`` (CPU, float32) each pruned model is timed with int8 linear layers (:mod:`sma.quantize`; those
-    named in its entry of ``int8_keep_float`` stay float32), its weight bytes as stored; its parameter counts
+    named in its entry of ``int8_keep_float`` stay float32; inputs quantized to the ``int8_activations`` range of
+    :func:`sma.quantize.quantize_int8`), its weight bytes as stored; its parameter counts
     and sparsity are those of the float model. With ``onnx`` (CPU, float32) each pruned model runs in ONNX
     Runtime (exported by :func:`sma.export.onnx_session`) against the dense model in PyTorch; with ``onnx``
     and ``int8`` that ONNX model is int8-quantized by ONNX Runtime (weight bytes: those of the float model).
@@ -263,7 +266,7 @@ def benchmark_side_by_side(dense: nn.Module, pruned: Sequence[nn.Module], *, seq
         was_training.append(enc.training)
         models.append(enc.eval())
     timed, sessions = _runtimes(models, int8=int8, onnx=onnx, device=device, dtype=dtype, threads=threads,
-                                int8_keep_float=keep)
+                                int8_keep_float=keep, int8_activations=int8_activations)
     vocab = min(int(getattr(models[0].config, "vocab_size", 1000)), 30000)
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000 if vocab > 2000 else 1, vocab, (batch_size, seq_len), generator=gen).to(device)

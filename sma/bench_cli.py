@@ -66,7 +66,8 @@ def int8_keep_float(cfg: RunConfig, pruned, texts: list[str]) -> tuple[str, ...]
     m = cfg.model
     model = BiEncoder(pruned, AutoTokenizer.from_pretrained(resolve_model_path(m.name)), pooling=m.pooling,
                       query_max_length=m.query_max_length, doc_max_length=m.doc_max_length, normalize=m.normalize)
-    return plan_int8(model, texts, keep_float=cfg.bench.int8_float_layers, batch_size=cfg.eval.batch_size).keep_float
+    return plan_int8(model, texts, keep_float=cfg.bench.int8_float_layers, batch_size=cfg.eval.batch_size,
+                     activations=cfg.bench.int8_activations).keep_float
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
@@ -102,6 +103,7 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
         plan_for_sparsity,
         structure,
     )
+    from sma.quantize import activation_range
 
     b = cfg.bench
     device = b.device if b.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -110,6 +112,7 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
     scorer = magnitude_scores if args.scores == "magnitude" else first_n_scores
     rows: list[dict[str, Any]] = []
     training: list[dict[str, Any]] = []
+    activations = activation_range(b.int8_activations) if "int8" in dtypes else b.int8_activations
     texts = int8_plan_texts(cfg) if b.int8_float_layers and set(INT8_DTYPES) & set(dtypes) else None
     multiples = b.neuron_multiples or (cfg.prune.neuron_multiple,)
     for target in cfg.sparsity:
@@ -135,11 +138,12 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
                 dense, [pruned for _, _, pruned, _ in shapes], seq_len=b.seq_len, batch_size=b.batch_size,
                 repeats=b.repeats, warmup=b.warmup, threads=b.threads, device=device, int8=int8, onnx=onnx,
                 dtype=torch.float32 if dt in CPU_RUNTIMES else getattr(torch, dt),
-                int8_keep_float=[kept if planned else () for *_, kept in shapes])
+                int8_keep_float=[kept if planned else () for *_, kept in shapes], int8_activations=activations)
             for (multiple, plan, pruned, kept), res in zip(shapes, results, strict=True):
                 kept = kept if planned else ()
                 rows.append({"target": target, "neuron_multiple": multiple,
                              "sparsity_report": encoder_sparsity(pruned).to_dict(), "int8_keep_float": list(kept),
+                             **({"int8_activations": activations} if int8 and not onnx else {}),
                              "plan": {"heads": plan.num_heads, "neurons": plan.num_neurons,
                                       "allocation": plan.allocation, "method": plan.method},
                              "structure": structure(pruned), **res.to_dict()})

@@ -1,6 +1,11 @@
 """Dynamic int8 quantization of an encoder's linear layers for CPU serving (PyTorch's ``quantize_dynamic``:
 int8 weights, activations quantized per batch at run time; embeddings and LayerNorms stay float32).
 
+Activations get the full 8-bit range where the CPU has VNNI int8 instructions: PyTorch's dynamic linear layer
+quantizes them to 7 bits so that fbgemm's ``vpmaddubsw`` (pairs of u8 x s8 products summed into 16 bits) cannot
+saturate on x86 CPUs without VNNI; VNNI's ``vpdpbusd`` sums into 32 bits, so the 8th bit is free there and
+halves the rounding step of every activation (``bench.int8_activations``).
+
 Plan, then apply: :func:`plan_int8` measures, without labels, how far each linear layer alone moves the
 embeddings of sample texts when it is int8 and names the most sensitive ones to keep in float32;
 :func:`quantize_int8` makes the int8 copy that keeps them."""
@@ -8,6 +13,7 @@ embeddings of sample texts when it is int8 and names the most sensitive ones to 
 from __future__ import annotations
 
 import copy
+import functools
 import random
 import warnings
 from collections.abc import Collection, Mapping, Sequence
@@ -18,6 +24,52 @@ import torch
 from torch import nn
 
 from sma.prune.arch import unwrap
+
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+"""``/proc/cpuinfo`` flags of x86 CPUs whose int8 dot products accumulate in 32 bits (no 16-bit saturation)."""
+
+
+def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU (or the given ``/proc/cpuinfo`` text) lists a VNNI flag; ``False`` where it cannot be
+    read (not Linux): the reduced range is the safe choice there."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[-1].split()}
+    return any(flag in flags for flag in VNNI_FLAGS)
+
+
+def activation_range(setting: str = "auto") -> str:
+    """``full`` or ``reduced``: ``bench.int8_activations`` with ``auto`` resolved for this CPU. ``full`` on a CPU
+    without VNNI warns: its products may saturate."""
+    if setting not in ("auto", "full", "reduced"):
+        raise ValueError(f"bench.int8_activations: {setting!r} is not one of auto, full, reduced")
+    if setting == "auto":
+        return "full" if cpu_has_vnni() else "reduced"
+    if setting == "full" and not cpu_has_vnni():
+        warnings.warn("bench.int8_activations=full on a CPU without VNNI: fbgemm's 16-bit sums may saturate",
+                      stacklevel=2)
+    return setting
+
+
+@functools.cache
+def _full_range_linear() -> type[nn.Module]:
+    """PyTorch's dynamic int8 ``Linear`` quantizing its input to the full 8 bits (it passes ``reduce_range=True``
+    to the same kernel); built on first use so that importing this module does not import the quantized ops."""
+    from torch.ao.nn.quantized.dynamic import Linear
+
+    class FullRangeDynamicLinear(Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False)
+            return y.to(x.dtype)
+
+        def _get_name(self) -> str:
+            return "FullRangeDynamicQuantizedLinear"
+
+    return FullRangeDynamicLinear
 
 INT8_SAMPLE_TEXTS = 128
 """Documents :func:`plan_int8` measures each layer's sensitivity on in ``sma run`` and ``sma bench``."""
@@ -55,10 +107,11 @@ def int8_linears(model: nn.Module) -> list[str]:
     return [name for name, m in unwrap(model).named_modules() if isinstance(m, nn.Linear) and m.weight.numel() > 0]
 
 
-def quantize_int8(model: nn.Module, keep_float: Collection[str] = ()) -> nn.Module:
+def quantize_int8(model: nn.Module, keep_float: Collection[str] = (), *, activations: str = "auto") -> nn.Module:
     """An int8 copy of ``model`` (on the CPU, in eval mode) whose ``nn.Linear`` layers are dynamically
     quantized, except those named in ``keep_float`` (names inside the bare encoder, as in :class:`Int8Plan`);
-    ``model`` itself is not changed. Works on a bare encoder or a :class:`sma.model.BiEncoder`.
+    ``model`` itself is not changed. Works on a bare encoder or a :class:`sma.model.BiEncoder`. ``activations``:
+    the input range, ``full``, ``reduced`` or ``auto`` (:func:`activation_range`).
 
     Weights get one scale per output channel: with one per matrix (PyTorch's default) all-MiniLM-L6-v2's
     document embeddings keep a cosine of about 0.96 with the float model's, per channel about 0.98."""
@@ -70,13 +123,15 @@ def quantize_int8(model: nn.Module, keep_float: Collection[str] = ()) -> nn.Modu
         raise ValueError(f"keep_float: {unknown[0]!r} is not a linear layer with weights of this encoder")
     model = copy.deepcopy(model).cpu().float().eval()
     spec = {name: per_channel_dynamic_qconfig for name in names if name not in keep}
+    mapping = {nn.Linear: _full_range_linear()} if activation_range(activations) == "full" else None
     with warnings.catch_warnings():  # torch 2.10+ points eager-mode quantization to torchao; it still works
         warnings.simplefilter("ignore")
-        quantize_dynamic(unwrap(model), spec, dtype=torch.qint8, inplace=True)  # names are the bare encoder's
+        quantize_dynamic(unwrap(model), spec, dtype=torch.qint8, mapping=mapping, inplace=True)  # bare encoder's names
     return model
 
 
-def plan_int8(model: nn.Module, texts: Sequence[str], *, keep_float: int, batch_size: int = 32) -> Int8Plan:
+def plan_int8(model: nn.Module, texts: Sequence[str], *, keep_float: int, batch_size: int = 32,
+              activations: str = "auto") -> Int8Plan:
     """Keep the ``keep_float`` linear layers of ``model`` (a :class:`sma.model.BiEncoder`) whose int8 copy
     alone moves the document embeddings of ``texts`` furthest from the float model's (no labels needed).
 
@@ -88,7 +143,7 @@ def plan_int8(model: nn.Module, texts: Sequence[str], *, keep_float: int, batch_
     reference = model.encode(texts, kind="doc", batch_size=batch_size)
     sensitivity = {}
     for name in names:
-        only = quantize_int8(model, keep_float=[n for n in names if n != name])
+        only = quantize_int8(model, keep_float=[n for n in names if n != name], activations=activations)
         moved = only.encode(texts, kind="doc", batch_size=batch_size)
         sensitivity[name] = 1.0 - torch.nn.functional.cosine_similarity(moved, reference).mean().item()
     ranked = sorted(names, key=lambda n: -sensitivity[n])

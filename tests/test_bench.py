@@ -133,8 +133,12 @@ def test_sma_bench_int8_dtype_and_where_it_can_run(tmp_path, monkeypatch):
     rows = json.loads(out.read_text())["results"]
     assert [r["dtype"] for r in rows] == ["float32", "int8"]
     assert rows[1]["encoder_weight_ratio"] < rows[0]["encoder_weight_ratio"] / 3
+    from sma.quantize import activation_range
+
+    bits = {"full": 8, "reduced": 7}[activation_range("auto")]  # this CPU's range, recorded with the int8 row
+    assert "int8_activations" not in rows[0] and rows[1]["int8_activations"] == activation_range("auto")
     text = page.read_text()  # the results page: the same rows, and the command that measured them
-    for r, runtime in zip(rows, ("PyTorch float32", "PyTorch, int8 linear layers"), strict=True):
+    for r, runtime in zip(rows, ("PyTorch float32", f"PyTorch, int8 linear layers ({bits}-bit inputs)"), strict=True):
         assert f"| 50% | 50.00% | 63, 62 | {runtime} | " in text and f" | {r['speedup']:.2f}x | {r['speedup_paired']:.2f}x | " in text
     assert "sma " + " ".join(argv) in text
     from sma.config import ConfigError
@@ -226,7 +230,7 @@ def test_sma_bench_times_int8_with_and_without_the_plans_float32_layers(tiny_mod
     from sma.data import resolve_dataset
     from sma.model import BiEncoder
     from sma.prune import magnitude_scores, plan_for_sparsity
-    from sma.quantize import plan_int8, sample_documents
+    from sma.quantize import activation_range, plan_int8, sample_documents
 
     pytest.importorskip("onnxruntime")
     from sma import export
@@ -261,7 +265,8 @@ def test_sma_bench_times_int8_with_and_without_the_plans_float32_layers(tiny_mod
     assert rows[1]["int8_keep_float"] == rows[3]["int8_keep_float"] == list(expected.keep_float)
     assert quantized == [(), expected.keep_float]  # ONNX Runtime's int8 model keeps the same layers float32
     assert rows[1]["pruned"]["encoder_weight_bytes"] > rows[0]["pruned"]["encoder_weight_bytes"]  # float32 kept
-    assert "PyTorch, int8 linear layers, 2 kept float32 (" in page.read_text()
+    bits = {"full": 8, "reduced": 7}[activation_range("auto")]
+    assert f"PyTorch, int8 linear layers ({bits}-bit inputs), 2 kept float32 (" in page.read_text()
     from sma.config import ConfigError
 
     with pytest.raises(ConfigError, match="bench.int8_float_layers"):

@@ -35,6 +35,10 @@ DTYPES = ("float32", "bfloat16", "float16", "int8", "onnx", "onnx-int8")
 """``bench.dtypes``; ``int8``: the pruned model with dynamic int8 linear layers against dense float32 (CPU);
 ``onnx``: the pruned model in ONNX Runtime against dense float32 in PyTorch (CPU); ``onnx-int8``: that ONNX
 model with ONNX Runtime's dynamic int8 quantization of its matrix multiplications (CPU)."""
+INT8_ACTIVATIONS = ("auto", "full", "reduced")
+"""``bench.int8_activations``: the range a dynamic int8 linear layer quantizes its input to. ``full``: 8 bits
+(0-255); ``reduced``: 7 bits (0-127), PyTorch's default, which keeps fbgemm's ``vpmaddubsw`` from saturating
+on x86 CPUs without VNNI; ``auto``: full where the CPU has VNNI (nothing to saturate), reduced elsewhere."""
 CPU_RUNTIMES = {"int8": (True, False), "onnx": (False, True), "onnx-int8": (True, True)}
 """Dtypes timed on the CPU only, each against the dense float32 model: their ``(int8, onnx)`` flags of
 :func:`sma.bench.benchmark`."""

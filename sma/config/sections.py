@@ -19,6 +19,7 @@ from sma.config.choices import (
     DEVICE_PATTERN,
     DTYPES,
     HARD_NEGATIVES,
+    INT8_ACTIVATIONS,
     LR_SCHEDULES,
     METHODS,
     NEGATIVE_SOURCES,
@@ -332,6 +333,9 @@ class BenchConfig:
     without them): linear layers the int8 model keeps in
     float32, those whose int8 copy alone moves the embeddings of 128 sample documents of ``data.dataset`` furthest
     (:func:`sma.quantize.plan_int8`; no labels). 0 = all int8."""
+    int8_activations: str = "auto"
+    """PyTorch int8 linear layers quantize their input per batch to ``full`` 8 bits or PyTorch's ``reduced``
+    7 bits; ``auto`` = full on CPUs with VNNI int8 instructions, reduced elsewhere (``INT8_ACTIVATIONS``)."""
 
     def __post_init__(self) -> None:
         check_device_name(self.device, key="bench.device")
@@ -343,6 +347,7 @@ class BenchConfig:
               f"lists a value twice: {list(self.neuron_multiples)}")
         for dtype in self.dtypes:
             check_choice(dtype, DTYPES, "bench.dtypes")
+        check_choice(self.int8_activations, INT8_ACTIVATIONS, "bench.int8_activations")
         for cpu_only in CPU_RUNTIMES:
             check(cpu_only not in self.dtypes or self.device == "cpu", "bench.dtypes",
                   f"{cpu_only} is timed on the CPU: drop it or set bench.device=cpu (not {self.device!r})")
