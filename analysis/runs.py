@@ -115,6 +115,7 @@ def commands(experiment: str, *, uri: str, parents: Iterable[str] = ()) -> list[
 
 
 DATASET_FLAGS = ("--dataset", "--datasets")
+TRACKING_FLAG = "--mlflow-tracking-uri"
 
 
 def _is_folder_path(arg: str) -> bool:
@@ -123,18 +124,24 @@ def _is_folder_path(arg: str) -> bool:
 
 def display_command(command: str) -> str:
     """``command`` as a results page shows it: a collection given as a folder path (``--dataset ../data/cacm``)
-    by its name (``--dataset cacm``), which ``$SMA_DATA_DIR`` resolves on the reader's machine; hub names and
-    every other argument as they were."""
+    by its name (``--dataset cacm``), which ``$SMA_DATA_DIR`` resolves on the reader's machine; a SQLite tracking
+    store under the working directory by its relative path (:func:`display_uri`); hub names and every other
+    argument as they were."""
     out: list[str] = []
-    naming = False
+    naming = store = False
     for word in shlex.split(command):
         flag, eq, value = word.partition("=")
         if word.startswith("-"):
             naming = flag in DATASET_FLAGS and not eq
+            store = flag == TRACKING_FLAG and not eq
             if flag in DATASET_FLAGS and eq and _is_folder_path(value):
                 word = f"{flag}={collection_name(value)}"
+            elif flag == TRACKING_FLAG and eq:
+                word = f"{flag}={display_uri(value)}"
         elif naming and _is_folder_path(word):
             word = collection_name(word)
+        elif store:
+            word, store = display_uri(word), False
         out.append(word)
     return shlex.join(out)
 

@@ -378,9 +378,17 @@ def test_a_results_page_names_collections_given_as_folders_by_name():
     assert display_command("sma run --dataset=/abs/path/cranfield/ --seed 1") == "sma run --dataset=cranfield --seed 1"
     assert display_command("sma ablate --datasets ./a/cranfield ~/b/cacm --seeds 3") == (
         "sma ablate --datasets cranfield cacm --seeds 3")
-    # hub names, collections given by name and any other path stay as they were
+    # a SQLite store under the working directory by its relative path, in both spellings of the flag
+    here = Path.cwd().resolve()
+    assert display_command(f"sma run --mlflow-tracking-uri sqlite:///{here}/results/mlflow.db --seed 1") == (
+        "sma run --mlflow-tracking-uri sqlite:///results/mlflow.db --seed 1")
+    assert display_command(f"sma run --mlflow-tracking-uri=sqlite:///{here}/r/m.db") == (
+        "sma run --mlflow-tracking-uri=sqlite:///r/m.db")
+    # hub names, collections given by name and any other path or store stay as they were
     for kept in ("sma run --dataset BeIR/scifact", "sma run --dataset cacm",
-                 "sma run --config ./c.yaml --output-dir ../results"):
+                 "sma run --config ./c.yaml --output-dir ../results",
+                 "sma run --mlflow-tracking-uri sqlite:////elsewhere/mlflow.db --seed 1",
+                 "sma run --mlflow-tracking-uri http://127.0.0.1:5000 --seed 1"):
         assert display_command(kept) == kept
 
 
