@@ -186,8 +186,9 @@ def _runtimes(models: list[nn.Module], *, int8: bool, onnx: bool, device: torch.
               threads: int, int8_keep_float: Sequence[Collection[str]],
               int8_activations: str) -> tuple[list[nn.Module], list[Any]]:
     """What is timed: the dense model (``models[0]``) as it is, each pruned one as an int8 copy with ``int8``
-    (its ``int8_keep_float`` names left in float32, inputs in the ``int8_activations`` range); with ``onnx`` also each pruned one's ONNX Runtime session
-    (timed in its place; ``None`` for the dense model), int8-quantized by ONNX Runtime with ``int8`` too."""
+    (its ``int8_keep_float`` names left in float32, inputs in the ``int8_activations`` range); with ``onnx``
+    also each pruned one's ONNX Runtime session (timed in its place; ``None`` for the dense model),
+    int8-quantized by ONNX Runtime with ``int8`` too."""
     if (int8 or onnx) and (device.type != "cpu" or dtype != torch.float32):
         raise ValueError(f"{_label(int8, onnx)} is timed on the CPU against float32, not {device.type} {dtype}")
     timed = list(models)

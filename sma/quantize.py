@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sma.config.choices import INT8_ACTIVATIONS
 from sma.prune.arch import unwrap
 
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -45,8 +46,8 @@ def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
 def activation_range(setting: str = "auto") -> str:
     """``full`` or ``reduced``: ``bench.int8_activations`` with ``auto`` resolved for this CPU. ``full`` on a CPU
     without VNNI warns: its products may saturate."""
-    if setting not in ("auto", "full", "reduced"):
-        raise ValueError(f"bench.int8_activations: {setting!r} is not one of auto, full, reduced")
+    if setting not in INT8_ACTIVATIONS:
+        raise ValueError(f"bench.int8_activations: {setting!r} is not one of {', '.join(INT8_ACTIVATIONS)}")
     if setting == "auto":
         return "full" if cpu_has_vnni() else "reduced"
     if setting == "full" and not cpu_has_vnni():
