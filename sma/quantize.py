@@ -30,15 +30,20 @@ VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 """``/proc/cpuinfo`` flags of x86 CPUs whose int8 dot products accumulate in 32 bits (no 16-bit saturation)."""
 
 
+@functools.cache
+def _host_cpuinfo() -> str:
+    """This machine's ``/proc/cpuinfo``, read once per process; empty where it cannot be read (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
     """Whether this CPU (or the given ``/proc/cpuinfo`` text) lists a VNNI flag; ``False`` where it cannot be
     read (not Linux): the reduced range is the safe choice there."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return False
+    cpuinfo = _host_cpuinfo() if cpuinfo is None else cpuinfo
     flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[-1].split()}
     return any(flag in flags for flag in VNNI_FLAGS)
 
