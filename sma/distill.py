@@ -26,6 +26,8 @@ from transformers import get_constant_schedule_with_warmup, get_linear_schedule_
 
 from sma.config import DistillConfig
 from sma.model import BiEncoder, autocast
+from sma.optim import adamw
+from sma.prune.arch import unwrap
 from sma.train import check_finite, contrastive_loss
 
 
@@ -35,6 +37,16 @@ class DistillTexts:
 
     texts: tuple[str, ...]
     teacher: torch.Tensor  # [n, dim], normalised
+
+
+def freeze_word_embeddings(model: nn.Module) -> None:
+    """Keep ``model``'s (a BiEncoder, HF encoder or DDP wrapper of one; before DDP wraps it) token embedding
+    table out of training: the student keeps the teacher's table, which pruning never touches.
+
+    The table (30522 x 384 on all-MiniLM-L6-v2) is most of a pruned student's weights: trained, every step
+    fills its dense gradient, clips it and moves all of it in AdamW (weight decay reaches rows no text used),
+    which on short texts costs more than the pruned encoder's own backward pass."""
+    unwrap(model).get_input_embeddings().weight.requires_grad_(False)
 
 
 def pseudo_queries(docs: Sequence[str], *, per_doc: int, words: tuple[int, int], seed: int) -> list[str]:
@@ -278,7 +290,7 @@ def distill_epochs(student: nn.Module, texts: DistillTexts, cfg: DistillConfig, 
     use_task = cfg.alpha < 1.0 and task is not None and len(task.qids) > 0
     if cfg.alpha <= 0 and not use_task:
         return []
-    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.learning_rate)
+    optimizer = adamw(student, lr=cfg.learning_rate)
     rng = random.Random(seed)
     batches_per_epoch = max(1, math.ceil(len(texts.texts) / cfg.batch_size / world_size))
     total = max(1, round(epochs * batches_per_epoch))

@@ -24,7 +24,7 @@ from sma.atomic import write_json
 from sma.config import RunConfig, save_config, to_dict
 from sma.data import RetrievalData
 from sma.device import resolve_device
-from sma.distill import distill_epochs
+from sma.distill import distill_epochs, freeze_word_embeddings
 from sma.distributed import broadcast, rank_and_world, rank_zero_first, wrap_ddp
 from sma.evaluate import evaluate_model, split_agreement, subset_cosine
 from sma.layout import (
@@ -94,6 +94,8 @@ def run_sparsity(cfg: RunConfig, sparsity: float, *, out_dir: Path | None = None
     out_dir = Path(out_dir) if out_dir is not None else sparsity_dir(cfg.run_dir, sparsity)
     teacher = prep.load_teacher()
     student = copy.deepcopy(teacher)  # the same weights as a second load, without reading them again
+    if cfg.distill.freeze_word_embeddings:
+        freeze_word_embeddings(student)
     scores = prep.importance.scores_for(cfg.prune.criterion)
     protected = prep.importance.circuit if cfg.prune.protects_circuit else frozenset()
     schedule = sparsity_schedule(sparsity, cfg.prune.gentleness, max_steps=cfg.prune.max_steps)

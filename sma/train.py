@@ -16,6 +16,7 @@ from sma.config import TrainConfig
 from sma.data import Corpus, Qrels, Queries, doc_text
 from sma.model import BiEncoder
 from sma.negatives import bm25_ranking, dense_ranking, mine_negatives
+from sma.optim import adamw
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def train_baseline(model: BiEncoder, corpus: Corpus, queries: Queries, qrels: Qr
         batches_per_epoch = cfg.baseline_batches_per_epoch  # cycles through the pairs when larger
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation)
     total_steps = steps_per_epoch * cfg.baseline_epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = adamw(model, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     model.train()
     losses: list[float] = []

@@ -266,6 +266,9 @@ class DistillConfig:
     and recovery) under ``torch.autocast`` in bfloat16: matrix products in bfloat16, while weights, gradients,
     optimizer state, the losses and every evaluation stay float32. About twice as fast on CPUs with native
     bfloat16 (AVX512-BF16, AMX) and on recent GPUs; slower on CPUs without it (a run warns)."""
+    freeze_word_embeddings: bool = False
+    """Keep the student's token embedding table (not pruned) at the teacher's values: on short texts its
+    gradient and AdamW update cost more than the pruned encoder's backward pass (:func:`sma.distill.freeze_word_embeddings`)."""
     train_queries: bool = True
     """Add the training queries to the unlabeled distillation texts (documents are always used)."""
     max_texts: int | None = None
