@@ -13,6 +13,7 @@ import pandas as pd
 
 from analysis.render import Section, to_markdown
 from sma.atomic import write_text
+from sma.train_bench import REFERENCE
 
 RUNTIMES = {"float32": "PyTorch float32", "bfloat16": "PyTorch bfloat16", "float16": "PyTorch float16",
             "int8": "PyTorch, int8 linear layers", "onnx": "ONNX Runtime float32",
@@ -74,22 +75,24 @@ def _kept(row: dict[str, Any]) -> str:
 
 
 def training_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per sparsity[, neuron multiple]: the pruned model's median distillation step in each precision
-    and the ratio."""
+    """One row per sparsity[, neuron multiple]: the pruned model's median distillation step in each variant
+    (precision, word embeddings trained or frozen) and its ratio to float32 with them trained."""
     several = len(_multiples(rows)) > 1
     return pd.DataFrame([{"Sparsity": f"{r['target']:.0%}", **_multiple_cell(r, several),
                           **{f"{p} s": f"{s:.3f}" for p, s in r["median_s"].items()},
-                          **{f"Speedup {p}": f"{x:.2f}x" for p, x in r["speedup"].items() if p != "float32"}}
+                          **{f"Speedup {p}": f"{x:.2f}x" for p, x in r["speedup"].items() if p != REFERENCE}}
                          for r in rows])
 
 
 def _training_section(rows: list[dict[str, Any]]) -> Section:
     first = rows[0]
-    return Section("Distillation step, float32 against bfloat16 autocast",
+    return Section("Distillation step: float32 against bfloat16 autocast, word embeddings trained and frozen",
                    f"One distillation step of the pruned model (forward on {first['batch_size']} x {first['seq_len']} "
-                   f"tokens, float32 KD loss, backward, AdamW update) in each distill.precision, each on its own copy "
-                   f"of the model, interleaved; median seconds per step and float32 median / bfloat16 median "
-                   f"({first['threads']} threads).", tables=(("training", training_table(rows)),))
+                   f"tokens, float32 KD loss, backward, gradient clipping, AdamW update) in each distill.precision, "
+                   f"with the word embedding table trained and frozen (distill.freeze_word_embeddings), each on its "
+                   f"own copy of the model, interleaved; median seconds per step and the median of float32 with the "
+                   f"table trained / the variant's median ({first['threads']} threads).",
+                   tables=(("training", training_table(rows)),))
 
 
 def _multiples_text(rows: list[dict[str, Any]]) -> str:

@@ -161,8 +161,8 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
                                          repeats=b.repeats, warmup=b.warmup, threads=b.threads, device=device)
                 training.append({"target": target, "neuron_multiple": multiple, **speed.to_dict()})
                 shape = f" neuron multiple {multiple}" if len(multiples) > 1 else ""
-                print(f"sparsity {target:.2f}{shape} distillation step: float32 {speed.median_s('float32'):.3f} s, "
-                      f"bfloat16 {speed.median_s('bfloat16'):.3f} s: {speed.speedup('bfloat16'):.2f}x", flush=True)
+                steps = ", ".join(f"{v} {speed.median_s(v):.3f} s ({speed.speedup(v):.2f}x)" for v in speed.step_s)
+                print(f"sparsity {target:.2f}{shape} distillation step: {steps}", flush=True)
     print(format_rows(rows))
     payload = {"settings": {"model": cfg.model.name, "scores": args.scores, "bench": to_dict(b),
                             "allocation": cfg.prune.allocation, "split": cfg.prune.split},

@@ -38,7 +38,9 @@ def _bench_extras(p: argparse.ArgumentParser) -> None:
                    help="also write the results as a Markdown page with this command (a results page to check in)")
     p.add_argument("--training", action="store_true",
                    help="also time a distillation step of each pruned model in float32 and bfloat16 autocast "
-                        "(distill.precision), batch x distill.max_length tokens (128 when unset), side by side")
+                        "(distill.precision), with the word embedding table trained and frozen "
+                        "(distill.freeze_word_embeddings), batch x distill.max_length tokens (128 when unset), "
+                        "side by side")
 
 
 def _tune_extras(p: argparse.ArgumentParser) -> None:

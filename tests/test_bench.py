@@ -178,9 +178,18 @@ def test_onnx_rows_time_the_pruned_model_in_onnx_runtime(monkeypatch, int8):
     assert len(res.pruned.latencies_s) == 3
 
 
-def test_training_step_speed_times_each_precision_on_its_own_copy():
+def test_training_step_speed_times_each_precision_on_its_own_copy(monkeypatch):
+    from sma import train_bench
     from sma.train_bench import train_step_speed
 
+    frozen: list[torch.nn.Module] = []
+    real = train_bench.freeze_word_embeddings
+
+    def freeze(m):  # the real freezing, recorded
+        frozen.append(m)
+        real(m)
+
+    monkeypatch.setattr(train_bench, "freeze_word_embeddings", freeze)
     model = tiny_model()
     apply_plan(model, PruningPlan(heads={0: (0, 1)}, neurons={1: tuple(range(FFN // 2))}))
     before = {n: p.clone() for n, p in model.named_parameters()}
@@ -192,13 +201,17 @@ def test_training_step_speed_times_each_precision_on_its_own_copy():
     finally:
         for h in hooks:
             h.remove()
-    # warm-up then 3 timed steps alternate float32, bfloat16 / bfloat16, float32 / ...: both dtypes ran
+    # warm-up then 3 timed steps alternate the four variants, the order flipping: both dtypes ran as often
     assert set(seen) == {torch.float32, torch.bfloat16}
     assert seen.count(torch.bfloat16) == seen.count(torch.float32)
-    assert list(speed.step_s) == ["float32", "bfloat16"] and all(len(t) == 3 for t in speed.step_s.values())
-    m32, m16 = (sorted(speed.step_s[p])[1] for p in ("float32", "bfloat16"))
-    assert speed.speedup("bfloat16") == pytest.approx(m32 / m16) and speed.speedup("float32") == 1.0
+    assert list(speed.step_s) == ["float32", "bfloat16", "float32 frozen embeddings", "bfloat16 frozen embeddings"]
+    assert all(len(t) == 3 for t in speed.step_s.values())
+    m32, m16 = (sorted(speed.step_s[p])[1] for p in ("float32", "float32 frozen embeddings"))
+    assert speed.speedup("float32 frozen embeddings") == pytest.approx(m32 / m16) and speed.speedup("float32") == 1.0
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # the caller's model is untouched
+    # the two frozen variants train copies whose word embedding table takes no gradient
+    assert len(frozen) == 2 and not any(m.encoder.get_input_embeddings().weight.requires_grad for m in frozen)
+    assert model.get_input_embeddings().weight.requires_grad
 
 
 def test_sma_bench_training_writes_the_step_times(tmp_path, capsys):
@@ -208,12 +221,14 @@ def test_sma_bench_training_writes_the_step_times(tmp_path, capsys):
     assert run_cli(args, build_config(args)) == 0
     assert "distillation step: float32" in capsys.readouterr().out
     (row,) = json.loads(out.read_text())["training"]
-    assert row["target"] == 0.5 and set(row["median_s"]) == {"float32", "bfloat16"}
+    assert row["target"] == 0.5 and set(row["median_s"]) == {"float32", "bfloat16", "float32 frozen embeddings",
+                                                             "bfloat16 frozen embeddings"}
     assert build_config(args).distill.max_length is None and row["seq_len"] == 128  # unset: the length most
     # collections distil at (the bench has no collection to derive it from)
-    ratio = row["median_s"]["float32"] / row["median_s"]["bfloat16"]
-    assert f"| 50% | {row['median_s']['float32']:.3f} | {row['median_s']['bfloat16']:.3f} | {ratio:.2f}x |" in \
-        page.read_text()
+    med = row["median_s"]
+    ratios = [med["float32"] / med[v] for v in ("bfloat16", "float32 frozen embeddings", "bfloat16 frozen embeddings")]
+    cells = " | ".join(f"{s:.3f}" for s in med.values())
+    assert f"| 50% | {cells} | {' | '.join(f'{r:.2f}x' for r in ratios)} |" in page.read_text()
 
 
 def test_sma_bench_times_int8_with_and_without_the_plans_float32_layers(tiny_model_dir, tiny_beir, tmp_path,

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from analysis.stats import retention_interval
 from sma import prepare as prepare_mod
@@ -326,6 +327,17 @@ def test_the_pipeline_rounds_neuron_counts_when_asked(tiny_model_dir, tiny_beir,
     # 4 is the most a layer of 64 neurons rounds to (a 16th of it); each layer keeps the multiple nearest the exact plan
     assert all(k % 4 == 0 for k in kept) and any(e % 4 for e in exact), (kept, exact)
     assert all(abs(k - e) <= 2 for k, e in zip(kept, exact, strict=True)), (kept, exact)
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_the_saved_student_keeps_the_teachers_word_embeddings_when_they_are_frozen(frozen, tiny_model_dir, tiny_beir,
+                                                                                  tmp_path):
+    cfg = _cfg(tiny_model_dir, tiny_beir, tmp_path, **{"bench.enabled": False, "prune.gentleness": 0.0,
+                                                       "distill.freeze_word_embeddings": frozen})
+    run_sparsity(cfg, 0.5, out_dir=tmp_path / "x")
+    table = load_pruned(tmp_path / "x" / "model").get_input_embeddings().weight
+    teacher = BiEncoder.from_pretrained(str(tiny_model_dir)).encoder.get_input_embeddings().weight
+    assert torch.equal(table, teacher) is frozen  # trained, AdamW's weight decay alone moves every row
 
 
 def test_the_pipeline_empties_whole_layers_when_asked(tiny_model_dir, tiny_beir, tmp_path):

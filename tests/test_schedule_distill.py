@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sma.config import DistillConfig
-from sma.distill import DistillTexts, distill_epochs, kd_loss, teacher_embeddings
+from sma.distill import DistillTexts, distill_epochs, freeze_word_embeddings, kd_loss, teacher_embeddings
 from sma.model import BiEncoder
 from sma.schedule import num_steps, sparsity_schedule
 
@@ -70,6 +70,22 @@ def test_distillation_moves_student_towards_teacher(tiny_model_dir):
     assert gap() < 0.5 * before
     with pytest.raises(ValueError, match="distill.max_length is unset"):  # a run derives it; the API needs it
         distill_epochs(student, data, _dcfg(max_length=None), epochs=1, seed=0, show_progress=False)
+
+
+def test_frozen_word_embeddings_stay_the_teachers_while_the_rest_trains(tiny_model_dir):
+    student = BiEncoder.from_pretrained(str(tiny_model_dir))
+    texts = tuple(f"wing lift {w} flow" for w in ("shock", "heat", "drag", "plate"))
+    data = DistillTexts(texts=texts, teacher=torch.nn.functional.normalize(torch.randn(4, 32), dim=-1))
+    freeze_word_embeddings(student)
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    distill_epochs(student, data, _dcfg(), epochs=2, seed=0, show_progress=False)
+    after = dict(student.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    table = "encoder.embeddings.word_embeddings.weight"
+    assert student.encoder.get_input_embeddings().weight is after[table]
+    assert table not in changed and not after[table].requires_grad
+    # everything else that reaches the loss moves: position embeddings, every layer (BERT's unused pooler does not)
+    assert {n for n in before if n != table and "pooler" not in n} <= changed
 
 
 @pytest.mark.parametrize("schedule", ["linear", "constant"])
