@@ -53,6 +53,8 @@ FACTORS: tuple[Factor, ...] = (
     Factor("neuron_multiple", "prune.neuron_multiple", (64,), "FFN neurons rounded to multiples of 64"),
     # what makes a run cheaper at the same recipe
     Factor("bfloat16", "distill.precision", ("bfloat16",), "distillation passes in bfloat16 autocast"),
+    Factor("frozen_embeddings", "distill.freeze_word_embeddings", (True,),
+           "the word embedding table kept at the teacher's (no gradient, no AdamW update)"),
 )
 FACTORS_BY_NAME = {f.name: f for f in FACTORS}
 
