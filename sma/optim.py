@@ -2,8 +2,9 @@
 where it has one.
 
 The fused kernel does a parameter's whole AdamW update in one pass instead of the dozen tensor-wide passes of
-the default (``foreach``) implementation: the same update, and on CPU much of a short-text distillation step
-(on a 50 % pruned all-MiniLM-L6-v2, the 11.7M-entry word embedding table outweighs the encoder's weights).
+the default (``foreach``) implementation: the same update up to rounding, in a sixth less time per bfloat16
+distillation step of a 50 % pruned all-MiniLM-L6-v2 on cacm's short texts, where the 11.7M-entry word
+embedding table outweighs the pruned encoder's weights.
 Frozen parameters (``requires_grad=False``) are left out, so they cost the optimizer nothing.
 """
 
