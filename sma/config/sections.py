@@ -268,8 +268,8 @@ class DistillConfig:
     bfloat16 (AVX512-BF16, AMX) and on recent GPUs; slower on CPUs without it (a run warns)."""
     freeze_word_embeddings: bool = False
     """Keep the student's token embedding table (never pruned) at the teacher's values: its dense gradient,
-    clipping and AdamW update are a third of a distillation step on short texts, at a little agreement with the
-    teacher (:func:`sma.distill.freeze_word_embeddings`)."""
+    clipping and AdamW update are a sixth to a quarter of a bfloat16 distillation step on short texts, at a little
+    agreement with the teacher (:func:`sma.distill.freeze_word_embeddings`)."""
     train_queries: bool = True
     """Add the training queries to the unlabeled distillation texts (documents are always used)."""
     max_texts: int | None = None
