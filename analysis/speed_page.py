@@ -13,7 +13,6 @@ import pandas as pd
 
 from analysis.render import Section, to_markdown
 from sma.atomic import write_text
-from sma.train_bench import REFERENCE
 
 RUNTIMES = {"float32": "PyTorch float32", "bfloat16": "PyTorch bfloat16", "float16": "PyTorch float16",
             "int8": "PyTorch, int8 linear layers", "onnx": "ONNX Runtime float32",
@@ -80,7 +79,7 @@ def training_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     several = len(_multiples(rows)) > 1
     return pd.DataFrame([{"Sparsity": f"{r['target']:.0%}", **_multiple_cell(r, several),
                           **{f"{p} s": f"{s:.3f}" for p, s in r["median_s"].items()},
-                          **{f"Speedup {p}": f"{x:.2f}x" for p, x in r["speedup"].items() if p != REFERENCE}}
+                          **{f"Speedup {p}": f"{x:.2f}x" for p, x in r["speedup"].items() if p != r["reference"]}}
                          for r in rows])
 
 

@@ -17,15 +17,10 @@ FUSED_DEVICES = ("cpu", "cuda")
 """Devices whose floating-point parameters torch's fused AdamW takes (elsewhere the default implementation)."""
 
 
-def trainable(model: nn.Module) -> list[nn.Parameter]:
-    """``model``'s parameters that require a gradient."""
-    return [p for p in model.parameters() if p.requires_grad]
-
-
 def adamw(model: nn.Module, *, lr: float, weight_decay: float = 0.01) -> torch.optim.AdamW:
     """AdamW over ``model``'s trainable parameters, fused when every one of them is a floating-point tensor on
     a device of :data:`FUSED_DEVICES`."""
-    params = trainable(model)
+    params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
     fused = all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)

@@ -52,7 +52,7 @@ class TrainStepSpeed:
         return {"step_s": {p: list(t) for p, t in self.step_s.items()},
                 "median_s": {p: self.median_s(p) for p in self.step_s},
                 "speedup": {p: self.speedup(p) for p in self.step_s}, "batch_size": self.batch_size,
-                "seq_len": self.seq_len, "threads": self.threads}
+                "seq_len": self.seq_len, "threads": self.threads, "reference": REFERENCE}
 
 
 def train_step_speed(model: nn.Module, *, precisions: tuple[str, ...] = ("float32", "bfloat16"),
