@@ -172,9 +172,11 @@ def quantize_onnx(path: Path, out: Path, *, keep_float: Collection[str] = ()) ->
     return out
 
 
-def onnx_session(encoder, *, threads: int, int8: bool = False, keep_float: Collection[str] = ()):
-    """An ONNX Runtime CPU session of ``encoder`` (an in-memory pruned encoder), int8-quantized with ``int8``
-    (:func:`quantize_onnx`, ``keep_float`` left in float32), for benchmarks."""
+def onnx_session(encoder, *, threads: int, int8: bool = False, keep_float: Collection[str] = (),
+                 pooling: str = "mean", normalize: bool = True):
+    """An ONNX Runtime CPU session of ``encoder`` (an in-memory pruned encoder, pooled and normalised as
+    :func:`write_onnx` does), int8-quantized with ``int8`` (:func:`quantize_onnx`, ``keep_float`` left in
+    float32), for benchmarks and :class:`sma.onnx_encoder.OnnxBiEncoder`."""
     import tempfile
 
     import onnxruntime as ort
@@ -182,7 +184,8 @@ def onnx_session(encoder, *, threads: int, int8: bool = False, keep_float: Colle
     from sma.prune import save_pruned
 
     with tempfile.TemporaryDirectory(prefix="sma-onnx-") as tmp:
-        path = write_onnx(save_pruned(encoder, Path(tmp) / MODEL_DIR), Path(tmp) / ONNX_FILE)
+        path = write_onnx(save_pruned(encoder, Path(tmp) / MODEL_DIR), Path(tmp) / ONNX_FILE, pooling=pooling,
+                          normalize=normalize)
         if int8:
             path = quantize_onnx(path, Path(tmp) / f"int8-{ONNX_FILE}", keep_float=keep_float)
         options = ort.SessionOptions()

@@ -228,29 +228,39 @@ def _query_interval(pruned: dict[str, dict[str, float]], dense: dict[str, dict[s
 
 
 def _int8_metrics(cfg: RunConfig, prep: Reference, teacher, student, *, float32_embeddings) -> dict[str, Any]:
-    """The pruned model with dynamic int8 linear layers (``bench.int8_float_layers`` of them kept float32 by
-    :func:`sma.quantize.plan_int8` on a seeded sample of documents), on the CPU: nDCG@10 and retention on each
-    split (and per query, for the report's paired interval of what int8 loses), how close its document
+    """The pruned model with int8 linear layers (``bench.int8_float_layers`` of them kept float32 by
+    :func:`sma.quantize.plan_int8` on a seeded sample of documents), on the CPU, in ``bench.int8_runtime``
+    (PyTorch's dynamic int8 layers, or ONNX Runtime's int8 matrix multiplications): nDCG@10 and retention on
+    each split (and per query, for the report's paired interval of what int8 loses), how close its document
     embeddings stay to the float32 model's, speed-up over the dense float32 model and memory, measured side by
     side."""
     from sma.bench import benchmark
     from sma.quantize import activation_range, plan_int8, quantize_int8, sample_documents
 
     activations = activation_range(cfg.bench.int8_activations)
+    onnx = cfg.bench.int8_runtime == "onnxruntime"
     plan = plan_int8(student, sample_documents(prep.data.corpus, cfg.seed), keep_float=cfg.bench.int8_float_layers,
                      batch_size=cfg.eval.batch_size, activations=activations)
     if plan.keep_float:
         log.info("int8: %d linear layers kept float32: %s", len(plan.keep_float), ", ".join(plan.keep_float))
-    res, embeddings = evaluate_model(quantize_int8(student, plan.keep_float, activations=activations), prep.data, cfg)
+    if onnx:
+        from sma.onnx_encoder import OnnxBiEncoder
+
+        int8_model = OnnxBiEncoder(student, threads=cfg.bench.threads, int8=True, keep_float=plan.keep_float)
+    else:
+        int8_model = quantize_int8(student, plan.keep_float, activations=activations)
+    res, embeddings = evaluate_model(int8_model, prep.data, cfg)
     agree = split_agreement(embeddings, float32_embeddings)
-    out: dict[str, Any] = {"int8_corpus_cosine": next(iter(agree.values())).corpus_cosine, "int8_activations": activations,
-                           "int8_plan": plan.to_dict(), "int8_per_query": {s: r.per_query for s, r in res.items()}}
+    out: dict[str, Any] = {"int8_corpus_cosine": next(iter(agree.values())).corpus_cosine,
+                           "int8_runtime": cfg.bench.int8_runtime, "int8_plan": plan.to_dict(),
+                           "int8_per_query": {s: r.per_query for s, r in res.items()},
+                           **({} if onnx else {"int8_activations": activations})}
     for split, r in res.items():
         dense = prep.teacher.metrics[split].mean["ndcg_at_10"]
         out[f"{split}_ndcg_at_10_int8"] = r.mean["ndcg_at_10"]
         out[f"{split}_retention_int8"] = r.mean["ndcg_at_10"] / dense if dense else 0.0
     b = benchmark(teacher.encoder, student.encoder, seq_len=cfg.bench.seq_len, batch_size=cfg.bench.batch_size,
-                  repeats=cfg.bench.repeats, threads=cfg.bench.threads, device="cpu", int8=True,
+                  repeats=cfg.bench.repeats, threads=cfg.bench.threads, device="cpu", int8=True, onnx=onnx,
                   int8_keep_float=plan.keep_float, int8_activations=activations)
     out.update({"speedup_int8": b.speedup, "memory_ratio_int8": b.encoder_weight_ratio, "bench_int8": b.to_dict()})
     return out
@@ -380,8 +390,9 @@ def format_table(results: dict) -> str:
                     + (f" ({r['long_documents']} documents)" if "long_documents" in r else ""))
         int8 = [r for r in results["sparsities"] if "test_retention_int8" in r]
         if int8:
-            lines.append("int8 linear layers (CPU): test retention, speedup and memory against dense float32, "
-                         "cosine of int8 vs float32 document embeddings")
+            runtime = {"onnxruntime": "ONNX Runtime"}.get(int8[0].get("int8_runtime", ""), "PyTorch")
+            lines.append(f"int8 linear layers (CPU, {runtime}): test retention, speedup and memory against dense "
+                         "float32, cosine of int8 vs float32 document embeddings")
             for r in int8:
                 lines.append(f"{100 * r['sparsity']:<11.0f}{100 * r['test_retention_int8']:<12.2f}"
                              f"{r['speedup_int8']:<10.3f}{100 * r['memory_ratio_int8']:<8.1f}"

@@ -88,6 +88,7 @@ def test_fixed_length_tuples_and_distill_checks():
     (["--set", "model.pooling=max"], "model.pooling"), (["--set", "bench.repeats=0"], "bench.repeats"),
     (["--alpha", "0.3", "--no-distill"], "--alpha and --no-distill both set distill.alpha"),
     (["--set", "prune.whole_layers=-1"], "prune.whole_layers"),
+    (["--set", "bench.int8_runtime=tensorrt"], "bench.int8_runtime"),
     (["--set", "prune.whole_layers=2", "--set", "prune.min_heads_per_layer=1"], "prune.whole_layers: empties layers"),
 ])
 def test_bad_values_fail_in_the_front_door_naming_the_key(argv, key):

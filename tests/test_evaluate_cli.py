@@ -76,3 +76,52 @@ def test_a_folder_without_a_model_is_one_line(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is not a pruned model folder" in err
+
+
+def test_the_int8_copy_in_onnx_runtime(saved_run, tmp_path):
+    """``bench.int8_runtime=onnxruntime``: the int8 numbers are those of the exported model quantized by ONNX
+    Runtime, worked out here with onnxruntime's own quantizer, one padded batch per kind (the tiny collection
+    fits one evaluation batch, and a dynamic int8 layer's input scale is per batch) and ir-measures."""
+    ort = pytest.importorskip("onnxruntime")
+    import ir_measures
+    import numpy as np
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from sma.data import doc_text
+    from sma.export import write_onnx
+
+    cfg, folder = saved_run
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(folder), "--set", "bench.int8=true", "--set", "bench.int8_runtime=onnxruntime",
+                 "--output", str(out)]) == 0
+    row = json.loads(out.read_text())["sparsities"][0]
+    assert row["int8_runtime"] == "onnxruntime" and row["bench_int8"]["dtype"] == "onnx-int8"
+    assert "int8_activations" not in row  # ONNX Runtime quantizes inputs to 8 bits, whatever that setting says
+
+    (tmp_path / "fp32").mkdir()
+    path = write_onnx(folder / "model", tmp_path / "fp32" / "model.onnx", pooling=cfg.model.pooling,
+                      normalize=cfg.model.normalize)
+    quantize_dynamic(str(path), str(tmp_path / "int8.onnx"), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul", "Gather"])
+    session = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])
+    pruned = BiEncoder.from_config(cfg.model, name=str(folder / "model"))
+    data = load_run_data(cfg)
+    assert len(data.corpus) <= cfg.eval.batch_size
+
+    def embed(texts, max_length):
+        batch = pruned.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+        return session.run(None, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})[0]
+
+    dids = list(data.corpus)
+    docs = embed([doc_text(data.corpus[d]) for d in dids], cfg.model.doc_max_length)
+    qrels = data.qrels[cfg.data.test_split]
+    qids = list(qrels)
+    scores = embed([data.queries[q] for q in qids], cfg.model.query_max_length) @ docs.T
+    run = {q: {d: float(s) for d, s in zip(dids, scores[i], strict=True)} for i, q in enumerate(qids)}
+    ndcg = ir_measures.calc_aggregate([ir_measures.nDCG @ 10], qrels, run)[ir_measures.nDCG @ 10]
+    float_docs = pruned.encode([doc_text(data.corpus[d]) for d in dids], kind="doc").numpy()
+    cosine = float(np.mean((docs * float_docs).sum(-1) / np.linalg.norm(docs, axis=-1)
+                           / np.linalg.norm(float_docs, axis=-1)))
+    assert row["int8_corpus_cosine"] == pytest.approx(cosine, abs=1e-6) and cosine < 1 - 1e-6
+    assert row["test_ndcg_at_10_int8"] == pytest.approx(ndcg, abs=1e-6)
+    assert row["test_retention_int8"] == pytest.approx(ndcg / row["test_dense_ndcg_at_10"], abs=1e-6)

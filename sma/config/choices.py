@@ -39,6 +39,10 @@ INT8_ACTIVATIONS = ("auto", "full", "reduced")
 """``bench.int8_activations``: the range a dynamic int8 linear layer quantizes its input to. ``full``: 8 bits
 (0-255); ``reduced``: 7 bits (0-127), PyTorch's default, which keeps fbgemm's ``vpmaddubsw`` from saturating
 on x86 CPUs without VNNI; ``auto``: full where the CPU has VNNI (nothing to saturate), reduced elsewhere."""
+INT8_RUNTIMES = ("pytorch", "onnxruntime")
+"""``bench.int8_runtime``: what runs the int8 copy ``sma run`` and ``sma evaluate`` measure with ``bench.int8``.
+``pytorch``: dynamic int8 linear layers (:mod:`sma.quantize`); ``onnxruntime``: the exported ONNX model with
+ONNX Runtime's dynamic int8 matrix multiplications (:func:`sma.export.quantize_onnx`; inputs always 8 bits)."""
 CPU_RUNTIMES = {"int8": (True, False), "onnx": (False, True), "onnx-int8": (True, True)}
 """Dtypes timed on the CPU only, each against the dense float32 model: their ``(int8, onnx)`` flags of
 :func:`sma.bench.benchmark`."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from sma.config.choices import (
     DTYPES,
     HARD_NEGATIVES,
     INT8_ACTIVATIONS,
+    INT8_RUNTIMES,
     LR_SCHEDULES,
     METHODS,
     NEGATIVE_SOURCES,
@@ -340,6 +342,10 @@ class BenchConfig:
     int8_activations: str = "auto"
     """PyTorch int8 linear layers quantize their input per batch to ``full`` 8 bits or PyTorch's ``reduced``
     7 bits; ``auto`` = full on CPUs with VNNI int8 instructions, reduced elsewhere (``INT8_ACTIVATIONS``)."""
+    int8_runtime: str = "pytorch"
+    """``sma run`` / ``sma evaluate`` with ``int8``: the int8 copy evaluated and timed, PyTorch's int8 linear
+    layers or the ONNX model in ONNX Runtime with int8 matrix multiplications (``INT8_RUNTIMES``); the same
+    ``int8_float_layers`` stay float32 in either."""
 
     def __post_init__(self) -> None:
         check_device_name(self.device, key="bench.device")
@@ -352,6 +358,9 @@ class BenchConfig:
         for dtype in self.dtypes:
             check_choice(dtype, DTYPES, "bench.dtypes")
         check_choice(self.int8_activations, INT8_ACTIVATIONS, "bench.int8_activations")
+        check_choice(self.int8_runtime, INT8_RUNTIMES, "bench.int8_runtime")
+        check(self.int8_runtime != "onnxruntime" or find_spec("onnxruntime") is not None, "bench.int8_runtime",
+              "onnxruntime is not installed: pip install 'sma[export]'")
         for cpu_only in CPU_RUNTIMES:
             check(cpu_only not in self.dtypes or self.device == "cpu", "bench.dtypes",
                   f"{cpu_only} is timed on the CPU: drop it or set bench.device=cpu (not {self.device!r})")
