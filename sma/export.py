@@ -86,8 +86,8 @@ def export_sentence_transformers(source: Path, out: Path, model: ModelConfig) ->
 def write_onnx(encoder_dir: Path, path: Path, *, pooling: str = "mean", normalize: bool = True) -> Path:
     """The ONNX model of the pruned encoder saved in ``encoder_dir`` at ``path``: inputs ``input_ids`` and
     ``attention_mask`` (int64 [batch, tokens], both dynamic), output ``sentence_embedding`` [batch, hidden],
-    pooled and normalised as :class:`sma.model.BiEncoder` does, at opset :data:`ONNX_OPSET`. The exporter traces the
-stock-class rebuild."""
+    pooled and normalised as :class:`sma.model.BiEncoder` does, at opset :data:`ONNX_OPSET`. The exporter
+    traces the stock-class rebuild."""
     import torch
 
     from sma.model import BiEncoder
