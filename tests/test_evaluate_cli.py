@@ -78,7 +78,7 @@ def test_a_folder_without_a_model_is_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "is not a pruned model folder" in err
 
 
-def test_the_int8_copy_in_onnx_runtime(saved_run, tmp_path):
+def test_the_int8_copy_in_onnx_runtime(saved_run, tmp_path, monkeypatch):
     """``bench.int8_runtime=onnxruntime``: the int8 numbers are those of the exported model quantized by ONNX
     Runtime, worked out here with onnxruntime's own quantizer, one padded batch per kind (the tiny collection
     fits one evaluation batch, and a dynamic int8 layer's input scale is per batch) and ir-measures."""
@@ -90,7 +90,17 @@ def test_the_int8_copy_in_onnx_runtime(saved_run, tmp_path):
     from sma.data import doc_text
     from sma.export import write_onnx
 
+    from sma.onnx_encoder import OnnxBiEncoder
+
     cfg, folder = saved_run
+    texts = []  # what ONNX Runtime embedded: the tiny model's int8 MatMuls move its embeddings too little to tell
+    forward = OnnxBiEncoder.forward
+
+    def spy(self, input_ids, attention_mask, token_type_ids=None):
+        texts.append(len(input_ids))
+        return forward(self, input_ids, attention_mask, token_type_ids)
+
+    monkeypatch.setattr(OnnxBiEncoder, "forward", spy)
     out = tmp_path / "eval.json"
     assert main(["evaluate", str(folder), "--set", "bench.int8=true", "--set", "bench.int8_runtime=onnxruntime",
                  "--output", str(out)]) == 0
@@ -102,11 +112,12 @@ def test_the_int8_copy_in_onnx_runtime(saved_run, tmp_path):
     path = write_onnx(folder / "model", tmp_path / "fp32" / "model.onnx", pooling=cfg.model.pooling,
                       normalize=cfg.model.normalize)
     quantize_dynamic(str(path), str(tmp_path / "int8.onnx"), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Gather"])
+                     op_types_to_quantize=["MatMul"])
     session = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])
     pruned = BiEncoder.from_config(cfg.model, name=str(folder / "model"))
     data = load_run_data(cfg)
     assert len(data.corpus) <= cfg.eval.batch_size
+    assert sum(texts) >= len(data.corpus) + len(data.qrels[cfg.data.test_split])  # corpus and queries through it
 
     def embed(texts, max_length):
         batch = pruned.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
@@ -122,6 +133,6 @@ def test_the_int8_copy_in_onnx_runtime(saved_run, tmp_path):
     float_docs = pruned.encode([doc_text(data.corpus[d]) for d in dids], kind="doc").numpy()
     cosine = float(np.mean((docs * float_docs).sum(-1) / np.linalg.norm(docs, axis=-1)
                            / np.linalg.norm(float_docs, axis=-1)))
-    assert row["int8_corpus_cosine"] == pytest.approx(cosine, abs=1e-6) and cosine < 1 - 1e-6
+    assert row["int8_corpus_cosine"] == pytest.approx(cosine, abs=1e-6)
     assert row["test_ndcg_at_10_int8"] == pytest.approx(ndcg, abs=1e-6)
     assert row["test_retention_int8"] == pytest.approx(ndcg / row["test_dense_ndcg_at_10"], abs=1e-6)
