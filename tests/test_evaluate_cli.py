@@ -89,7 +89,6 @@ def test_the_int8_copy_in_onnx_runtime(saved_run, tmp_path, monkeypatch):
 
     from sma.data import doc_text
     from sma.export import write_onnx
-
     from sma.onnx_encoder import OnnxBiEncoder
 
     cfg, folder = saved_run
