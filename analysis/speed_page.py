@@ -13,10 +13,11 @@ import pandas as pd
 
 from analysis.render import Section, to_markdown
 from sma.atomic import write_text
+from sma.config.choices import CPU_RUNTIMES
 
 RUNTIMES = {"float32": "PyTorch float32", "bfloat16": "PyTorch bfloat16", "float16": "PyTorch float16",
             "int8": "PyTorch, int8 linear layers", "onnx": "ONNX Runtime float32",
-            "onnx-int8": "ONNX Runtime, int8 matrix multiplications"}
+            "onnx-int8": "ONNX Runtime, int8 matrix multiplications", "cpu-bfloat16": "PyTorch bfloat16"}
 """How the pruned model runs for each ``bench.dtypes`` value (the dense model: PyTorch, that dtype or float32)."""
 
 
@@ -54,12 +55,19 @@ def speed_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame([{
         "Sparsity": f"{r['target']:.0%}", **_multiple_cell(r, several), "Actual": f"{r['pruned']['encoder_sparsity']:.2%}",
         "FFN neurons": ffn_widths(r),
+        "Dense model runs in": _dense_runtime(r),
         "Pruned model runs in": RUNTIMES.get(r["dtype"], r["dtype"]) + _inputs(r) + _kept(r),
         "Dense ms": round(1e3 * r["dense"]["latency_s"], 1), "Pruned ms": round(1e3 * r["pruned"]["latency_s"], 1),
         "Speedup": f"{r['speedup']:.2f}x", "Paired": f"{r['speedup_paired']:.2f}x",
         "CPU time": f"{r['speedup_cpu']:.2f}x", "Encoder MB dense": round(r["dense"]["encoder_weight_bytes"] / mb, 2),
         "Encoder MB pruned": round(r["pruned"]["encoder_weight_bytes"] / mb, 2),
         "Memory": f"{r['encoder_weight_ratio']:.3f}"} for r in rows])
+
+
+def _dense_runtime(row: dict[str, Any]) -> str:
+    """What the dense model of a row runs in: PyTorch float32 against the CPU runtimes (int8, ONNX Runtime,
+    cpu-bfloat16), otherwise PyTorch in the row's dtype."""
+    return "PyTorch float32" if row["dtype"] in CPU_RUNTIMES else RUNTIMES.get(row["dtype"], row["dtype"])
 
 
 def _inputs(row: dict[str, Any]) -> str:
@@ -113,8 +121,8 @@ def write_speed_page(path: Path, payload: dict[str, Any], *, command: str) -> Pa
     text = (f"Dense and pruned {settings['model']} on one batch of {bench['batch_size']} x {bench['seq_len']} "
             f"tokens on {where}, {bench['repeats']} repeats after {bench['warmup']} warm-up, interleaved (dense, "
             f"pruned, pruned, dense, ...). Speedup = dense median / pruned median; Paired = median of the "
-            f"per-repeat ratios; CPU time = the same on process CPU seconds. The dense model runs in PyTorch "
-            f"float32 on the CPU (or in the row's dtype on a GPU). Units removed by {settings['scores']} "
+            f"per-repeat ratios; CPU time = the same on process CPU seconds. Each row says what the dense and "
+            f"the pruned model run in. Units removed by {settings['scores']} "
             f"scores, allocation {settings['allocation']}/{settings['split']}: the shapes of a pruned model, "
             f"not its quality.{_multiples_text(rows)} Machine: {machine}; torch {payload['torch']}.")
     notes = ("Encoder MB: weights of the encoder layers as stored (int8 rows: PyTorch's packed int8 weights; "

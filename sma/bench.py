@@ -28,7 +28,7 @@ import psutil
 import torch
 from torch import nn
 
-from sma.config.choices import CPU_RUNTIMES
+from sma.config.choices import CPU_RUNTIMES, CpuRuntime
 from sma.prune import (
     encoder_sparsity,
     unwrap,
@@ -182,32 +182,36 @@ def _time_interleaved(forwards: list[Callable[[], object]], *, repeats: int, dev
     return times, cpu
 
 
-def _runtimes(models: list[nn.Module], *, int8: bool, onnx: bool, device: torch.device, dtype: torch.dtype,
+def _runtimes(models: list[nn.Module], *, runtime: CpuRuntime, device: torch.device, dtype: torch.dtype,
               threads: int, int8_keep_float: Sequence[Collection[str]],
               int8_activations: str) -> tuple[list[nn.Module], list[Any]]:
-    """What is timed: the dense model (``models[0]``) as it is, each pruned one as an int8 copy with ``int8``
-    (its ``int8_keep_float`` names left in float32, inputs in the ``int8_activations`` range); with ``onnx``
-    also each pruned one's ONNX Runtime session (timed in its place; ``None`` for the dense model),
-    int8-quantized by ONNX Runtime with ``int8`` too."""
-    if (int8 or onnx) and (device.type != "cpu" or dtype != torch.float32):
-        raise ValueError(f"{_label(int8, onnx)} is timed on the CPU against float32, not {device.type} {dtype}")
+    """What is timed: the dense model (``models[0]``) as it is, each pruned one in the CPU ``runtime``: as an
+    int8 copy with ``int8`` (its ``int8_keep_float`` names left in float32, inputs in the ``int8_activations``
+    range); with ``onnx`` as its ONNX Runtime session (timed in its place; ``None`` for the dense model),
+    int8-quantized by ONNX Runtime with ``int8`` too; with ``bfloat16`` as a bfloat16 copy."""
+    if runtime.bfloat16 and (runtime.int8 or runtime.onnx):
+        raise ValueError("bfloat16 is a runtime of its own, not one of int8 or onnx")
+    if any(runtime) and (device.type != "cpu" or dtype != torch.float32):
+        raise ValueError(f"{_label(runtime)} is timed on the CPU against float32, not {device.type} {dtype}")
     timed = list(models)
     sessions: list[Any] = [None] * len(models)
     for i, keep in enumerate(int8_keep_float, start=1):
-        if onnx:
+        if runtime.onnx:
             from sma.export import onnx_session
 
-            sessions[i] = onnx_session(models[i], threads=threads, int8=int8, keep_float=keep)
-        elif int8:
+            sessions[i] = onnx_session(models[i], threads=threads, int8=runtime.int8, keep_float=keep)
+        elif runtime.int8:
             from sma.quantize import quantize_int8
 
             timed[i] = quantize_int8(models[i], keep_float=keep, activations=int8_activations)
+        elif runtime.bfloat16:
+            timed[i] = copy.deepcopy(models[i]).to(torch.bfloat16)
     return timed, sessions
 
 
-def _label(int8: bool, onnx: bool) -> str:
+def _label(runtime: CpuRuntime) -> str:
     """The ``bench.dtypes`` name of a CPU runtime (:data:`sma.config.choices.CPU_RUNTIMES`)."""
-    return next(name for name, flags in CPU_RUNTIMES.items() if flags == (int8, onnx))
+    return next(name for name, flags in CPU_RUNTIMES.items() if flags == runtime)
 
 
 def _model_run(model: nn.Module, timed: nn.Module, *, latencies: list[float], cpu: list[float], peaks: list[int],
@@ -236,7 +240,7 @@ def benchmark_side_by_side(dense: nn.Module, pruned: Sequence[nn.Module], *, seq
                            batch_size: int = 32, repeats: int = 10, warmup: int = 2, threads: int = 2,
                            dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                            memory_repeats: int = 3, seed: int = 0, int8: bool = False, onnx: bool = False,
-                           int8_keep_float: Sequence[Collection[str]] | None = None,
+                           bfloat16: bool = False, int8_keep_float: Sequence[Collection[str]] | None = None,
                            int8_activations: str = "auto") -> list[BenchResult]:
     """Time ``dense`` and every model of ``pruned`` (HF encoders, BiEncoders or DDP) on one batch, interleaved
     in one loop (dense, first pruned, second pruned, ..., then the reverse order); medians. One result per
@@ -251,6 +255,8 @@ def benchmark_side_by_side(dense: nn.Module, pruned: Sequence[nn.Module], *, seq
     and sparsity are those of the float model. With ``onnx`` (CPU, float32) each pruned model runs in ONNX
     Runtime (exported by :func:`sma.export.onnx_session`) against the dense model in PyTorch; with ``onnx``
     and ``int8`` that ONNX model is int8-quantized by ONNX Runtime (weight bytes: those of the float model).
+    With ``bfloat16`` (CPU, float32) each pruned model runs as a bfloat16 copy against the dense model in
+    float32 (weight bytes: the copy's).
     """
     if not pruned:
         raise ValueError("benchmark_side_by_side needs at least one pruned model")
@@ -266,7 +272,8 @@ def benchmark_side_by_side(dense: nn.Module, pruned: Sequence[nn.Module], *, seq
             enc = copy.deepcopy(enc).to(device=device, dtype=dtype)
         was_training.append(enc.training)
         models.append(enc.eval())
-    timed, sessions = _runtimes(models, int8=int8, onnx=onnx, device=device, dtype=dtype, threads=threads,
+    runtime = CpuRuntime(int8=int8, onnx=onnx, bfloat16=bfloat16)
+    timed, sessions = _runtimes(models, runtime=runtime, device=device, dtype=dtype, threads=threads,
                                 int8_keep_float=keep, int8_activations=int8_activations)
     vocab = min(int(getattr(models[0].config, "vocab_size", 1000)), 30000)
     gen = torch.Generator().manual_seed(seed)
@@ -297,7 +304,7 @@ def benchmark_side_by_side(dense: nn.Module, pruned: Sequence[nn.Module], *, seq
     runs = [_model_run(m, t, latencies=times[i], cpu=cpu[i], peaks=peaks[i], batch_size=batch_size)
             for i, (m, t) in enumerate(zip(models, timed, strict=True))]
     where = torch.cuda.get_device_name(device) if cuda else f"cpu ({threads} threads)"
-    label = _label(int8, onnx) if int8 or onnx else str(dtype).removeprefix("torch.")
+    label = _label(runtime) if any(runtime) else str(dtype).removeprefix("torch.")
     return [BenchResult(device=where, dtype=label, seq_len=seq_len, batch_size=batch_size, threads=threads,
                         repeats=repeats, warmup=warmup,
                         peak_memory_kind="cuda_max_allocated_delta" if cuda else "rss_delta",

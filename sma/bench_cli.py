@@ -18,7 +18,7 @@ from typing import Any
 
 from sma.atomic import write_json
 from sma.config import RunConfig
-from sma.config.choices import CPU_RUNTIMES
+from sma.config.choices import CPU_RUNTIMES, CpuRuntime
 
 BUILTIN_CONFIGS = {
     "tiny": {"vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -41,7 +41,7 @@ def dense_model(name: str, *, random_weights: bool):
     return AutoModel.from_pretrained(path).eval()
 
 
-INT8_DTYPES = tuple(dt for dt, (int8, _) in CPU_RUNTIMES.items() if int8)
+INT8_DTYPES = tuple(dt for dt, runtime in CPU_RUNTIMES.items() if runtime.int8)
 """The ``bench.dtypes`` entries timed with int8 linear layers (PyTorch's ``int8``, ONNX Runtime's
 ``onnx-int8``): those the int8 plan of ``bench.int8_float_layers`` applies to."""
 
@@ -95,6 +95,7 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
 
     from sma.bench import benchmark_side_by_side
     from sma.config import to_dict
+    from sma.model import native_bfloat16
     from sma.prune import (
         apply_plan,
         encoder_sparsity,
@@ -113,6 +114,9 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
     rows: list[dict[str, Any]] = []
     training: list[dict[str, Any]] = []
     activations = activation_range(b.int8_activations) if "int8" in dtypes else b.int8_activations
+    if "cpu-bfloat16" in dtypes and not native_bfloat16(torch.device("cpu")):
+        print("warning: cpu-bfloat16: this CPU has no native bfloat16 matrix products (AMX or AVX512-BF16), so "
+              "the bfloat16 model runs slower than in float32", file=sys.stderr)
     texts = int8_plan_texts(cfg) if b.int8_float_layers and set(INT8_DTYPES) & set(dtypes) else None
     multiples = b.neuron_multiples or (cfg.prune.neuron_multiple,)
     for target in cfg.sparsity:
@@ -133,17 +137,17 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
         runs = [(dt, planned) for dt in dtypes for planned in ([False, True] if dt in INT8_DTYPES and with_plan
                                                                else [False])]
         for dt, planned in runs:
-            int8, onnx = CPU_RUNTIMES.get(dt, (False, False))
+            runtime = CPU_RUNTIMES.get(dt, CpuRuntime())
             results = benchmark_side_by_side(
                 dense, [pruned for _, _, pruned, _ in shapes], seq_len=b.seq_len, batch_size=b.batch_size,
-                repeats=b.repeats, warmup=b.warmup, threads=b.threads, device=device, int8=int8, onnx=onnx,
+                repeats=b.repeats, warmup=b.warmup, threads=b.threads, device=device, **runtime._asdict(),
                 dtype=torch.float32 if dt in CPU_RUNTIMES else getattr(torch, dt),
                 int8_keep_float=[kept if planned else () for *_, kept in shapes], int8_activations=activations)
             for (multiple, plan, pruned, kept), res in zip(shapes, results, strict=True):
                 kept = kept if planned else ()
                 rows.append({"target": target, "neuron_multiple": multiple,
                              "sparsity_report": encoder_sparsity(pruned).to_dict(), "int8_keep_float": list(kept),
-                             **({"int8_activations": activations} if int8 and not onnx else {}),
+                             **({"int8_activations": activations} if runtime.int8 and not runtime.onnx else {}),
                              "plan": {"heads": plan.num_heads, "neurons": plan.num_neurons,
                                       "allocation": plan.allocation, "method": plan.method},
                              "structure": structure(pruned), **res.to_dict()})

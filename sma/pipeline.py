@@ -209,7 +209,8 @@ def measure(cfg: RunConfig, prep: Reference, teacher, student, sparsity: float, 
             with timed(seconds, "benchmark"):
                 b = benchmark(teacher.encoder, student.encoder, seq_len=cfg.bench.seq_len,
                               batch_size=cfg.bench.batch_size, repeats=cfg.bench.repeats,
-                              threads=cfg.bench.threads, device=resolve_device(cfg.bench.device))
+                              threads=cfg.bench.threads, device=resolve_device(cfg.bench.device),
+                              bfloat16=next(student.encoder.parameters()).dtype == torch.bfloat16)
             out.update({"speedup": b.speedup, "memory_ratio": b.encoder_weight_ratio,
                         "memory_ratio_with_embeddings": b.weight_ratio, "bench": b.to_dict()})
         if cfg.bench.int8:

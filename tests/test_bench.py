@@ -139,13 +139,57 @@ def test_sma_bench_int8_dtype_and_where_it_can_run(tmp_path, monkeypatch):
     assert "int8_activations" not in rows[0] and rows[1]["int8_activations"] == activation_range("auto")
     text = page.read_text()  # the results page: the same rows, and the command that measured them
     for r, runtime in zip(rows, ("PyTorch float32", f"PyTorch, int8 linear layers ({bits}-bit inputs)"), strict=True):
-        assert f"| 50% | 50.00% | 63, 62 | {runtime} | " in text and f" | {r['speedup']:.2f}x | {r['speedup_paired']:.2f}x | " in text
+        assert f"| 50% | 50.00% | 63, 62 | PyTorch float32 | {runtime} | " in text and f" | {r['speedup']:.2f}x | {r['speedup_paired']:.2f}x | " in text
     assert "sma " + " ".join(argv) in text
     from sma.config import ConfigError
 
     for argv in (["--dtypes", "int8", "--device", "cuda"], ["--set", "bench.int8=true", "--set", "bench.device=auto"]):
         with pytest.raises(ConfigError, match="int8 is timed on the CPU"):
             build_config(make_parser().parse_args(["bench", "--smoke-test", *argv]))
+
+
+def test_cpu_bfloat16_rows_time_a_bfloat16_copy_of_the_pruned_model_against_dense_float32():
+    dense, pruned = tiny_model(), tiny_model()
+    apply_plan(pruned, PruningPlan(heads={0: (0, 1)}, neurons={1: tuple(range(FFN // 2))}))
+    seen = {"dense": [], "pruned": []}  # the dtype each forward's token states come out in
+    for name, model in (("dense", dense), ("pruned", pruned)):  # hooks travel with the copies benchmark makes
+        model.embeddings.register_forward_hook(lambda m, i, o, name=name: seen[name].append(o.dtype))
+    fp32 = benchmark(dense, pruned, seq_len=16, batch_size=2, repeats=3, warmup=1, threads=1, memory_repeats=1)
+    seen = {"dense": [], "pruned": []}
+    res = benchmark(dense, pruned, seq_len=16, batch_size=2, repeats=3, warmup=1, threads=1, memory_repeats=1,
+                    bfloat16=True)
+    assert res.dtype == "cpu-bfloat16"
+    assert seen == {"dense": [torch.float32] * 5, "pruned": [torch.bfloat16] * 5}  # warm-up, memory, 3 timed
+    assert res.dense.encoder_weight_bytes == fp32.dense.encoder_weight_bytes
+    assert res.pruned.encoder_weight_bytes * 2 == fp32.pruned.encoder_weight_bytes  # 2 bytes a weight instead of 4
+    assert res.pruned.encoder_params == fp32.pruned.encoder_params
+    assert next(pruned.parameters()).dtype == torch.float32  # the caller's model is not changed
+    with pytest.raises(ValueError, match="cpu-bfloat16 is timed on the CPU against float32"):
+        benchmark(dense, pruned, dtype=torch.bfloat16, bfloat16=True, repeats=1, warmup=0)
+    with pytest.raises(ValueError, match="bfloat16 is a runtime of its own"):
+        benchmark(dense, pruned, bfloat16=True, int8=True, repeats=1, warmup=0)
+
+
+def test_sma_bench_cpu_bfloat16_dtype(tmp_path, monkeypatch):
+    out, page = tmp_path / "bench.json", tmp_path / "speed.md"
+    argv = ["bench", "--smoke-test", "--sparsity", "0.5", "--dtypes", "float32", "bfloat16", "cpu-bfloat16", "--output", str(out),
+            "--page", str(page)]
+    monkeypatch.setattr("sys.argv", ["sma", *argv])
+    args = make_parser().parse_args(argv)
+    assert run_cli(args, build_config(args)) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["dtype"] for r in rows] == ["float32", "bfloat16", "cpu-bfloat16"]
+    assert rows[2]["pruned"]["encoder_weight_bytes"] * 2 == rows[0]["pruned"]["encoder_weight_bytes"]
+    assert rows[2]["dense"]["encoder_weight_bytes"] == rows[0]["dense"]["encoder_weight_bytes"]
+    assert rows[1]["dense"]["encoder_weight_bytes"] * 2 == rows[0]["dense"]["encoder_weight_bytes"]
+    text = page.read_text()  # a bfloat16 pruned model against a float32 dense one
+    assert "| 50% | 50.00% | 63, 62 | PyTorch float32 | PyTorch bfloat16 | " in text
+    assert "| 50% | 50.00% | 63, 62 | PyTorch float32 | PyTorch float32 | " in text
+    assert "| 50% | 50.00% | 63, 62 | PyTorch bfloat16 | PyTorch bfloat16 | " in text  # both in bfloat16
+    from sma.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cpu-bfloat16 is timed on the CPU"):
+        build_config(make_parser().parse_args(["bench", "--smoke-test", "--dtypes", "cpu-bfloat16", "--device", "cuda"]))
 
 
 @pytest.mark.parametrize("int8", [False, True])

@@ -135,3 +135,34 @@ def test_the_int8_copy_in_onnx_runtime(saved_run, tmp_path, monkeypatch):
     assert row["int8_corpus_cosine"] == pytest.approx(cosine, abs=1e-6)
     assert row["test_ndcg_at_10_int8"] == pytest.approx(ndcg, abs=1e-6)
     assert row["test_retention_int8"] == pytest.approx(ndcg / row["test_dense_ndcg_at_10"], abs=1e-6)
+
+
+def test_the_model_served_in_bfloat16(saved_run, tmp_path, capsys):
+    """``--dtype bfloat16``: the numbers are those of the saved model converted to bfloat16 (worked out here by
+    converting it and evaluating), against the float32 dense model; its benchmark times the bfloat16 copy."""
+    cfg, folder = saved_run
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(folder), "--dtype", "bfloat16", "--set", "bench.enabled=true", "--set",
+                 "bench.device=cpu", "--output", str(out)]) == 0
+    got = json.loads(out.read_text())
+    row = got["sparsities"][0]
+    assert got["dtype"] == "bfloat16" and row["bench"]["dtype"] == "cpu-bfloat16"
+    assert row["bench"]["pruned"]["encoder_weight_bytes"] * 2 == 4 * row["bench"]["pruned"]["encoder_params"]
+    data = load_run_data(cfg)
+    dense = evaluate_model(BiEncoder.from_config(cfg.model), data, cfg)
+    pruned = BiEncoder.from_config(cfg.model, name=str(folder / "model"))
+    res32, emb32 = evaluate_model(pruned, data, cfg)
+    res16, emb16 = evaluate_model(pruned.to(torch.bfloat16), data, cfg)
+    assert not torch.equal(emb32.docs, emb16.docs)  # bfloat16 moved the embeddings
+    cosine = torch.nn.functional.cosine_similarity(emb16.docs, dense[1].docs, dim=-1).mean().item()
+    assert row["corpus_cosine"] == pytest.approx(cosine, abs=1e-6)
+    for split in ("dev", "test"):
+        want = res16[split].mean["ndcg_at_10"]
+        assert row[f"{split}_ndcg_at_10"] == pytest.approx(want, abs=1e-6)
+        assert row[f"{split}_retention"] == pytest.approx(want / dense[0][split].mean["ndcg_at_10"], abs=1e-6)
+    capsys.readouterr()
+    for flags, problem in ((["--set", "bench.int8=true"], "bench.int8"),
+                           (["--set", "bench.enabled=true", "--set", "bench.device=cuda"], "bench.device=cpu")):
+        assert main(["evaluate", str(folder), "--dtype", "bfloat16", *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.count("--dtype bfloat16") == 1 and problem in err, err

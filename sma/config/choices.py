@@ -4,6 +4,7 @@ offers them as ``choices``)."""
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 CRITERIA = ("mechanistic", "attribution", "ablation", "magnitude", "random")
 """``prune.criterion``: how units are chosen for removal. ``mechanistic`` = attribution scores with their circuit
@@ -31,10 +32,12 @@ SCHEDULERS = ("none", "asha")
 """``scheduler`` of a search."""
 BENCH_SCORES = ("magnitude", "first_n")
 """Units ``sma bench`` removes (the benchmark measures shapes, not quality)."""
-DTYPES = ("float32", "bfloat16", "float16", "int8", "onnx", "onnx-int8")
+DTYPES = ("float32", "bfloat16", "float16", "int8", "onnx", "onnx-int8", "cpu-bfloat16")
 """``bench.dtypes``; ``int8``: the pruned model with dynamic int8 linear layers against dense float32 (CPU);
 ``onnx``: the pruned model in ONNX Runtime against dense float32 in PyTorch (CPU); ``onnx-int8``: that ONNX
-model with ONNX Runtime's dynamic int8 quantization of its matrix multiplications (CPU)."""
+model with ONNX Runtime's dynamic int8 quantization of its matrix multiplications (CPU); ``cpu-bfloat16``:
+the pruned model in bfloat16 against dense float32 (CPU; fast where the CPU has AMX or AVX512-BF16, slower
+than float32 elsewhere). ``bfloat16`` and ``float16`` time both models in that dtype."""
 INT8_ACTIVATIONS = ("auto", "full", "reduced")
 """``bench.int8_activations``: the range a dynamic int8 linear layer quantizes its input to. ``full``: 8 bits
 (0-255); ``reduced``: 7 bits (0-127), PyTorch's default, which keeps fbgemm's ``vpmaddubsw`` from saturating
@@ -43,8 +46,20 @@ INT8_RUNTIMES = ("pytorch", "onnxruntime")
 """``bench.int8_runtime``: what runs the int8 copy ``sma run`` and ``sma evaluate`` measure with ``bench.int8``.
 ``pytorch``: dynamic int8 linear layers (:mod:`sma.quantize`); ``onnxruntime``: the exported ONNX model with
 ONNX Runtime's dynamic int8 matrix multiplications (:func:`sma.export.quantize_onnx`; inputs always 8 bits)."""
-CPU_RUNTIMES = {"int8": (True, False), "onnx": (False, True), "onnx-int8": (True, True)}
-"""Dtypes timed on the CPU only, each against the dense float32 model: their ``(int8, onnx)`` flags of
-:func:`sma.bench.benchmark`."""
+
+
+class CpuRuntime(NamedTuple):
+    """How a CPU-only ``bench.dtypes`` entry runs the pruned model: int8 linear layers, ONNX Runtime (both:
+    ONNX Runtime's int8), or PyTorch in bfloat16."""
+
+    int8: bool = False
+    onnx: bool = False
+    bfloat16: bool = False
+
+
+CPU_RUNTIMES = {"int8": CpuRuntime(int8=True), "onnx": CpuRuntime(onnx=True), "onnx-int8": CpuRuntime(int8=True, onnx=True),
+                "cpu-bfloat16": CpuRuntime(bfloat16=True)}
+"""Dtypes timed on the CPU only, each against the dense float32 model, and how (:func:`sma.bench.benchmark`'s
+``int8``, ``onnx`` and ``bfloat16`` flags)."""
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 """Accepted ``device`` / ``bench.device`` names (resolved by :func:`sma.device.resolve_device`)."""
