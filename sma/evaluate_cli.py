@@ -10,7 +10,7 @@ pruning or training.
 Settings are the run's (its ``config.json``), flags and ``--set`` on top; the dense model is the run's
 ``model.name`` (its teacher from the cache when the run left it there). Prints the table ``sma run`` prints and
 writes every number beside the model folder, to ``results/<experiment>/phase2/s0.50/evaluation-<collection>.json``
-(or ``--output``).
+(``evaluation-<collection>-bfloat16.json`` with ``--dtype bfloat16``; or ``--output``).
 """
 
 from __future__ import annotations
@@ -20,16 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from sma.config import RunConfig
+from sma.config.choices import EVAL_DTYPES
 
 EVALUATION_PREFIX = "evaluation-"
-EVAL_DTYPES = ("float32", "bfloat16")
-"""``sma evaluate --dtype``: what the saved pruned model is measured in."""
 
 
 def evaluate_extras(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="a pruned model folder, or a folder holding one in model/ (results/<exp>/phase2/s0.50)")
     p.add_argument("--output", type=Path, default=None, metavar="FILE.json",
-                   help="where the numbers go (default: evaluation-<collection>.json beside the model folder)")
+                   help="where the numbers go (default: evaluation-<collection>[-DTYPE].json beside the model folder)")
     p.add_argument("--dtype", choices=EVAL_DTYPES, default="float32",
                    help="what the pruned model runs in (the dense model: float32); with bench.enabled, bfloat16 is "
                         "timed on the CPU against dense float32 (sma bench's cpu-bfloat16)")
@@ -97,7 +96,8 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
     from sma.preflight import check_evaluate
 
     source, cfg = settings(args, cfg)
-    out = args.output or source.parent / f"{EVALUATION_PREFIX}{collection_name(cfg.data.dataset)}.json"
+    suffix = "" if args.dtype == "float32" else f"-{args.dtype}"  # a float32 evaluation's file stays
+    out = args.output or source.parent / f"{EVALUATION_PREFIX}{collection_name(cfg.data.dataset)}{suffix}.json"
     check_evaluate(cfg, out)
     check_dtype(args.dtype, cfg)
     from sma.pipeline import format_table

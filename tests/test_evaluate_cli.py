@@ -141,10 +141,10 @@ def test_the_model_served_in_bfloat16(saved_run, tmp_path, capsys):
     """``--dtype bfloat16``: the numbers are those of the saved model converted to bfloat16 (worked out here by
     converting it and evaluating), against the float32 dense model; its benchmark times the bfloat16 copy."""
     cfg, folder = saved_run
-    out = tmp_path / "eval.json"
     assert main(["evaluate", str(folder), "--dtype", "bfloat16", "--set", "bench.enabled=true", "--set",
-                 "bench.device=cpu", "--output", str(out)]) == 0
-    got = json.loads(out.read_text())
+                 "bench.device=cpu"]) == 0
+    tiny = cfg.data.dataset.rstrip("/").rsplit("/", 1)[-1]
+    got = json.loads((folder / f"evaluation-{tiny}-bfloat16.json").read_text())  # beside a float32 evaluation
     row = got["sparsities"][0]
     assert got["dtype"] == "bfloat16" and row["bench"]["dtype"] == "cpu-bfloat16"
     assert row["bench"]["pruned"]["encoder_weight_bytes"] * 2 == 4 * row["bench"]["pruned"]["encoder_params"]

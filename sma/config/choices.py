@@ -38,6 +38,8 @@ DTYPES = ("float32", "bfloat16", "float16", "int8", "onnx", "onnx-int8", "cpu-bf
 model with ONNX Runtime's dynamic int8 quantization of its matrix multiplications (CPU); ``cpu-bfloat16``:
 the pruned model in bfloat16 against dense float32 (CPU; fast where the CPU has AMX or AVX512-BF16, slower
 than float32 elsewhere). ``bfloat16`` and ``float16`` time both models in that dtype."""
+EVAL_DTYPES = ("float32", "bfloat16")
+"""``sma evaluate --dtype``: what the saved pruned model is measured in (the dense model: float32)."""
 INT8_ACTIVATIONS = ("auto", "full", "reduced")
 """``bench.int8_activations``: the range a dynamic int8 linear layer quantizes its input to. ``full``: 8 bits
 (0-255); ``reduced``: 7 bits (0-127), PyTorch's default, which keeps fbgemm's ``vpmaddubsw`` from saturating
