@@ -51,15 +51,13 @@ def check_dtype(dtype: str, cfg: RunConfig) -> None:
     """``--dtype bfloat16`` against the settings, before anything is loaded: no int8 copy of it, and its
     benchmark (``bench.enabled``) on the CPU."""
     from sma.config import ConfigError
-    from sma.device import resolve_device
 
     if dtype == "float32":
         return
     if cfg.bench.int8:
         raise ConfigError(f"--dtype {dtype}: bench.int8 measures the float32 model's int8 copy; set "
                           f"bench.int8=false or drop --dtype")
-    on_cpu = cfg.bench.device == "cpu" or (cfg.bench.device == "auto" and resolve_device("auto").type == "cpu")
-    if cfg.bench.enabled and not on_cpu:
+    if cfg.bench.enabled and cfg.bench.device != "cpu":  # the rule BenchConfig applies to the CPU runtimes
         raise ConfigError(f"--dtype {dtype}: the {dtype} model is timed on the CPU against dense float32; set "
                           f"bench.device=cpu or bench.enabled=false")
 
