@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from servers import free_port
 
 import sma.data
 from sma.config import ConfigError
@@ -40,12 +41,6 @@ def poison(tmp_path_factory) -> Path:
         (root / name / "__init__.py").write_text(
             f"import os, sys\nsys.stderr.write('POISON: {name} imported\\n')\nos._exit(97)\n")
     return root
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sma_fails(poison: Path, tmp: Path, *args: str, env: dict[str, str] | None = None) -> str:
