@@ -71,9 +71,11 @@ def _dense_runtime(row: dict[str, Any]) -> str:
 
 
 def _inputs(row: dict[str, Any]) -> str:
-    """The input range of PyTorch's int8 layers (``bench.int8_activations`` as resolved), where the row has one."""
+    """The input range of PyTorch's int8 layers (``bench.int8_activations`` as resolved) and the quantized
+    engine that packed them (``bench.int8_engine`` as resolved), where the row has them."""
     bits = {"full": 8, "reduced": 7}.get(row.get("int8_activations", ""))
-    return f" ({bits}-bit inputs)" if bits else ""
+    parts = ([f"{bits}-bit inputs"] if bits else []) + ([f"{row['int8_engine']} engine"] if row.get("int8_engine") else [])
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _kept(row: dict[str, Any]) -> str:

@@ -67,7 +67,7 @@ def int8_keep_float(cfg: RunConfig, pruned, texts: list[str]) -> tuple[str, ...]
     model = BiEncoder(pruned, AutoTokenizer.from_pretrained(resolve_model_path(m.name)), pooling=m.pooling,
                       query_max_length=m.query_max_length, doc_max_length=m.doc_max_length, normalize=m.normalize)
     return plan_int8(model, texts, keep_float=cfg.bench.int8_float_layers, batch_size=cfg.eval.batch_size,
-                     activations=cfg.bench.int8_activations).keep_float
+                     activations=cfg.bench.int8_activations, engine=cfg.bench.int8_engine).keep_float
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
@@ -104,7 +104,7 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
         plan_for_sparsity,
         structure,
     )
-    from sma.quantize import activation_range
+    from sma.quantize import activation_range, int8_engine
 
     b = cfg.bench
     device = b.device if b.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -114,6 +114,7 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
     rows: list[dict[str, Any]] = []
     training: list[dict[str, Any]] = []
     activations = activation_range(b.int8_activations) if "int8" in dtypes else b.int8_activations
+    engine = int8_engine(b.int8_engine) if "int8" in dtypes else b.int8_engine
     if "cpu-bfloat16" in dtypes and not native_bfloat16(torch.device("cpu")):
         print("warning: cpu-bfloat16: this CPU has no native bfloat16 matrix products (AMX or AVX512-BF16), so "
               "the bfloat16 model runs slower than in float32", file=sys.stderr)
@@ -142,12 +143,14 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
                 dense, [pruned for _, _, pruned, _ in shapes], seq_len=b.seq_len, batch_size=b.batch_size,
                 repeats=b.repeats, warmup=b.warmup, threads=b.threads, device=device, **runtime._asdict(),
                 dtype=torch.float32 if dt in CPU_RUNTIMES else getattr(torch, dt),
-                int8_keep_float=[kept if planned else () for *_, kept in shapes], int8_activations=activations)
+                int8_keep_float=[kept if planned else () for *_, kept in shapes], int8_activations=activations,
+                int8_engine=engine)
             for (multiple, plan, pruned, kept), res in zip(shapes, results, strict=True):
                 kept = kept if planned else ()
                 rows.append({"target": target, "neuron_multiple": multiple,
                              "sparsity_report": encoder_sparsity(pruned).to_dict(), "int8_keep_float": list(kept),
-                             **({"int8_activations": activations} if runtime.int8 and not runtime.onnx else {}),
+                             **({"int8_activations": activations, "int8_engine": engine}
+                                if runtime.int8 and not runtime.onnx else {}),
                              "plan": {"heads": plan.num_heads, "neurons": plan.num_neurons,
                                       "allocation": plan.allocation, "method": plan.method},
                              "structure": structure(pruned), **res.to_dict()})

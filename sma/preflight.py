@@ -148,9 +148,23 @@ def check_inputs(cfg: RunConfig, *, tracked: bool, dev: bool = True) -> None:
         check_tracking_uri(cfg.mlflow_tracking_uri)
 
 
+def check_int8_engine(cfg: RunConfig, *, int8: bool) -> None:
+    """An explicit ``bench.int8_engine`` that this PyTorch build lacks, when PyTorch's int8 layers will be made
+    (``int8``); ``auto`` always resolves to an engine the build has, so only then is torch imported here."""
+    if not int8 or cfg.bench.int8_engine == "auto":
+        return
+    from sma.quantize import int8_engine
+
+    try:
+        int8_engine(cfg.bench.int8_engine)
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from None
+
+
 def check_run(cfg: RunConfig) -> None:
     """``sma run``; on Ray workers also where its state goes and the cluster it joins."""
     check_inputs(cfg, tracked=cfg.track)
+    check_int8_engine(cfg, int8=cfg.bench.int8 and cfg.bench.int8_runtime == "pytorch")
     if cfg.workers.on_ray:
         from tune.ray_connect import preflight
         from tune.storage_root import check_storage_root
@@ -166,6 +180,7 @@ def check_evaluate(cfg: RunConfig, out: Path) -> None:
     check_writable_dir(cache_root(cfg.cache_dir), "cache_dir")
     check_dataset(cfg.data.dataset, cache_dir=cfg.cache_dir, cfg=replace(cfg, sparsity=()), dev=False)  # test only
     check_model(cfg.model.name)
+    check_int8_engine(cfg, int8=cfg.bench.int8 and cfg.bench.int8_runtime == "pytorch")
 
 
 def check_analyze(cfg: RunConfig) -> None:
@@ -180,6 +195,7 @@ def check_bench(cfg: RunConfig) -> None:
 
     if cfg.model.name not in BUILTIN_CONFIGS:
         check_model(cfg.model.name)
+    check_int8_engine(cfg, int8="int8" in cfg.bench.dtypes)
     # the int8 plan samples its documents
     if cfg.bench.int8_float_layers and set(INT8_DTYPES) & set(cfg.bench.dtypes):
         if cfg.model.name in BUILTIN_CONFIGS:
@@ -192,6 +208,7 @@ def check_outer(cfg: Any) -> None:
     """``sma tune`` / ``sma ablate`` (a config with a ``run``): the run's inputs, always tracked, and a local
     Ray storage folder. The Ray cluster is checked by :func:`tune.ray_connect.preflight`."""
     check_inputs(cfg.run, tracked=True)
+    check_int8_engine(cfg.run, int8=cfg.run.bench.int8 and cfg.run.bench.int8_runtime == "pytorch")
     for dataset in getattr(cfg, "datasets", ()):  # an ablation's further collections
         check_dataset(dataset, cache_dir=cfg.run.cache_dir, cfg=cfg.run)
     storage = cfg.storage_path

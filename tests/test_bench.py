@@ -128,6 +128,15 @@ def test_sma_bench_int8_dtype_and_where_it_can_run(tmp_path, monkeypatch):
     argv = ["bench", "--smoke-test", "--sparsity", "0.5", "--dtypes", "float32", "int8", "--output", str(out),
             "--page", str(page)]
     monkeypatch.setattr("sys.argv", ["sma", *argv])
+    from sma import quantize
+
+    engines, real = [], quantize.quantize_int8  # the engine each timed int8 copy was packed by
+
+    def spy(*a, **kw):
+        engines.append(kw.get("engine"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(quantize, "quantize_int8", spy)
     args = make_parser().parse_args(argv)
     assert run_cli(args, build_config(args)) == 0
     rows = json.loads(out.read_text())["results"]
@@ -137,8 +146,12 @@ def test_sma_bench_int8_dtype_and_where_it_can_run(tmp_path, monkeypatch):
 
     bits = {"full": 8, "reduced": 7}[activation_range("auto")]  # this CPU's range, recorded with the int8 row
     assert "int8_activations" not in rows[0] and rows[1]["int8_activations"] == activation_range("auto")
+    from sma.quantize import int8_engine
+
+    assert "int8_engine" not in rows[0] and rows[1]["int8_engine"] == int8_engine("auto") and engines == [int8_engine()]
     text = page.read_text()  # the results page: the same rows, and the command that measured them
-    for r, runtime in zip(rows, ("PyTorch float32", f"PyTorch, int8 linear layers ({bits}-bit inputs)"), strict=True):
+    label = f"PyTorch, int8 linear layers ({bits}-bit inputs, {int8_engine()} engine)"
+    for r, runtime in zip(rows, ("PyTorch float32", label), strict=True):
         assert f"| 50% | 50.00% | 63, 62 | PyTorch float32 | {runtime} | " in text and f" | {r['speedup']:.2f}x | {r['speedup_paired']:.2f}x | " in text
     assert "sma " + " ".join(argv) in text
     from sma.config import ConfigError
@@ -325,7 +338,9 @@ def test_sma_bench_times_int8_with_and_without_the_plans_float32_layers(tiny_mod
     assert quantized == [(), expected.keep_float]  # ONNX Runtime's int8 model keeps the same layers float32
     assert rows[1]["pruned"]["encoder_weight_bytes"] > rows[0]["pruned"]["encoder_weight_bytes"]  # float32 kept
     bits = {"full": 8, "reduced": 7}[activation_range("auto")]
-    assert f"PyTorch, int8 linear layers ({bits}-bit inputs), 2 kept float32 (" in page.read_text()
+    from sma.quantize import int8_engine
+
+    assert f"PyTorch, int8 linear layers ({bits}-bit inputs, {int8_engine()} engine), 2 kept float32 (" in page.read_text()
     from sma.config import ConfigError
 
     with pytest.raises(ConfigError, match="bench.int8_float_layers"):

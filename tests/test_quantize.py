@@ -61,3 +61,71 @@ def test_config_rejects_an_unknown_range():
     assert BenchConfig().int8_activations == "auto"
     with pytest.raises(ValueError, match="bench.int8_activations"):
         BenchConfig(int8_activations="8bit")
+
+
+WITH_AMX = "processor\t: 0\nflags\t\t: fpu avx512f avx512_vnni amx_tile amx_int8 amx_bf16\n"
+
+
+def _packed_under(engine: str, model: nn.Module) -> nn.Module:
+    """``model``'s linear layers quantized as :func:`quantize_int8` does, by torch directly under ``engine``."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8,
+                                mapping={nn.Linear: quantize._full_range_linear()})
+    finally:
+        torch.backends.quantized.engine = before
+
+
+@pytest.mark.skipif(not {"onednn", "x86"} <= set(torch.backends.quantized.supported_engines),
+                    reason="needs PyTorch's onednn and x86 quantized engines (x86 builds)")
+def test_the_engine_packs_the_weights_and_the_global_engine_is_restored():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 16))
+    x = torch.randn(32, 64) * 3 + 1
+    outputs = {}
+    for engine in ("onednn", "x86"):
+        before = torch.backends.quantized.engine
+        int8 = quantize_int8(model, activations="full", engine=engine)
+        assert torch.backends.quantized.engine == before  # the process's engine is left as it was
+        with torch.no_grad():
+            outputs[engine] = int8(x)
+            reference = _packed_under(engine, model)(x)
+        torch.testing.assert_close(outputs[engine], reference, atol=0, rtol=0)  # that engine's kernels, exactly
+    # the two engines round differently: the same arithmetic, not the same numbers
+    assert not torch.equal(outputs["onednn"], outputs["x86"])
+    torch.testing.assert_close(outputs["onednn"], outputs["x86"], atol=0.05, rtol=0)
+
+
+def test_auto_engine_is_onednn_only_where_the_cpu_has_amx_int8(monkeypatch):
+    from sma.quantize import int8_engine
+
+    monkeypatch.setattr(type(torch.backends.quantized), "supported_engines",
+                        property(lambda self: ["qnnpack", "onednn", "x86", "fbgemm"]))
+    assert int8_engine("auto", WITH_AMX) == "onednn"
+    for cpuinfo in (WITH_VNNI, AVX2_ONLY, ""):  # VNNI alone is not AMX; unreadable: PyTorch's default
+        assert int8_engine("auto", cpuinfo) == torch.backends.quantized.engine
+    assert int8_engine("fbgemm", WITH_AMX) == "fbgemm"
+    with pytest.raises(ValueError, match="bench.int8_engine: 'qnnpack' is not one of"):
+        int8_engine("qnnpack")
+    monkeypatch.setattr(type(torch.backends.quantized), "supported_engines", property(lambda self: ["qnnpack"]))
+    assert int8_engine("auto", WITH_AMX) == torch.backends.quantized.engine  # a build without onednn
+    with pytest.raises(ValueError, match="no 'onednn' quantized engine \\(it has qnnpack\\)"):
+        int8_engine("onednn")
+
+
+def test_an_engine_the_build_lacks_fails_in_preflight(monkeypatch):
+    from sma.config import BenchConfig, RunConfig
+    from sma.preflight import PreflightError, check_int8_engine
+
+    assert BenchConfig().int8_engine == "auto"
+    with pytest.raises(ValueError, match="bench.int8_engine"):
+        BenchConfig(int8_engine="amx")
+    cfg = RunConfig(bench=BenchConfig(int8=True, int8_engine="onednn"))
+    check_int8_engine(cfg, int8=True)
+    monkeypatch.setattr(type(torch.backends.quantized), "supported_engines", property(lambda self: ["qnnpack"]))
+    with pytest.raises(PreflightError, match="^bench.int8_engine: this PyTorch build has no 'onednn'"):
+        check_int8_engine(cfg, int8=True)
+    check_int8_engine(cfg, int8=False)  # no PyTorch int8 layers made: nothing to check

@@ -21,6 +21,7 @@ from sma.config.choices import (
     DTYPES,
     HARD_NEGATIVES,
     INT8_ACTIVATIONS,
+    INT8_ENGINES,
     INT8_RUNTIMES,
     LR_SCHEDULES,
     METHODS,
@@ -342,6 +343,9 @@ class BenchConfig:
     int8_activations: str = "auto"
     """PyTorch int8 linear layers quantize their input per batch to ``full`` 8 bits or PyTorch's ``reduced``
     7 bits; ``auto`` = full on CPUs with VNNI int8 instructions, reduced elsewhere (``INT8_ACTIVATIONS``)."""
+    int8_engine: str = "auto"
+    """PyTorch's quantized engine that packs the int8 layers' weights (``INT8_ENGINES``): ``auto`` = ``onednn``
+    (AMX int8 kernels) on CPUs with AMX int8, PyTorch's default engine elsewhere."""
     int8_runtime: str = "pytorch"
     """``sma run`` / ``sma evaluate`` with ``int8``: the int8 copy evaluated and timed, PyTorch's int8 linear
     layers or the ONNX model in ONNX Runtime with int8 matrix multiplications (``INT8_RUNTIMES``); the same
@@ -358,6 +362,7 @@ class BenchConfig:
         for dtype in self.dtypes:
             check_choice(dtype, DTYPES, "bench.dtypes")
         check_choice(self.int8_activations, INT8_ACTIVATIONS, "bench.int8_activations")
+        check_choice(self.int8_engine, INT8_ENGINES, "bench.int8_engine")
         check_choice(self.int8_runtime, INT8_RUNTIMES, "bench.int8_runtime")
         check(self.int8_runtime != "onnxruntime" or find_spec("onnxruntime") is not None, "bench.int8_runtime",
               "onnxruntime is not installed: pip install 'sma[export]'")
