@@ -6,9 +6,10 @@ quantizes them to 7 bits so that fbgemm's ``vpmaddubsw`` (pairs of u8 x s8 produ
 saturate on x86 CPUs without VNNI; VNNI's ``vpdpbusd`` sums into 32 bits, so the 8th bit is free there and
 halves the rounding step of every activation (``bench.int8_activations``).
 
-The engine that packs the weights picks the kernels (``bench.int8_engine``): on a Xeon with AMX, oneDNN's
-int8 linear layers of a 50 % pruned all-MiniLM-L6-v2 ran 3.1x the dense float32 model against 2.8x with
-PyTorch's default ``x86`` engine (fbgemm), so ``auto`` packs with ``onednn`` where the CPU has AMX int8.
+The engine that packs the weights picks the kernels (``bench.int8_engine``): on a Xeon with AMX, the int8
+copy of a 50 % pruned all-MiniLM-L6-v2 packed by oneDNN (AMX int8 tiles) ran 2.96-3.12x the dense float32
+model against 2.60x packed by PyTorch's default ``x86`` engine (fbgemm), at the same retention up to rounding,
+so ``auto`` packs with ``onednn`` where the CPU has AMX int8.
 
 Plan, then apply: :func:`plan_int8` measures, without labels, how far each linear layer alone moves the
 embeddings of sample texts when it is int8 and names the most sensitive ones to keep in float32;
