@@ -122,19 +122,55 @@ def _is_folder_path(arg: str) -> bool:
     return arg.startswith(("/", ".", "~")) or (len(arg) > 2 and arg[1] == ":")  # a hub name is org/name
 
 
+OUTPUT_FLAGS = {"--output-dir": "results/", "--output": "", "--page": ""}
+"""Flags naming where a command writes, and the folder an absolute value is shown under (its last part kept)."""
+OUTPUT_KEYS = {"output_dir": "results/"}
+"""``--set`` keys naming where a run writes, likewise."""
+DROPPED_FLAGS, DROPPED_KEYS = ("--cache-dir",), ("cache_dir",)
+"""A cache folder changes no result: an absolute one is left out of the command shown."""
+
+
+def _is_absolute(path: str) -> bool:
+    return path.startswith(("/", "~")) or (len(path) > 2 and path[1] == ":")
+
+
+def _portable(folder: str, value: str) -> str:
+    """An absolute ``value`` by its last part under ``folder``; a relative one as it is."""
+    return folder + Path(value.rstrip("/")).name if _is_absolute(value) else value
+
+
 def display_command(command: str) -> str:
     """``command`` as a results page shows it: a collection given as a folder path (``--dataset ../data/cacm``)
     by its name (``--dataset cacm``), which ``$SMA_DATA_DIR`` resolves on the reader's machine; a SQLite tracking
-    store under the working directory by its relative path (:func:`display_uri`); hub names and every other
-    argument as they were."""
-    out: list[str] = []
+    store under the working directory by its relative path (:func:`display_uri`); an absolute output folder or
+    file of the machine that ran it (``--output-dir``, ``--output``, ``--page``, ``--set output_dir=``) by its last part under
+    ``results/`` (folders) or the working directory (files), and an absolute cache folder (``--cache-dir``,
+    ``--set cache_dir=``) left out; hub names and every other argument as they were."""
+    words, out = shlex.split(command), []
     naming = store = False
-    for word in shlex.split(command):
+    i = 0
+    while i < len(words):
+        word = words[i]
         flag, eq, value = word.partition("=")
+        nxt = words[i + 1] if i + 1 < len(words) else ""
         if word.startswith("-"):
             naming = flag in DATASET_FLAGS and not eq
             store = flag == TRACKING_FLAG and not eq
-            if flag in DATASET_FLAGS and eq and _is_folder_path(value):
+            key, _, setting = nxt.partition("=")
+            if (flag in DROPPED_FLAGS and (_is_absolute(value) if eq else _is_absolute(nxt))) or (
+                    word == "--set" and key in DROPPED_KEYS and _is_absolute(setting)):
+                i += 1 if eq else 2
+                continue
+            if flag in OUTPUT_FLAGS:
+                if eq:
+                    word = f"{flag}={_portable(OUTPUT_FLAGS[flag], value)}"
+                elif nxt:
+                    out.append(word)
+                    word, i = _portable(OUTPUT_FLAGS[flag], nxt), i + 1
+            elif word == "--set" and key in OUTPUT_KEYS:
+                out.append(word)
+                word, i = f"{key}={_portable(OUTPUT_KEYS[key], setting)}", i + 1
+            elif flag in DATASET_FLAGS and eq and _is_folder_path(value):
                 word = f"{flag}={collection_name(value)}"
             elif flag == TRACKING_FLAG and eq:
                 word = f"{flag}={display_uri(value)}"
@@ -143,6 +179,7 @@ def display_command(command: str) -> str:
         elif store:
             word, store = display_uri(word), False
         out.append(word)
+        i += 1
     return shlex.join(out)
 
 

@@ -178,8 +178,9 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
         write_json(args.output, payload, indent=2)
         print(f"wrote {args.output}")
     if args.page is not None:
+        from analysis.runs import display_command
         from analysis.speed_page import write_speed_page
 
-        write_speed_page(args.page, payload, command="sma " + shlex.join(sys.argv[1:]))
+        write_speed_page(args.page, payload, command=display_command("sma " + shlex.join(sys.argv[1:])))
         print(f"wrote {args.page}")
     return 0

@@ -384,9 +384,19 @@ def test_a_results_page_names_collections_given_as_folders_by_name():
         "sma run --mlflow-tracking-uri sqlite:///results/mlflow.db --seed 1")
     assert display_command(f"sma run --mlflow-tracking-uri=sqlite:///{here}/r/m.db") == (
         "sma run --mlflow-tracking-uri=sqlite:///r/m.db")
+    # where an absolute output went on the machine that ran it: its last part under results/ (files: here);
+    # an absolute cache folder changes nothing and is left out
+    assert display_command("sma run --seed 43 --set threads=1 --set output_dir=/tmp/x8/runs/cranfield-43 "
+                           "--set cache_dir=/tmp/gpu/cache --cache-dir /tmp/c --set prune.gentleness=0") == (
+        "sma run --seed 43 --set threads=1 --set output_dir=results/cranfield-43 --set prune.gentleness=0")
+    assert display_command("sma bench --sparsity 0.5 --output /tmp/fe/bench32.json --page p.md") == (
+        "sma bench --sparsity 0.5 --output bench32.json --page p.md")
+    assert display_command("sma run --output-dir=/tmp/a/res/ --cache-dir=/tmp/c --seed 1") == (
+        "sma run --output-dir=results/res --seed 1")
     # hub names, collections given by name and any other path or store stay as they were
     for kept in ("sma run --dataset BeIR/scifact", "sma run --dataset cacm",
-                 "sma run --config ./c.yaml --output-dir ../results",
+                 "sma run --config ./c.yaml --output-dir ../results --cache-dir .cache",
+                 "sma run --set output_dir=runs/a --set cache_dir=c --output out.json",
                  "sma run --mlflow-tracking-uri sqlite:////elsewhere/mlflow.db --seed 1",
                  "sma run --mlflow-tracking-uri http://127.0.0.1:5000 --seed 1"):
         assert display_command(kept) == kept
