@@ -129,3 +129,40 @@ def test_an_engine_the_build_lacks_fails_in_preflight(monkeypatch):
     with pytest.raises(PreflightError, match="^bench.int8_engine: this PyTorch build has no 'onednn'"):
         check_int8_engine(cfg, int8=True)
     check_int8_engine(cfg, int8=False)  # no PyTorch int8 layers made: nothing to check
+
+
+def test_the_int8_copy_computes_attention_in_bfloat16_when_asked(monkeypatch):
+    from sma.tiny import inputs, tiny_model
+
+    model = tiny_model(seed=0)
+    assert model.config._attn_implementation == "sdpa"
+    batch = inputs(seed=1)  # padded: the additive mask goes into the attention too
+    seen = []  # the dtypes of query, key, value and mask each attention call gets
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        seen.append({t.dtype for t in (q, k, v) + ((attn_mask,) if attn_mask is not None and attn_mask.is_floating_point() else ())})
+        return real(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    out = {}
+    for attention in ("float32", "bfloat16"):
+        seen.clear()
+        int8 = quantize_int8(model, activations="full", attention=attention)
+        with torch.no_grad():
+            out[attention] = int8(**batch).last_hidden_state
+        assert len(seen) == model.config.num_hidden_layers  # every layer's attention, in the asked dtype
+        assert all(s == {getattr(torch, attention)} for s in seen), seen
+        assert out[attention].dtype == torch.float32  # what the layer after attention gets back
+    assert model.config._attn_implementation == "sdpa"  # the caller's model is not changed
+    assert not torch.equal(out["bfloat16"], out["float32"])
+    keep = batch["attention_mask"].bool()
+    cos = torch.nn.functional.cosine_similarity(out["bfloat16"][keep], out["float32"][keep])
+    assert cos.min() > 0.99  # bfloat16 rounding, not another computation
+    with pytest.raises(ValueError, match="bench.int8_attention: 'int8' is not one of"):
+        quantize_int8(model, attention="int8")
+    from sma.config import BenchConfig
+
+    assert BenchConfig().int8_attention == "float32"
+    with pytest.raises(ValueError, match="bench.int8_attention"):
+        BenchConfig(int8_attention="half")
