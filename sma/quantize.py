@@ -125,9 +125,14 @@ BFLOAT16_ATTENTION = "sdpa_bfloat16"
 def _bfloat16_attention() -> str:
     """Register with transformers' ``AttentionInterface`` an attention that runs PyTorch's scaled dot-product
     attention (transformers' own ``sdpa`` path) on bfloat16 copies of the query, key, value and additive mask and
-    returns its output in the query's dtype; return its name (registered once per process)."""
+    returns its output in the query's dtype; return its name (registered once per process).
+
+    Its padding mask is built as for ``sdpa`` (registered with ``AttentionMaskInterface`` under the same name):
+    transformers builds no mask at all for an attention name it has no mask function for, and the padding
+    positions would then be attended to."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     def sdpa_bfloat16(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, Any]:
@@ -138,6 +143,7 @@ def _bfloat16_attention() -> str:
         return out.to(query.dtype), weights
 
     AttentionInterface.register(BFLOAT16_ATTENTION, sdpa_bfloat16)
+    AttentionMaskInterface.register(BFLOAT16_ATTENTION, sdpa_mask)
     return BFLOAT16_ATTENTION
 
 

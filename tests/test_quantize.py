@@ -159,6 +159,16 @@ def test_the_int8_copy_computes_attention_in_bfloat16_when_asked(monkeypatch):
     keep = batch["attention_mask"].bool()
     cos = torch.nn.functional.cosine_similarity(out["bfloat16"][keep], out["float32"][keep])
     assert cos.min() > 0.99  # bfloat16 rounding, not another computation
+    # padding stays masked: other tokens in the padded positions change nothing else (every linear layer kept
+    # float here: int8 inputs are scaled per batch, padding included)
+    from sma.quantize import int8_linears
+
+    floats = quantize_int8(model, keep_float=int8_linears(model), attention="bfloat16")
+    repadded = {**batch, "input_ids": batch["input_ids"].masked_fill(~keep, 5)}
+    assert not torch.equal(repadded["input_ids"], batch["input_ids"])
+    with torch.no_grad():
+        before, after = floats(**batch).last_hidden_state, floats(**repadded).last_hidden_state
+    torch.testing.assert_close(after[keep], before[keep], atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="bench.int8_attention: 'int8' is not one of"):
         quantize_int8(model, attention="int8")
     from sma.config import BenchConfig
