@@ -71,12 +71,10 @@ def _dense_runtime(row: dict[str, Any]) -> str:
 
 
 def _inputs(row: dict[str, Any]) -> str:
-    """The input range of PyTorch's int8 layers (``bench.int8_activations`` as resolved), the quantized engine
-    that packed them (``bench.int8_engine`` as resolved) and a bfloat16 attention (``bench.int8_attention``),
-    where the row has them."""
+    """The input range of PyTorch's int8 layers (``bench.int8_activations`` as resolved) and the quantized
+    engine that packed them (``bench.int8_engine`` as resolved), where the row has them."""
     bits = {"full": 8, "reduced": 7}.get(row.get("int8_activations", ""))
     parts = ([f"{bits}-bit inputs"] if bits else []) + ([f"{row['int8_engine']} engine"] if row.get("int8_engine") else [])
-    parts += ["bfloat16 attention"] if row.get("int8_attention") == "bfloat16" else []
     return f" ({', '.join(parts)})" if parts else ""
 
 

@@ -67,8 +67,7 @@ def int8_keep_float(cfg: RunConfig, pruned, texts: list[str]) -> tuple[str, ...]
     model = BiEncoder(pruned, AutoTokenizer.from_pretrained(resolve_model_path(m.name)), pooling=m.pooling,
                       query_max_length=m.query_max_length, doc_max_length=m.doc_max_length, normalize=m.normalize)
     return plan_int8(model, texts, keep_float=cfg.bench.int8_float_layers, batch_size=cfg.eval.batch_size,
-                     activations=cfg.bench.int8_activations, engine=cfg.bench.int8_engine,
-                     attention=cfg.bench.int8_attention).keep_float
+                     activations=cfg.bench.int8_activations, engine=cfg.bench.int8_engine).keep_float
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
@@ -145,13 +144,13 @@ def run_cli(args: argparse.Namespace, cfg: RunConfig) -> int:
                 repeats=b.repeats, warmup=b.warmup, threads=b.threads, device=device, **runtime._asdict(),
                 dtype=torch.float32 if dt in CPU_RUNTIMES else getattr(torch, dt),
                 int8_keep_float=[kept if planned else () for *_, kept in shapes], int8_activations=activations,
-                int8_engine=engine, int8_attention=b.int8_attention)
+                int8_engine=engine)
             for (multiple, plan, pruned, kept), res in zip(shapes, results, strict=True):
                 kept = kept if planned else ()
                 rows.append({"target": target, "neuron_multiple": multiple,
                              "sparsity_report": encoder_sparsity(pruned).to_dict(), "int8_keep_float": list(kept),
-                             **({"int8_activations": activations, "int8_engine": engine,
-                                 "int8_attention": b.int8_attention} if runtime.int8 and not runtime.onnx else {}),
+                             **({"int8_activations": activations, "int8_engine": engine}
+                                if runtime.int8 and not runtime.onnx else {}),
                              "plan": {"heads": plan.num_heads, "neurons": plan.num_neurons,
                                       "allocation": plan.allocation, "method": plan.method},
                              "structure": structure(pruned), **res.to_dict()})

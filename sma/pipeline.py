@@ -241,8 +241,7 @@ def _int8_metrics(cfg: RunConfig, prep: Reference, teacher, student, *, float32_
     activations, engine = activation_range(cfg.bench.int8_activations), int8_engine(cfg.bench.int8_engine)
     onnx = cfg.bench.int8_runtime == "onnxruntime"
     plan = plan_int8(student, sample_documents(prep.data.corpus, cfg.seed), keep_float=cfg.bench.int8_float_layers,
-                     batch_size=cfg.eval.batch_size, activations=activations, engine=engine,
-                     attention=cfg.bench.int8_attention)
+                     batch_size=cfg.eval.batch_size, activations=activations, engine=engine)
     if plan.keep_float:
         log.info("int8: %d linear layers kept float32: %s", len(plan.keep_float), ", ".join(plan.keep_float))
     if onnx:
@@ -250,23 +249,20 @@ def _int8_metrics(cfg: RunConfig, prep: Reference, teacher, student, *, float32_
 
         int8_model = OnnxBiEncoder(student, threads=cfg.bench.threads, int8=True, keep_float=plan.keep_float)
     else:
-        int8_model = quantize_int8(student, plan.keep_float, activations=activations, engine=engine,
-                                   attention=cfg.bench.int8_attention)
+        int8_model = quantize_int8(student, plan.keep_float, activations=activations, engine=engine)
     res, embeddings = evaluate_model(int8_model, prep.data, cfg)
     agree = split_agreement(embeddings, float32_embeddings)
     out: dict[str, Any] = {"int8_corpus_cosine": next(iter(agree.values())).corpus_cosine,
                            "int8_runtime": cfg.bench.int8_runtime, "int8_plan": plan.to_dict(),
                            "int8_per_query": {s: r.per_query for s, r in res.items()},
-                           **({} if onnx else {"int8_activations": activations, "int8_engine": engine,
-                                               "int8_attention": cfg.bench.int8_attention})}
+                           **({} if onnx else {"int8_activations": activations, "int8_engine": engine})}
     for split, r in res.items():
         dense = prep.teacher.metrics[split].mean["ndcg_at_10"]
         out[f"{split}_ndcg_at_10_int8"] = r.mean["ndcg_at_10"]
         out[f"{split}_retention_int8"] = r.mean["ndcg_at_10"] / dense if dense else 0.0
     b = benchmark(teacher.encoder, student.encoder, seq_len=cfg.bench.seq_len, batch_size=cfg.bench.batch_size,
                   repeats=cfg.bench.repeats, threads=cfg.bench.threads, device="cpu", int8=True, onnx=onnx,
-                  int8_keep_float=plan.keep_float, int8_activations=activations, int8_engine=engine,
-                  int8_attention=cfg.bench.int8_attention)
+                  int8_keep_float=plan.keep_float, int8_activations=activations, int8_engine=engine)
     out.update({"speedup_int8": b.speedup, "memory_ratio_int8": b.encoder_weight_ratio, "bench_int8": b.to_dict()})
     return out
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sma.config.choices import INT8_ACTIVATIONS, INT8_ATTENTION, INT8_ENGINES
+from sma.config.choices import INT8_ACTIVATIONS, INT8_ENGINES
 from sma.prune.arch import unwrap
 
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -117,36 +117,6 @@ def _full_range_linear() -> type[nn.Module]:
 
     return FullRangeDynamicLinear
 
-BFLOAT16_ATTENTION = "sdpa_bfloat16"
-"""The name under which :func:`_bfloat16_attention` registers its attention with transformers."""
-
-
-@functools.cache
-def _bfloat16_attention() -> str:
-    """Register with transformers' ``AttentionInterface`` an attention that runs PyTorch's scaled dot-product
-    attention (transformers' own ``sdpa`` path) on bfloat16 copies of the query, key, value and additive mask and
-    returns its output in the query's dtype; return its name (registered once per process).
-
-    Its padding mask is built as for ``sdpa`` (registered with ``AttentionMaskInterface`` under the same name):
-    transformers builds no mask at all for an attention name it has no mask function for, and the padding
-    positions would then be attended to."""
-    from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    def sdpa_bfloat16(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                      attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, Any]:
-        if attention_mask is not None and attention_mask.is_floating_point():
-            attention_mask = attention_mask.to(torch.bfloat16)
-        out, weights = sdpa_attention_forward(module, query.to(torch.bfloat16), key.to(torch.bfloat16),
-                                              value.to(torch.bfloat16), attention_mask, **kwargs)
-        return out.to(query.dtype), weights
-
-    AttentionInterface.register(BFLOAT16_ATTENTION, sdpa_bfloat16)
-    AttentionMaskInterface.register(BFLOAT16_ATTENTION, sdpa_mask)
-    return BFLOAT16_ATTENTION
-
-
 INT8_SAMPLE_TEXTS = 128
 """Documents :func:`plan_int8` measures each layer's sensitivity on in ``sma run`` and ``sma bench``."""
 
@@ -184,13 +154,12 @@ def int8_linears(model: nn.Module) -> list[str]:
 
 
 def quantize_int8(model: nn.Module, keep_float: Collection[str] = (), *, activations: str = "auto",
-                  engine: str = "auto", attention: str = "float32") -> nn.Module:
+                  engine: str = "auto") -> nn.Module:
     """An int8 copy of ``model`` (on the CPU, in eval mode) whose ``nn.Linear`` layers are dynamically
     quantized, except those named in ``keep_float`` (names inside the bare encoder, as in :class:`Int8Plan`);
     ``model`` itself is not changed. Works on a bare encoder or a :class:`sma.model.BiEncoder`. ``activations``:
     the input range, ``full``, ``reduced`` or ``auto`` (:func:`activation_range`); ``engine``: PyTorch's
-    quantized engine that packs the weights (:func:`int8_engine`); ``attention``: the dtype the copy computes
-    attention in (``INT8_ATTENTION``; ``bfloat16``: :func:`_bfloat16_attention`).
+    quantized engine that packs the weights (:func:`int8_engine`).
 
     Weights get one scale per output channel: with one per matrix (PyTorch's default) all-MiniLM-L6-v2's
     document embeddings keep a cosine of about 0.96 with the float model's, per channel about 0.98."""
@@ -201,16 +170,7 @@ def quantize_int8(model: nn.Module, keep_float: Collection[str] = (), *, activat
     if unknown:
         raise ValueError(f"keep_float: {unknown[0]!r} is not a linear layer with weights of this encoder")
     packing = int8_engine(engine)
-    if attention not in INT8_ATTENTION:
-        raise ValueError(f"bench.int8_attention: {attention!r} is not one of {', '.join(INT8_ATTENTION)}")
     model = copy.deepcopy(model).cpu().float().eval()
-    if attention == "bfloat16":
-        from sma.model import native_bfloat16
-
-        if not native_bfloat16(torch.device("cpu")):
-            warnings.warn("bench.int8_attention=bfloat16 on a CPU without native bfloat16 matrix products (AMX or "
-                          "AVX512-BF16): the attention runs slower than in float32", stacklevel=2)
-        unwrap(model).set_attn_implementation(_bfloat16_attention())
     spec = {name: per_channel_dynamic_qconfig for name in names if name not in keep}
     mapping = {nn.Linear: _full_range_linear()} if activation_range(activations) == "full" else None
     with warnings.catch_warnings(), _packing_engine(packing):  # torch 2.10+ points eager-mode quantization to
@@ -220,7 +180,7 @@ def quantize_int8(model: nn.Module, keep_float: Collection[str] = (), *, activat
 
 
 def plan_int8(model: nn.Module, texts: Sequence[str], *, keep_float: int, batch_size: int = 32,
-              activations: str = "auto", engine: str = "auto", attention: str = "float32") -> Int8Plan:
+              activations: str = "auto", engine: str = "auto") -> Int8Plan:
     """Keep the ``keep_float`` linear layers of ``model`` (a :class:`sma.model.BiEncoder`) whose int8 copy
     alone moves the document embeddings of ``texts`` furthest from the float model's (no labels needed).
 
@@ -233,7 +193,7 @@ def plan_int8(model: nn.Module, texts: Sequence[str], *, keep_float: int, batch_
     sensitivity = {}
     for name in names:
         only = quantize_int8(model, keep_float=[n for n in names if n != name], activations=activations,
-                             engine=engine, attention=attention)
+                             engine=engine)
         moved = only.encode(texts, kind="doc", batch_size=batch_size)
         sensitivity[name] = 1.0 - torch.nn.functional.cosine_similarity(moved, reference).mean().item()
     ranked = sorted(names, key=lambda n: -sensitivity[n])

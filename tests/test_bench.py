@@ -126,14 +126,14 @@ def test_int8_rows_time_the_quantized_pruned_model_against_dense_float32(tmp_pat
 def test_sma_bench_int8_dtype_and_where_it_can_run(tmp_path, monkeypatch):
     out, page = tmp_path / "bench.json", tmp_path / "pages" / "speed.md"
     argv = ["bench", "--smoke-test", "--sparsity", "0.5", "--dtypes", "float32", "int8", "--output", str(out),
-            "--page", str(page), "--set", "bench.int8_attention=bfloat16"]
+            "--page", str(page)]
     monkeypatch.setattr("sys.argv", ["sma", *argv])
     from sma import quantize
 
-    engines, real = [], quantize.quantize_int8  # the engine and attention of each timed int8 copy
+    engines, real = [], quantize.quantize_int8  # the engine each timed int8 copy was packed by
 
     def spy(*a, **kw):
-        engines.append((kw.get("engine"), kw.get("attention")))
+        engines.append(kw.get("engine"))
         return real(*a, **kw)
 
     monkeypatch.setattr(quantize, "quantize_int8", spy)
@@ -148,15 +148,13 @@ def test_sma_bench_int8_dtype_and_where_it_can_run(tmp_path, monkeypatch):
     assert "int8_activations" not in rows[0] and rows[1]["int8_activations"] == activation_range("auto")
     from sma.quantize import int8_engine
 
-    assert "int8_engine" not in rows[0] and rows[1]["int8_engine"] == int8_engine("auto")
-    assert rows[1]["int8_attention"] == "bfloat16" and engines == [(int8_engine(), "bfloat16")]
+    assert "int8_engine" not in rows[0] and rows[1]["int8_engine"] == int8_engine("auto") and engines == [int8_engine()]
     text = page.read_text()  # the results page: the same rows, and the command that measured them
-    label = f"PyTorch, int8 linear layers ({bits}-bit inputs, {int8_engine()} engine, bfloat16 attention)"
+    label = f"PyTorch, int8 linear layers ({bits}-bit inputs, {int8_engine()} engine)"
     for r, runtime in zip(rows, ("PyTorch float32", label), strict=True):
         assert f"| 50% | 50.00% | 63, 62 | PyTorch float32 | {runtime} | " in text and f" | {r['speedup']:.2f}x | {r['speedup_paired']:.2f}x | " in text
     # the command, with this machine's output files by their names
-    assert ("sma bench --smoke-test --sparsity 0.5 --dtypes float32 int8 --output bench.json --page speed.md --set "
-            "bench.int8_attention=bfloat16") in text
+    assert "sma bench --smoke-test --sparsity 0.5 --dtypes float32 int8 --output bench.json --page speed.md" in text
     from sma.config import ConfigError
 
     for argv in (["--dtypes", "int8", "--device", "cuda"], ["--set", "bench.int8=true", "--set", "bench.device=auto"]):

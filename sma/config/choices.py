@@ -49,10 +49,6 @@ INT8_ENGINES = ("auto", "x86", "fbgemm", "onednn")
 its linear layers run (the same int8 arithmetic, up to rounding). ``onednn`` runs them on AMX int8 tiles where
 the CPU has them; ``x86`` (PyTorch's default on x86) and ``fbgemm`` on AVX2 / AVX512-VNNI; ``auto``: ``onednn``
 on CPUs with AMX int8, PyTorch's default engine elsewhere."""
-INT8_ATTENTION = ("float32", "bfloat16")
-"""``bench.int8_attention``: the dtype the int8 copy computes its attention in (scores, softmax, weighted sum of
-the values: the part of a layer without weights, which int8 leaves in floating point). ``bfloat16`` runs it on
-AMX / AVX512-BF16 where the CPU has them (slower elsewhere); its inputs and output stay float32."""
 INT8_RUNTIMES = ("pytorch", "onnxruntime")
 """``bench.int8_runtime``: what runs the int8 copy ``sma run`` and ``sma evaluate`` measure with ``bench.int8``.
 ``pytorch``: dynamic int8 linear layers (:mod:`sma.quantize`); ``onnxruntime``: the exported ONNX model with

@@ -21,7 +21,6 @@ from sma.config.choices import (
     DTYPES,
     HARD_NEGATIVES,
     INT8_ACTIVATIONS,
-    INT8_ATTENTION,
     INT8_ENGINES,
     INT8_RUNTIMES,
     LR_SCHEDULES,
@@ -347,9 +346,6 @@ class BenchConfig:
     int8_engine: str = "auto"
     """PyTorch's quantized engine that packs the int8 layers' weights (``INT8_ENGINES``): ``auto`` = ``onednn``
     (AMX int8 kernels) on CPUs with AMX int8, PyTorch's default engine elsewhere."""
-    int8_attention: str = "float32"
-    """The dtype PyTorch's int8 copy computes attention in (``INT8_ATTENTION``): ``bfloat16`` on CPUs with
-    native bfloat16 (AMX, AVX512-BF16) takes the larger part of what int8 leaves in float32 off the CPU time."""
     int8_runtime: str = "pytorch"
     """``sma run`` / ``sma evaluate`` with ``int8``: the int8 copy evaluated and timed, PyTorch's int8 linear
     layers or the ONNX model in ONNX Runtime with int8 matrix multiplications (``INT8_RUNTIMES``); the same
@@ -367,7 +363,6 @@ class BenchConfig:
             check_choice(dtype, DTYPES, "bench.dtypes")
         check_choice(self.int8_activations, INT8_ACTIVATIONS, "bench.int8_activations")
         check_choice(self.int8_engine, INT8_ENGINES, "bench.int8_engine")
-        check_choice(self.int8_attention, INT8_ATTENTION, "bench.int8_attention")
         check_choice(self.int8_runtime, INT8_RUNTIMES, "bench.int8_runtime")
         check(self.int8_runtime != "onnxruntime" or find_spec("onnxruntime") is not None, "bench.int8_runtime",
               "onnxruntime is not installed: pip install 'sma[export]'")
