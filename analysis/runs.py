@@ -118,8 +118,12 @@ DATASET_FLAGS = ("--dataset", "--datasets")
 TRACKING_FLAG = "--mlflow-tracking-uri"
 
 
+def _is_absolute(path: str) -> bool:
+    return path.startswith(("/", "~")) or (len(path) > 2 and path[1] == ":")
+
+
 def _is_folder_path(arg: str) -> bool:
-    return arg.startswith(("/", ".", "~")) or (len(arg) > 2 and arg[1] == ":")  # a hub name is org/name
+    return arg.startswith(".") or _is_absolute(arg)  # a hub name is org/name
 
 
 OUTPUT_FLAGS = {"--output-dir": "results/", "--output": "", "--page": ""}
@@ -128,10 +132,6 @@ OUTPUT_KEYS = {"output_dir": "results/"}
 """``--set`` keys naming where a run writes, likewise."""
 DROPPED_FLAGS, DROPPED_KEYS = ("--cache-dir",), ("cache_dir",)
 """A cache folder changes no result: an absolute one is left out of the command shown."""
-
-
-def _is_absolute(path: str) -> bool:
-    return path.startswith(("/", "~")) or (len(path) > 2 and path[1] == ":")
 
 
 def _portable(folder: str, value: str) -> str:
@@ -157,7 +157,7 @@ def display_command(command: str) -> str:
             naming = flag in DATASET_FLAGS and not eq
             store = flag == TRACKING_FLAG and not eq
             key, _, setting = nxt.partition("=")
-            if (flag in DROPPED_FLAGS and (_is_absolute(value) if eq else _is_absolute(nxt))) or (
+            if (flag in DROPPED_FLAGS and _is_absolute(value if eq else nxt)) or (
                     word == "--set" and key in DROPPED_KEYS and _is_absolute(setting)):
                 i += 1 if eq else 2
                 continue
