@@ -6,10 +6,10 @@ quantizes them to 7 bits so that fbgemm's ``vpmaddubsw`` (pairs of u8 x s8 produ
 saturate on x86 CPUs without VNNI; VNNI's ``vpdpbusd`` sums into 32 bits, so the 8th bit is free there and
 halves the rounding step of every activation (``bench.int8_activations``).
 
-The engine that packs the weights picks the kernels (``bench.int8_engine``): on a Xeon with AMX, the int8
-copy of a 50 % pruned all-MiniLM-L6-v2 packed by oneDNN (AMX int8 tiles) ran 2.96-3.12x the dense float32
-model against 2.60x packed by PyTorch's default ``x86`` engine (fbgemm), at the same retention up to rounding,
-so ``auto`` packs with ``onednn`` where the CPU has AMX int8.
+The engine that packs the weights picks the kernels (``bench.int8_engine``): the int8 copy of a 50 % pruned
+all-MiniLM-L6-v2 packed by oneDNN ran 2.96-3.12x the dense float32 model against 2.60x packed by PyTorch's
+default ``x86`` engine (fbgemm) on a Xeon with AMX, and 4.90-4.94x against 4.45-4.55x on an AMD EPYC with
+AVX512-VNNI, at the same retention up to rounding, so ``auto`` packs with ``onednn`` on CPUs with either.
 
 Plan, then apply: :func:`plan_int8` measures, without labels, how far each linear layer alone moves the
 embeddings of sample texts when it is int8 and names the most sensitive ones to keep in float32;
@@ -34,8 +34,9 @@ from sma.prune.arch import unwrap
 
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 """``/proc/cpuinfo`` flags of x86 CPUs whose int8 dot products accumulate in 32 bits (no 16-bit saturation)."""
-AMX_INT8_FLAG = "amx_int8"
-"""``/proc/cpuinfo`` flag of x86 CPUs with AMX int8 tile instructions (oneDNN's int8 kernels use them)."""
+ONEDNN_FLAGS = ("amx_int8", "avx512_vnni")
+"""``/proc/cpuinfo`` flags of the x86 CPUs where oneDNN's int8 linear layers were measured faster than fbgemm's
+at 30 to 50 % sparsity: AMX int8 tiles (a Xeon) and AVX512-VNNI without AMX (an AMD EPYC)."""
 
 
 @functools.cache
@@ -62,13 +63,14 @@ def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
 
 def int8_engine(setting: str = "auto", cpuinfo: str | None = None) -> str:
     """PyTorch's quantized engine for ``bench.int8_engine``: ``auto`` resolved to ``onednn`` on a CPU with AMX
-    int8 (this one, or the given ``/proc/cpuinfo`` text), PyTorch's default engine elsewhere (``x86`` on x86
-    CPUs); an engine this PyTorch build lacks is a ``ValueError`` naming the setting."""
+    int8 or AVX512-VNNI (this one, or the given ``/proc/cpuinfo`` text; :data:`ONEDNN_FLAGS`), PyTorch's default
+    engine elsewhere (``x86`` on x86 CPUs); an engine this PyTorch build lacks is a ``ValueError`` naming the
+    setting."""
     if setting not in INT8_ENGINES:
         raise ValueError(f"bench.int8_engine: {setting!r} is not one of {', '.join(INT8_ENGINES)}")
     supported = torch.backends.quantized.supported_engines
     if setting == "auto":
-        return "onednn" if AMX_INT8_FLAG in _cpu_flags(cpuinfo) and "onednn" in supported \
+        return "onednn" if _cpu_flags(cpuinfo) & set(ONEDNN_FLAGS) and "onednn" in supported \
             else torch.backends.quantized.engine
     if setting not in supported:
         raise ValueError(f"bench.int8_engine: this PyTorch build has no {setting!r} quantized engine "

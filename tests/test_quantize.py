@@ -99,13 +99,18 @@ def test_the_engine_packs_the_weights_and_the_global_engine_is_restored():
     torch.testing.assert_close(outputs["onednn"], outputs["x86"], atol=0.05, rtol=0)
 
 
-def test_auto_engine_is_onednn_only_where_the_cpu_has_amx_int8(monkeypatch):
+AVX_VNNI_ONLY = "processor\t: 0\nflags\t\t: fpu avx2 avx_vnni\n"
+
+
+def test_auto_engine_is_onednn_only_where_the_cpu_has_amx_int8_or_avx512_vnni(monkeypatch):
     from sma.quantize import int8_engine
 
     monkeypatch.setattr(type(torch.backends.quantized), "supported_engines",
                         property(lambda self: ["qnnpack", "onednn", "x86", "fbgemm"]))
     assert int8_engine("auto", WITH_AMX) == "onednn"
-    for cpuinfo in (WITH_VNNI, AVX2_ONLY, ""):  # VNNI alone is not AMX; unreadable: PyTorch's default
+    assert int8_engine("auto", WITH_VNNI) == "onednn"  # AVX512-VNNI without AMX (an AMD EPYC)
+    # AVX-VNNI (not measured), AVX2 alone, unreadable flags: PyTorch's default
+    for cpuinfo in (AVX_VNNI_ONLY, AVX2_ONLY, ""):
         assert int8_engine("auto", cpuinfo) == torch.backends.quantized.engine
     assert int8_engine("fbgemm", WITH_AMX) == "fbgemm"
     with pytest.raises(ValueError, match="bench.int8_engine: 'qnnpack' is not one of"):

@@ -46,9 +46,9 @@ INT8_ACTIVATIONS = ("auto", "full", "reduced")
 on x86 CPUs without VNNI; ``auto``: full where the CPU has VNNI (nothing to saturate), reduced elsewhere."""
 INT8_ENGINES = ("auto", "x86", "fbgemm", "onednn")
 """``bench.int8_engine``: PyTorch's quantized engine that packs the int8 copy's weights and so picks the kernel
-its linear layers run (the same int8 arithmetic, up to rounding). ``onednn`` runs them on AMX int8 tiles where
-the CPU has them; ``x86`` (PyTorch's default on x86) and ``fbgemm`` on AVX2 / AVX512-VNNI; ``auto``: ``onednn``
-on CPUs with AMX int8, PyTorch's default engine elsewhere."""
+its linear layers run (the same int8 arithmetic, up to rounding). ``onednn`` runs them on AMX int8 tiles or
+AVX512-VNNI; ``x86`` (PyTorch's default on x86) and ``fbgemm`` on AVX2 / AVX512-VNNI; ``auto``: ``onednn`` on
+CPUs with AMX int8 or AVX512-VNNI (measured faster there at 30 to 50 %), PyTorch's default engine elsewhere."""
 INT8_RUNTIMES = ("pytorch", "onnxruntime")
 """``bench.int8_runtime``: what runs the int8 copy ``sma run`` and ``sma evaluate`` measure with ``bench.int8``.
 ``pytorch``: dynamic int8 linear layers (:mod:`sma.quantize`); ``onnxruntime``: the exported ONNX model with

@@ -345,7 +345,7 @@ class BenchConfig:
     7 bits; ``auto`` = full on CPUs with VNNI int8 instructions, reduced elsewhere (``INT8_ACTIVATIONS``)."""
     int8_engine: str = "auto"
     """PyTorch's quantized engine that packs the int8 layers' weights (``INT8_ENGINES``): ``auto`` = ``onednn``
-    (AMX int8 kernels) on CPUs with AMX int8, PyTorch's default engine elsewhere."""
+    on CPUs with AMX int8 or AVX512-VNNI, PyTorch's default engine elsewhere."""
     int8_runtime: str = "pytorch"
     """``sma run`` / ``sma evaluate`` with ``int8``: the int8 copy evaluated and timed, PyTorch's int8 linear
     layers or the ONNX model in ONNX Runtime with int8 matrix multiplications (``INT8_RUNTIMES``); the same
