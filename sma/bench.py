@@ -184,19 +184,25 @@ def _time_interleaved(forwards: list[Callable[[], object]], *, repeats: int, dev
 
 def _runtimes(models: list[nn.Module], *, runtime: CpuRuntime, device: torch.device, dtype: torch.dtype,
               threads: int, int8_keep_float: Sequence[Collection[str]], int8_activations: str,
-              int8_engine: str) -> tuple[list[nn.Module], list[Any]]:
+              int8_engine: str, onnx_sessions: Sequence[Any] | None = None) -> tuple[list[nn.Module], list[Any]]:
     """What is timed: the dense model (``models[0]``) as it is, each pruned one in the CPU ``runtime``: as an
     int8 copy with ``int8`` (its ``int8_keep_float`` names left in float32, inputs in the ``int8_activations``
     range, weights packed by PyTorch's ``int8_engine``); with ``onnx`` as its ONNX Runtime session (timed in its place; ``None`` for the dense model),
-    int8-quantized by ONNX Runtime with ``int8`` too; with ``bfloat16`` as a bfloat16 copy."""
+    int8-quantized by ONNX Runtime with ``int8`` too, or its entry of ``onnx_sessions`` where the caller has
+    built it already; with ``bfloat16`` as a bfloat16 copy."""
     if runtime.bfloat16 and (runtime.int8 or runtime.onnx):
         raise ValueError("bfloat16 is a runtime of its own, not one of int8 or onnx")
     if any(runtime) and (device.type != "cpu" or dtype != torch.float32):
         raise ValueError(f"{_label(runtime)} is timed on the CPU against float32, not {device.type} {dtype}")
+    if onnx_sessions is not None and (not runtime.onnx or len(onnx_sessions) != len(models) - 1):
+        raise ValueError(f"onnx_sessions: one ONNX Runtime session per pruned model with onnx, got "
+                         f"{len(onnx_sessions)} for {len(models) - 1} (onnx={runtime.onnx})")
     timed = list(models)
     sessions: list[Any] = [None] * len(models)
     for i, keep in enumerate(int8_keep_float, start=1):
-        if runtime.onnx:
+        if runtime.onnx and onnx_sessions is not None:
+            sessions[i] = onnx_sessions[i - 1]
+        elif runtime.onnx:
             from sma.export import onnx_session
 
             sessions[i] = onnx_session(models[i], threads=threads, int8=runtime.int8, keep_float=keep)
@@ -241,7 +247,8 @@ def benchmark_side_by_side(dense: nn.Module, pruned: Sequence[nn.Module], *, seq
                            dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                            memory_repeats: int = 3, seed: int = 0, int8: bool = False, onnx: bool = False,
                            bfloat16: bool = False, int8_keep_float: Sequence[Collection[str]] | None = None,
-                           int8_activations: str = "auto", int8_engine: str = "auto") -> list[BenchResult]:
+                           int8_activations: str = "auto", int8_engine: str = "auto",
+                           onnx_sessions: Sequence[Any] | None = None) -> list[BenchResult]:
     """Time ``dense`` and every model of ``pruned`` (HF encoders, BiEncoders or DDP) on one batch, interleaved
     in one loop (dense, first pruned, second pruned, ..., then the reverse order); medians. One result per
     pruned model, all against the same dense run, so they compare with each other too (e.g. the shapes of
@@ -253,8 +260,9 @@ def benchmark_side_by_side(dense: nn.Module, pruned: Sequence[nn.Module], *, seq
     named in its entry of ``int8_keep_float`` stay float32; inputs quantized to the ``int8_activations`` range of
     :func:`sma.quantize.quantize_int8`, weights packed by PyTorch's ``int8_engine``), its weight bytes as stored; its parameter counts
     and sparsity are those of the float model. With ``onnx`` (CPU, float32) each pruned model runs in ONNX
-    Runtime (exported by :func:`sma.export.onnx_session`) against the dense model in PyTorch; with ``onnx``
-    and ``int8`` that ONNX model is int8-quantized by ONNX Runtime (weight bytes: those of the float model).
+    Runtime (exported by :func:`sma.export.onnx_session`, or the caller's sessions of them in ``onnx_sessions``,
+    already built with the same ``threads``) against the dense model in PyTorch; with ``onnx`` and ``int8`` that
+    ONNX model is int8-quantized by ONNX Runtime (weight bytes: those of the float model).
     With ``bfloat16`` (CPU, float32) each pruned model runs as a bfloat16 copy against the dense model in
     float32 (weight bytes: the copy's).
     """
@@ -274,7 +282,8 @@ def benchmark_side_by_side(dense: nn.Module, pruned: Sequence[nn.Module], *, seq
         models.append(enc.eval())
     runtime = CpuRuntime(int8=int8, onnx=onnx, bfloat16=bfloat16)
     timed, sessions = _runtimes(models, runtime=runtime, device=device, dtype=dtype, threads=threads,
-                                int8_keep_float=keep, int8_activations=int8_activations, int8_engine=int8_engine)
+                                int8_keep_float=keep, int8_activations=int8_activations, int8_engine=int8_engine,
+                                onnx_sessions=onnx_sessions)
     vocab = min(int(getattr(models[0].config, "vocab_size", 1000)), 30000)
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000 if vocab > 2000 else 1, vocab, (batch_size, seq_len), generator=gen).to(device)

@@ -236,6 +236,32 @@ def test_onnx_rows_time_the_pruned_model_in_onnx_runtime(monkeypatch, int8):
     assert len(res.pruned.latencies_s) == 3
 
 
+def test_a_given_onnx_session_is_timed_without_exporting_again(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from sma import export
+
+    dense, pruned = tiny_model(), tiny_model()
+    apply_plan(pruned, PruningPlan(heads={0: (0, 1)}, neurons={1: tuple(range(FFN // 2))}))
+    session, runs = export.onnx_session(pruned, threads=1, int8=True), []
+
+    class Counted:
+        def run(self, *args):
+            runs.append(1)
+            return session.run(*args)
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(export, "onnx_session", no_export)
+    res = benchmark(dense, pruned, seq_len=16, batch_size=2, repeats=3, warmup=1, threads=1, memory_repeats=1,
+                    onnx=True, int8=True, onnx_sessions=[Counted()])
+    assert res.dtype == "onnx-int8" and len(runs) == 1 + 1 + 3  # warm-up, memory, timed repeats
+    for kwargs in ({"onnx": False}, {"onnx": True, "onnx_sessions": [Counted(), Counted()]}):
+        with pytest.raises(ValueError, match="onnx_sessions: one ONNX Runtime session per pruned model"):
+            benchmark(dense, pruned, seq_len=16, batch_size=2, repeats=1, warmup=0, threads=1, memory_repeats=1,
+                      **{"onnx_sessions": [Counted()], **kwargs})
+
+
 def test_training_step_speed_times_each_precision_on_its_own_copy(monkeypatch):
     from sma import train_bench
     from sma.train_bench import train_step_speed

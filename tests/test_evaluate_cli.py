@@ -100,12 +100,22 @@ def test_the_int8_copy_in_onnx_runtime(saved_run, tmp_path, monkeypatch):
         return forward(self, input_ids, attention_mask, token_type_ids)
 
     monkeypatch.setattr(OnnxBiEncoder, "forward", spy)
+    from sma import export
+
+    exports, real_session = [], export.onnx_session
+
+    def counted_session(*args, **kwargs):
+        exports.append(kwargs.get("int8"))
+        return real_session(*args, **kwargs)
+
+    monkeypatch.setattr(export, "onnx_session", counted_session)
     out = tmp_path / "eval.json"
     assert main(["evaluate", str(folder), "--set", "bench.int8=true", "--set", "bench.int8_runtime=onnxruntime",
                  "--output", str(out)]) == 0
     row = json.loads(out.read_text())["sparsities"][0]
     assert row["int8_runtime"] == "onnxruntime" and row["bench_int8"]["dtype"] == "onnx-int8"
     assert "int8_activations" not in row  # ONNX Runtime quantizes inputs to 8 bits, whatever that setting says
+    assert exports == [True]  # the benchmark timed the evaluated int8 session: one export and quantization
 
     (tmp_path / "fp32").mkdir()
     path = write_onnx(folder / "model", tmp_path / "fp32" / "model.onnx", pooling=cfg.model.pooling,
