@@ -66,9 +66,19 @@ def gradient_checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[N
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """``torch.autocast`` on ``device``'s type in ``precision`` (a :data:`sma.config.choices.PRECISIONS` name);
-    disabled for ``float32``."""
+    """``torch.autocast`` on ``device``'s type in ``precision`` (a :data:`sma.config.choices.PRECISIONS` name,
+    ``auto`` resolved by :func:`resolve_precision`); disabled for ``float32``."""
+    precision = resolve_precision(precision, device)
     return torch.autocast(device.type, dtype=getattr(torch, precision), enabled=precision != "float32")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``distill.precision`` on ``device``: ``auto`` is ``bfloat16`` where the device has native bfloat16
+    matrix products (:func:`native_bfloat16`) and ``float32`` elsewhere, where bfloat16 would be slower; the
+    other names are themselves."""
+    if precision != "auto":
+        return precision
+    return "bfloat16" if native_bfloat16(device) else "float32"
 
 
 def native_bfloat16(device: torch.device) -> bool:

@@ -16,7 +16,7 @@ from sma.data import RetrievalData, doc_text, load_data
 from sma.distill import DistillTexts, TaskPairs, pseudo_queries, teacher_embeddings
 from sma.evaluate import EvalEmbeddings
 from sma.importance import Importance, get_importance
-from sma.model import BiEncoder, native_bfloat16
+from sma.model import BiEncoder, native_bfloat16, resolve_precision
 from sma.preflight import check_splits
 from sma.teacher import Teacher, get_teacher, teacher_eval_embeddings
 from sma.train import training_pairs
@@ -120,6 +120,9 @@ def prepare(cfg: RunConfig, *, analysis_dir: Path | None = None, data: Retrieval
     if cfg.distill.precision == "bfloat16" and not native_bfloat16(teacher.device):
         log.warning("distill.precision=bfloat16: %s has no native bfloat16 matrix products, so distillation will "
                     "run slower than in float32", teacher.device)
+    if cfg.distill.precision == "auto":
+        log.info("distill.precision=auto: distillation runs in %s on %s",
+                 resolve_precision("auto", teacher.device), teacher.device)
     if cfg.data.dev_split in cfg.analysis.probe_splits:
         log.warning("the analysis probe uses the %s split: units are chosen on it, so %s retention is biased "
                     "upwards and should not be used to choose hyperparameters", cfg.data.dev_split,

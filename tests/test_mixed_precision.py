@@ -8,7 +8,7 @@ from sma.cli import make_parser
 from sma.config import ConfigError, DistillConfig
 from sma.config.options import run_config
 from sma.distill import DistillTexts, _batch_loss, distill_epochs, kd_loss
-from sma.model import BiEncoder, autocast
+from sma.model import BiEncoder, autocast, resolve_precision
 
 
 def _texts(n: int = 8) -> DistillTexts:
@@ -95,5 +95,40 @@ def test_autocast_is_off_for_float32():
 def test_precision_is_checked_before_any_work():
     cfg = run_config(make_parser().parse_args(["run", "--set", "distill.precision=bfloat16"]))
     assert cfg.distill.precision == "bfloat16"
-    with pytest.raises(ConfigError, match=r"^distill\.precision: must be one of float32, bfloat16, got 'float16'$"):
+    with pytest.raises(ConfigError, match=r"^distill\.precision: must be one of float32, bfloat16, auto, got 'float16'$"):
         run_config(make_parser().parse_args(["run", "--set", "distill.precision=float16"]))
+
+
+@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_precision_runs_bfloat16_only_where_the_device_has_it_natively(tiny_model_dir, monkeypatch, native,
+                                                                            expected):
+    import random
+
+    import sma.model
+
+    monkeypatch.setattr(sma.model, "native_bfloat16", lambda device: native)
+    assert resolve_precision("auto", torch.device("cpu")) == ("bfloat16" if native else "float32")
+    assert resolve_precision("float32", torch.device("cpu")) == "float32"  # explicit names are kept
+    assert resolve_precision("bfloat16", torch.device("cpu")) == "bfloat16"
+    student = BiEncoder.from_pretrained(str(tiny_model_dir)).train()
+    seen, hooks = _linear_dtypes(student)
+    try:
+        _batch_loss(student, _texts(), [0, 1, 2, 3], _cfg(precision="auto"), task=None, rng=random.Random(0),
+                    teacher=None, task_temperature=0.05)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen and set(seen) == {expected}
+
+
+def test_fast_sets_the_faster_recipe_and_explicit_settings_win():
+    parse = make_parser().parse_args
+    cfg = run_config(parse(["run", "--fast"]))
+    assert (cfg.prune.gentleness, cfg.distill.precision, cfg.distill.freeze_word_embeddings) == (0.0, "auto", True)
+    default = run_config(parse(["run"]))
+    assert (default.prune.gentleness, default.distill.precision, default.distill.freeze_word_embeddings) == \
+        (0.5, "float32", False)
+    cfg = run_config(parse(["run", "--fast", "--gentleness", "0.25", "--set", "distill.precision=float32"]))
+    assert (cfg.prune.gentleness, cfg.distill.precision, cfg.distill.freeze_word_embeddings) == (0.25, "float32", True)
+    with pytest.raises(SystemExit):  # a recipe of sma run only: tune searches gentleness
+        parse(["tune", "--fast"])

@@ -23,9 +23,9 @@ NEGATIVE_SOURCES = ("bm25", "dense")
 """``analysis.negative_source``."""
 ABLATIONS = ("mean", "zero")
 """``analysis.ablation``."""
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "auto")
 """``distill.precision``: the student's forward and backward passes in distillation (float32, or bfloat16
-under ``torch.autocast``)."""
+under ``torch.autocast``; ``auto``: bfloat16 where the device runs it natively, else float32)."""
 LR_SCHEDULES = ("linear", "constant")
 """``distill.lr_schedule``."""
 SCHEDULERS = ("none", "asha")

@@ -268,7 +268,9 @@ class DistillConfig:
     """``bfloat16`` runs the student's forward and backward passes of every distillation batch (pruning steps
     and recovery) under ``torch.autocast`` in bfloat16: matrix products in bfloat16, while weights, gradients,
     optimizer state, the losses and every evaluation stay float32. About twice as fast on CPUs with native
-    bfloat16 (AVX512-BF16, AMX) and on recent GPUs; slower on CPUs without it (a run warns)."""
+    bfloat16 (AVX512-BF16, AMX) and on recent GPUs; slower on CPUs without it (a run warns). ``auto`` is
+    ``bfloat16`` where the device runs it natively and ``float32`` elsewhere (:func:`sma.model.resolve_precision`;
+    ``sma run --fast`` sets it)."""
     freeze_word_embeddings: bool = False
     """Keep the student's token embedding table (never pruned) at the teacher's values: its dense gradient,
     clipping and AdamW update are a sixth to a quarter of a bfloat16 distillation step on short texts, at a little
