@@ -4,13 +4,14 @@ Every pruned model SMA measures is an MLflow run tagged ``result=1``: a ``sma ru
 ``sparsity``), a search trial (``trial``), an ablation cell (``cell``). :func:`load_runs` reads them with
 ``mlflow.search_runs`` into one frame (``run_id``, ``status``, ``params.*`` made numeric where they are,
 ``metrics.*``, ``tags.*``, and :data:`COLLECTION`; recipe params an older run did not log come from its parent's
-config). :func:`per_query` downloads a run's ``metrics.json``
+config, or the defaults where that cannot be read). :func:`per_query` downloads a run's ``metrics.json``
 once into a local cache and returns one split's per-query values.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import tempfile
 from collections.abc import Iterable
@@ -24,6 +25,8 @@ from sma.config.ablation import RECIPE_PARAMS, recipe_params
 from sma.data import collection_name
 from sma.tracking import COMMAND_TAG
 from sma.tracking import fluent_tracking_uri as tracking_uri
+
+log = logging.getLogger(__name__)
 
 RESULT_FILTER = "tags.result = '1'"
 METRICS_ARTIFACT = "metrics.json"
@@ -58,25 +61,38 @@ def _logged_recipe(uri: str, run_id: str) -> dict[str, Any] | None:
 
 
 def _fill_recipe_params(df: pd.DataFrame, uri: str) -> pd.DataFrame:
-    """Recipe params a result run did not log (it predates a factor) taken from the config its parent run
-    logged, so that it groups with the runs of the same recipe. Options added since that config was written
-    take their default, which is the behaviour before they existed."""
+    """Recipe params a result run did not log (it predates a factor, or an unset value was not logged) taken
+    from the config its parent run logged, so that it groups with the runs of the same recipe. Options added
+    since that config was written take their default, which is the behaviour before they existed; so does
+    every param of a run whose parent config cannot be read (no parent, or its artifacts moved away from the
+    experiment's artifact location), with a warning naming those runs."""
     columns = [f"params.{name}" for name in RECIPE_PARAMS]
     present = df.reindex(columns=columns)
     missing = present.isna().any(axis=1)
-    if PARENT not in df.columns or not missing.any():
+    if not missing.any():
         return df
-    for parent in df.loc[missing, PARENT].dropna().unique():
+    parents = df[PARENT] if PARENT in df.columns else pd.Series(None, index=df.index, dtype=object)
+    unread = missing.copy()
+    for parent in parents[missing].dropna().unique():
         logged = _logged_recipe(uri, parent)
-        if logged is None:
-            continue
-        rows = missing & (df[PARENT] == parent)
-        for name, value in logged.items():
-            column = f"params.{name}"
-            if column not in df.columns:
-                df[column] = None
-            df.loc[rows & df[column].isna(), column] = str(value)  # as MLflow logs a param
+        if logged is not None:
+            rows = missing & (parents == parent)
+            _fill(df, rows, logged)
+            unread &= ~rows
+    if unread.any():
+        log.warning("%d result run(s) lack recipe params and their parent's config.json cannot be read (%s): "
+                    "taking the defaults for them", int(unread.sum()), ", ".join(df.loc[unread, "run_id"][:5]))
+        _fill(df, unread, recipe_params(RunConfig()))
     return df
+
+
+def _fill(df: pd.DataFrame, rows: pd.Series, values: dict[str, Any]) -> None:
+    """Set each ``params.<name>`` of ``values`` on ``rows`` where it is missing, as MLflow logs a param."""
+    for name, value in values.items():
+        column = f"params.{name}"
+        if column not in df.columns:
+            df[column] = None
+        df.loc[rows & df[column].isna(), column] = str(value)
 
 
 def load_runs(experiment: str, *, uri: str, filter_string: str = RESULT_FILTER,

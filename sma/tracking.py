@@ -79,8 +79,10 @@ COMMAND_TAG = "command"
 
 def result_params(cfg: RunConfig, sparsity: float) -> dict[str, Any]:
     """Params of a result run (a search trial, an ablation cell or a ``sma run`` sparsity): the searched values,
-    every ablation factor's value (:func:`~sma.config.ablation.recipe_params`) and the setting."""
-    return {**params_of(cfg), **recipe_params(cfg), "sparsity": sparsity, "model": cfg.model.name,
+    every ablation factor's value (:func:`~sma.config.ablation.recipe_params`; an unset one, such as a length
+    derived from the collection, as ``"None"``, so every result run names its whole recipe) and the setting."""
+    recipe = {name: "None" if value is None else value for name, value in recipe_params(cfg).items()}
+    return {**params_of(cfg), **recipe, "sparsity": sparsity, "model": cfg.model.name,
             "dataset": cfg.data.dataset, "seed": cfg.seed}
 
 

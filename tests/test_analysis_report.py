@@ -4,6 +4,7 @@ and the report page opened in headless Chromium."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
 from pathlib import Path
@@ -284,7 +285,7 @@ def test_cells_differing_only_in_a_transfer_factor_are_different_configurations(
     assert sorted(tables.seed_table(df)["max_length"]) == [128, 256]
 
 
-def test_a_run_older_than_a_factor_takes_its_value_from_the_config_its_parent_logged(tmp_path):
+def test_a_run_older_than_a_factor_takes_its_value_from_the_config_its_parent_logged(tmp_path, caplog):
     from mlflow.tracking import MlflowClient
 
     from sma.config import RunConfig, apply_overrides, save_config
@@ -306,13 +307,45 @@ def test_a_run_older_than_a_factor_takes_its_value_from_the_config_its_parent_lo
     client.set_tag(new, "mlflow.parentRunId", parent)  # what a run logged itself is kept
     orphan = _log(client, exp_id, tmp_path, params={**base, "seed": 3}, metrics=_metrics(0.5, 0.9, 0.9, 2.0),
                   per_query_test=dict.fromkeys(QUERIES, 0.5))
+    moved_parent = client.create_run(exp_id).info.run_id  # logged its config, then its artifacts moved away
+    client.log_artifact(moved_parent, str(tmp_path / "config.json"))
+    client.set_terminated(moved_parent)
+    moved = _log(client, exp_id, tmp_path, params={**base, "seed": 4, "neighbor_share": 0.25},
+                 metrics=_metrics(0.5, 0.9, 0.9, 2.0), per_query_test=dict.fromkeys(QUERIES, 0.5))
+    client.set_tag(moved, "mlflow.parentRunId", moved_parent)
+    (tmp_path / "artifacts" / moved_parent / "artifacts" / "config.json").unlink()
 
-    df = load_runs("old", uri=uri).set_index("run_id")
-    assert df.loc[old, "params.max_length"] == 192 and df.loc[old, "params.neighbor_share"] == 0.25
+    with caplog.at_level(logging.WARNING, logger="analysis.runs"):
+        df = load_runs("old", uri=uri).set_index("run_id")
+    # max_length holds 192, 128 and "None" (unset), so it stays text; neighbor_share is numbers only
+    assert df.loc[old, "params.max_length"] == "192" and df.loc[old, "params.neighbor_share"] == 0.25
     assert df.loc[old, "params.pseudo_queries"] == "None"  # the config's default: derived from the collection
-    assert df.loc[new, "params.max_length"] == 128
+    assert df.loc[new, "params.max_length"] == "128"
     assert df.loc[new, "params.neighbor_share"] == 0.25  # missing from the run, so from the parent
-    assert df.loc[[orphan], "params.max_length"].isna().all()  # no parent, nothing to read
+    # no config to read (no parent; a parent whose artifacts moved): the defaults, what the run logged kept
+    for run in (orphan, moved):
+        assert df.loc[run, "params.max_length"] == "None" and df.loc[run, "params.precision"] == "float32"
+        assert df.loc[run, "params.gentleness"] == 0.5 and df.loc[run, "params.post_prune_epochs"] == 8
+    assert df.loc[orphan, "params.neighbor_share"] == 0.5 and df.loc[moved, "params.neighbor_share"] == 0.25
+    warned = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("2 result run(s)") and orphan in warned[0] and moved in warned[0]
+
+
+def test_a_result_run_logs_every_recipe_param_unset_ones_as_none(tmp_path):
+    """So that the report groups a run by its own params, never by a parent's artifacts."""
+    from mlflow.tracking import MlflowClient
+
+    from sma.config import RunConfig, apply_overrides
+    from sma.config.ablation import RECIPE_PARAMS
+    from sma.tracking import Tracking, result_params
+
+    cfg = apply_overrides(RunConfig(), {"distill.max_length": None, "distill.precision": "auto"})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rid = Tracking.open(uri, "new").create_run("s0.50", tags={}, params=result_params(cfg, 0.5))
+    logged = MlflowClient(tracking_uri=uri).get_run(rid).data.params
+    assert set(RECIPE_PARAMS) <= set(logged)
+    assert logged["max_length"] == "None" and logged["train_queries"] == "None" and logged["pseudo_queries"] == "None"
+    assert logged["precision"] == "auto" and logged["neighbor_share"] == "0.5"
 
 
 def test_time_table_gives_mean_minutes_per_phase_of_the_runs_that_timed_them(tmp_path):
